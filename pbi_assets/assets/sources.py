@@ -1,0 +1,52 @@
+"""Sources: the annotation index of each partition, and the pre-removal candidate filters."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from pbi_assets.metadata import result_metadata
+from pbi_assets.partitions import partition_of, source_shard_partitions
+from pbi_assets.resources import PBIProject
+from pbi_assets.run_config import CandidatesRunConfig
+from pbi_ml.config import CandidateConfig
+from pbi_ml.stages.candidates import run_candidates
+from pbi_ml.stages.source_index import run_source_index
+
+
+@dg.asset(
+    partitions_def=source_shard_partitions,
+    group_name="sources",
+    kinds={"python", "parquet"},
+    description=(
+        "Images and instances of one source x shard, normalised from COCO / LVIS / Open Images "
+        "annotations (one row per instance; masks kept compact as polygons/RLE JSON or mask-PNG paths). "
+        "An image's shard is stable_hash(image_id) mod num_shards. The whole source is parsed once "
+        "and cached under index/<source>/."
+    ),
+)
+def source_index(context: dg.AssetExecutionContext, pbi: PBIProject) -> dg.MaterializeResult:
+    part = partition_of(context)
+    project = pbi.project()
+    result = run_source_index(pbi.storage(), project.source(part.source), part.shard, project.num_shards)
+    return dg.MaterializeResult(metadata=result_metadata(result))
+
+
+@dg.asset(
+    partitions_def=source_shard_partitions,
+    group_name="sources",
+    kinds={"python", "parquet"},
+    deps=[source_index],
+    description=(
+        "Every instance, kept or rejected with one reason: path_escapes_root, image_missing, "
+        "image_unreadable, image_size_mismatch, invalid_mask, crowd, excluded_class, too_small, "
+        "too_large, touches_border. Defaults: area fraction 0.5 %-50 %, border margin 0.5 %, crowds "
+        "dropped. No instance silently disappears."
+    ),
+)
+def candidates(context: dg.AssetExecutionContext, pbi: PBIProject, config: CandidatesRunConfig) -> dg.MaterializeResult:
+    part = partition_of(context)
+    stage_config = pbi.stage_config("candidates", CandidateConfig, config)
+    result = run_candidates(pbi.storage(), pbi.source(part.source), part.shard, stage_config)
+    return dg.MaterializeResult(
+        metadata=result_metadata(result, histograms={"area_fraction": "mask area / image area"})
+    )

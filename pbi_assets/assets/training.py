@@ -1,0 +1,122 @@
+"""Exports, the trained checkpoint, and its evaluation (unpartitioned: they read all partitions)."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+
+from pbi_assets.assets.catalog import catalog
+from pbi_assets.assets.gpu import GPU_OP_TAGS, GPU_POOL, GPU_TAGS
+from pbi_assets.metadata import histogram_markdown, thumbnails_markdown
+from pbi_assets.resources import PBIProject
+from pbi_assets.run_config import CheckpointRunConfig, EvaluationRunConfig, ExportsRunConfig
+
+
+@dg.asset(
+    group_name="training",
+    kinds={"parquet", "huggingface"},
+    deps=[catalog],
+    description=(
+        "Every pair as Hugging Face Parquet datasets per split: the PIPE release schema (source_img, "
+        "target_img, Instruction_VLM-LLM, Instruction_Class, Instruction_Ref_Dataset, object_location, "
+        "target_img_dataset, img_id, ann_id; masks in a separate table) and diffusers' "
+        "train_instruct_pix2pix.py schema (input_image, edit_prompt, edited_image); sharded by size, "
+        "with a README.md dataset card (counts, classes, filter statistics)."
+    ),
+)
+def exports(context: dg.AssetExecutionContext, pbi: PBIProject, config: ExportsRunConfig) -> dg.MaterializeResult:
+    from pbi_ml.export import ExportConfig
+    from pbi_ml.stages.exports import run_exports
+
+    stage_config = pbi.stage_config("exports", ExportConfig, config)
+    result = run_exports(pbi.storage(), pbi.project(), stage_config)
+    meta = {k: int(v) for k, v in result.counts.items()}
+    meta["path"] = dg.MetadataValue.path(str(result.path))
+    meta["files"] = dg.MetadataValue.json(result.extra["files"])
+    meta["dataset_card"] = dg.MetadataValue.md((result.path / "README.md").read_text()[:6000])
+    return dg.MaterializeResult(metadata=meta)
+
+
+@dg.asset(
+    group_name="training",
+    kinds={"pytorch", "diffusers"},
+    deps=[exports],
+    pool=GPU_POOL,
+    tags=GPU_TAGS,
+    op_tags=GPU_OP_TAGS,
+    description=(
+        "InstructPix2Pix 'add an object' model trained on the train split (UNet conv_in widened to 8 "
+        "channels, zero-initialised; VAE and text encoder frozen; accelerate). recipe `smoke` (default: "
+        "a tiny random model a few steps on CPU - NOT a useful editor, labelled smoke_model) or `paper` "
+        "(SPEC: SD 1.5 init, 256 px, Adam 5e-5, grad-clip 1, 5/5/5 % conditioning dropout, location "
+        "phrase p=0.25). Checkpoints every N steps; resumes after a crash; saves a diffusers "
+        "StableDiffusionInstructPix2PixPipeline."
+    ),
+)
+def checkpoint(context: dg.AssetExecutionContext, pbi: PBIProject, config: CheckpointRunConfig) -> dg.MaterializeResult:
+    from pbi_ml.stages.training import run_training
+
+    def progress(step: int, total: int, loss: float) -> None:
+        if step == total or step % 10 == 0:
+            context.log.info(f"training step {step}/{total} loss {loss:.4f}")
+
+    result = run_training(pbi.storage(), pbi.stage_values("checkpoint", config), progress=progress)
+    row = result.table.to_pylist()[0]
+    curve = json.loads(row["loss_curve"])
+    meta = {
+        "checkpoint_id": row["checkpoint_id"],
+        "recipe": row["recipe"],
+        "smoke_model": row["smoke_model"],
+        "pipeline_dir": dg.MetadataValue.path(row["pipeline_dir"]),
+        "train_pairs": row["train_pairs"],
+        "steps": row["steps"],
+        "final_loss": row["final_loss"],
+        "samples_per_second": row["samples_per_second"],
+        "wall_time_s": row["wall_time_s"],
+        "resumed_from_step": row["resumed_from_step"] if row["resumed_from_step"] is not None else -1,
+        "loss_curve": dg.MetadataValue.md(
+            "```\n" + "\n".join(f"step {s:>6}  loss {l:.5f}" for s, l in curve[:: max(1, len(curve) // 40)]) + "\n```"
+        ),
+        "loss_histogram": histogram_markdown([l for _, l in curve], title="training loss"),
+    }
+    if row["smoke_model"]:
+        meta["warning"] = "SMOKE MODEL: tiny random architecture trained a few steps on CPU; not a useful editor."
+    return dg.MaterializeResult(metadata=meta)
+
+
+@dg.asset(
+    group_name="training",
+    kinds={"pytorch", "parquet"},
+    deps=[checkpoint],
+    pool=GPU_POOL,
+    tags=GPU_TAGS,
+    op_tags=GPU_OP_TAGS,
+    description=(
+        "The latest checkpoint on the test split (and on a MagicBrush-format parquet's 'add' subset "
+        "when configured): SPEC's inference (EulerAncestral, 50 steps, guidance 7 / image 1.5, seed 0) "
+        "and metrics L1, L2, CLIP-I, CLIP-T, DINO, CMMD; metrics whose weights are absent are null "
+        "with the reason. Rows in the catalog's `evaluations` and `evaluation_samples` views."
+    ),
+)
+def evaluation(context: dg.AssetExecutionContext, pbi: PBIProject, config: EvaluationRunConfig) -> dg.MaterializeResult:
+    from pbi_ml.stages.evaluation import METRICS, EvaluationConfig, run_evaluation
+    from pbi_ml.stages.training import latest_checkpoint
+
+    storage = pbi.storage()
+    stage_config = pbi.stage_config("evaluation", EvaluationConfig, config)
+    ckpt = latest_checkpoint(storage)
+    result = run_evaluation(storage, ckpt, stage_config)
+    meta = {"checkpoint_id": ckpt["checkpoint_id"], "smoke_model": bool(ckpt["smoke_model"])}
+    for row in result.table.to_pylist():
+        meta[f"{row['benchmark']}/n"] = row["n"]
+        for m in METRICS:
+            if row[m] is not None:
+                meta[f"{row['benchmark']}/{m}"] = float(row[m])
+            else:
+                meta[f"{row['benchmark']}/{m}"] = f"null: {row[f'{m}_null_reason']}"
+    samples = []
+    for instruction, inp, out, tgt in result.extra["grid"]:
+        samples += [(f"input: {instruction}", inp), ("output", out), ("ground truth", tgt)]
+    meta["grid"] = thumbnails_markdown(samples[:9], max_side=96) if samples else dg.MetadataValue.md("_no test samples_")
+    return dg.MaterializeResult(metadata=meta)

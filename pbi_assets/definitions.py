@@ -1,0 +1,28 @@
+"""The code location: `dagster dev -w workspace.yaml` loads `defs` from here."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from pbi_assets.assets.catalog import catalog
+from pbi_assets.assets.instructions import descriptions, instructions, splits
+from pbi_assets.assets.removal import pairs, removal_scores, removals
+from pbi_assets.assets.sources import candidates, source_index
+from pbi_assets.assets.training import checkpoint, evaluation, exports
+from pbi_assets.automation import retraining_job, train_split_growth_sensor, weekly_retraining_schedule
+from pbi_assets.checks import ALL_CHECKS
+from pbi_assets.resources import PBIProject
+
+# per source x shard, in graph order
+PARTITIONED_ASSETS = [source_index, candidates, removals, removal_scores, pairs, descriptions, instructions, splits]
+# over all partitions, in graph order
+UNPARTITIONED_ASSETS = [catalog, exports, checkpoint, evaluation]
+
+defs = dg.Definitions(
+    assets=[*PARTITIONED_ASSETS, *UNPARTITIONED_ASSETS],
+    asset_checks=ALL_CHECKS,
+    jobs=[retraining_job],
+    schedules=[weekly_retraining_schedule],
+    sensors=[train_split_growth_sensor],
+    resources={"pbi": PBIProject()},
+)

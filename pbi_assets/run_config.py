@@ -1,0 +1,63 @@
+"""Run config (dg.Config) for each stage, derived from the pbi_ml stage dataclasses.
+
+Every field is optional: left empty, the value comes from pbi.yaml's `stages:` section, else from
+the dataclass default (the paper's recipe). The UI's launchpad shows each field with its default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Optional
+
+import dagster as dg
+from pydantic import Field, create_model
+
+from pbi_ml import config as C
+
+
+def stage_run_config(name: str, cls, extra: dict | None = None) -> type[dg.Config]:
+    """A dg.Config whose fields mirror dataclass `cls`, all optional (None = not set here)."""
+    hints = typing.get_type_hints(cls)
+    fields = dict(extra or {})
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if typing.get_origin(hint) is tuple:
+            hint = list[str]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        fields[f.name] = (Optional[hint], Field(default=None, description=f"default: {default!r}"))
+    return create_model(name, __base__=dg.Config, **fields)
+
+
+CandidatesRunConfig = stage_run_config("CandidatesRunConfig", C.CandidateConfig)
+RemovalRunConfig = stage_run_config("RemovalRunConfig", C.RemovalConfig)
+ScoringRunConfig = stage_run_config("ScoringRunConfig", C.ScoringConfig)
+PairsRunConfig = stage_run_config("PairsRunConfig", C.PairConfig)
+SplitsRunConfig = stage_run_config("SplitsRunConfig", C.SplitConfig)
+
+
+def _downstream():
+    # these dataclasses live beside their stage code; importing them loads no torch
+    from pbi_ml.describe import DescribeConfig
+    from pbi_ml.export import ExportConfig
+    from pbi_ml.instruct import InstructConfig
+    from pbi_ml.stages.evaluation import EvaluationConfig
+    from pbi_ml.train import TrainConfig
+
+    recipe = (Optional[str], Field(default=None, description="smoke (default: tiny CPU model) or paper (SPEC's recipe)"))
+    return (
+        stage_run_config("DescriptionsRunConfig", DescribeConfig),
+        stage_run_config("InstructionsRunConfig", InstructConfig),
+        stage_run_config("ExportsRunConfig", ExportConfig),
+        stage_run_config("CheckpointRunConfig", TrainConfig, extra={"recipe": recipe}),
+        stage_run_config("EvaluationRunConfig", EvaluationConfig),
+    )
+
+
+(
+    DescriptionsRunConfig,
+    InstructionsRunConfig,
+    ExportsRunConfig,
+    CheckpointRunConfig,
+    EvaluationRunConfig,
+) = _downstream()

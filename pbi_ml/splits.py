@@ -1,0 +1,34 @@
+"""Deterministic train/test assignment by image, so no image is ever in both splits."""
+
+from __future__ import annotations
+
+from pbi_ml.config import ProjectConfig, SplitConfig
+from pbi_ml.sources.base import stable_hash
+
+HASH_BUCKETS = 10_000
+
+
+def hashed_split(image_id: str, config: SplitConfig) -> str:
+    """"test" for a seeded-hash fraction `test_fraction` of image ids, else "train"."""
+    bucket = stable_hash(f"{config.seed}:{image_id}") % HASH_BUCKETS
+    return "test" if bucket < config.test_fraction * HASH_BUCKETS else "train"
+
+
+def test_image_ids(project: ProjectConfig, storage) -> set[str]:
+    """Image ids of every role: test source (read from the cached source indexes)."""
+    from pbi_ml.sources import load_source_index
+
+    ids: set[str] = set()
+    for source in project.sources:
+        if source.role == "test":
+            ids.update(load_source_index(source, project.num_shards, storage).column("image_id").to_pylist())
+    return ids
+
+
+def assign_split(source_role: str, image_id: str, held_out: set[str], config: SplitConfig) -> tuple[str, str]:
+    """(split, rule) for one image."""
+    if source_role == "test":
+        return "test", "test_source"
+    if image_id in held_out:
+        return "test", "image_in_a_test_source"
+    return hashed_split(image_id, config), "hash"

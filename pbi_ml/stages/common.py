@@ -1,0 +1,57 @@
+"""What every stage function shares: its result type, progress reporting, config fingerprints."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+Progress = Callable[[int, int], None]  # (done, total)
+
+
+@dataclass
+class StageResult:
+    """What a stage function returns: the table it wrote, where, and numbers worth showing."""
+
+    table: pa.Table
+    path: Path | None
+    counts: dict[str, int | float] = field(default_factory=dict)
+    samples: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (caption, image) previews
+    extra: dict = field(default_factory=dict)
+
+
+def fingerprint(config, exclude: tuple[str, ...] = ()) -> str:
+    """A short stable hash of a config dataclass (fields in `exclude` do not change results)."""
+    values = {k: v for k, v in dataclasses.asdict(config).items() if k not in exclude}
+    blob = json.dumps(values, sort_keys=True, default=str).encode()
+    return hashlib.blake2b(blob, digest_size=6).hexdigest()
+
+
+class ProgressReporter:
+    """Calls `progress(done, total)` at most every `interval` seconds (and at the end)."""
+
+    def __init__(self, total: int, progress: Progress | None, interval: float = 5.0):
+        self.total = total
+        self.progress = progress
+        self.interval = interval
+        self.done = 0
+        self._last = 0.0
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.progress and (now - self._last >= self.interval or self.done >= self.total):
+            self._last = now
+            self.progress(self.done, self.total)
+
+
+def batched(items: list, size: int):
+    for start in range(0, len(items), max(1, size)):
+        yield items[start : start + size]

@@ -1,0 +1,164 @@
+"""The checkpoint stage: train the InstructPix2Pix "add an object" model on the train split.
+
+Two recipes, chosen with `recipe` (any TrainConfig field set in pbi.yaml / run config overrides it):
+
+    smoke   (default; CPU, no download) a tiny random SD built from config, trained for a few steps
+            at 32 px on the pairs: it proves the pipeline end to end; it is NOT a useful editor and
+            its metadata says so (smoke_model = true)
+    paper   SPEC's recipe: SD 1.5 init (init_model), 256 px crops, Adam 5e-5, grad-clip 1,
+            batch 128/device x accumulation 4, 60 epochs, 5 %/5 %/5 % conditioning dropout,
+            location phrase with p = 0.25
+
+The checkpoint folder is named by a fingerprint of the config and the training pairs, so
+re-materializing with the same data resumes (or returns) that run, and new data starts a new one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import pyarrow as pa
+
+from pbi_ml.catalog import read_view
+from pbi_ml.config import ConfigError, config_from_dict
+from pbi_ml.stages.common import Progress, StageResult
+from pbi_ml.storage import Storage, atomic_write_bytes, table_from_records
+
+STAGE = "checkpoints"
+RECIPES = ("smoke", "paper")
+SMOKE_OVERRIDES = {
+    "init_model": "tiny",
+    "resolution": 32,
+    "train_batch_size": 4,
+    "gradient_accumulation_steps": 1,
+    "num_epochs": None,
+    "max_steps": 30,
+    "checkpoint_every": 10,
+}
+
+CHECKPOINT_SCHEMA = pa.schema(
+    [
+        ("checkpoint_id", pa.string()),
+        ("recipe", pa.string()),
+        ("pipeline_dir", pa.string()),
+        ("smoke_model", pa.bool_()),
+        ("train_pairs", pa.int64()),
+        ("train_examples_sources", pa.string()),
+        ("steps", pa.int64()),
+        ("epochs_completed", pa.float64()),
+        ("final_loss", pa.float64()),
+        ("samples_per_second", pa.float64()),
+        ("wall_time_s", pa.float64()),
+        ("resumed_from_step", pa.int64()),
+        ("loss_curve", pa.string()),  # JSON [[step, loss], ...]
+        ("config", pa.string()),  # JSON of the TrainConfig
+    ]
+)
+
+
+def train_config_for(values: dict):
+    """TrainConfig from a recipe name plus explicit overrides."""
+    from pbi_ml.train import TrainConfig
+
+    values = dict(values or {})
+    recipe = values.pop("recipe", None) or "smoke"
+    if recipe not in RECIPES:
+        raise ConfigError(f"checkpoint recipe {recipe!r} not one of {RECIPES}")
+    base = dict(SMOKE_OVERRIDES) if recipe == "smoke" else {}
+    base.update(values)
+    return recipe, config_from_dict(TrainConfig, base)
+
+
+def training_examples(storage: Storage) -> list:
+    """TrainingExample for every train-split pair of every partition."""
+    from pbi_ml.train import TrainingExample
+
+    pairs = read_view(storage, "pairs", where="split = 'train'").to_pylist()
+    examples = []
+    for row in sorted(pairs, key=lambda r: r["pair_id"]):
+        kinds = tuple(dict.fromkeys(k for k in (row.get("instruction_vlm_llm"), row.get("instruction_class"), row.get("instruction_ref")) if k))
+        if not kinds:
+            continue
+        examples.append(
+            TrainingExample(
+                source_image=row["source_image"],
+                target_image=row["target_image"],
+                instructions=kinds,
+                object_location=row["object_location"],
+                key=row["pair_id"],
+            )
+        )
+    return examples
+
+
+def checkpoint_id(recipe: str, config, examples: list) -> str:
+    blob = json.dumps(
+        {"recipe": recipe, "config": dataclasses.asdict(config), "pairs": [(e.key, e.instructions) for e in examples]},
+        sort_keys=True,
+        default=str,
+    ).encode()
+    return f"{recipe}-{hashlib.blake2b(blob, digest_size=6).hexdigest()}"
+
+
+def run_training(storage: Storage, values: dict, progress: Progress | None = None) -> StageResult:
+    from pbi_ml.train import train_instruct_pix2pix
+
+    recipe, config = train_config_for(values)
+    examples = training_examples(storage)
+    if not examples:
+        raise ValueError("no train-split pairs with instructions: materialize pairs, instructions and splits first")
+    ckpt_id = checkpoint_id(recipe, config, examples)
+    out_dir = storage.global_dir("checkpoints") / ckpt_id
+    result = train_instruct_pix2pix(examples, config, out_dir, progress=progress)
+    row = {
+        "checkpoint_id": ckpt_id,
+        "recipe": recipe,
+        "pipeline_dir": str(result.pipeline_dir),
+        "smoke_model": bool(result.smoke_model),
+        "train_pairs": len(examples),
+        "train_examples_sources": ",".join(sorted({e.key.split("/")[0] for e in examples})),
+        "steps": int(result.steps),
+        "epochs_completed": float(result.epochs_completed),
+        "final_loss": float(result.loss_curve[-1][1]) if result.loss_curve else None,
+        "samples_per_second": float(result.samples_per_second),
+        "wall_time_s": float(result.wall_time_s),
+        "resumed_from_step": result.resumed_from_step,
+        "loss_curve": json.dumps([[int(s), float(l)] for s, l in result.loss_curve]),
+        "config": json.dumps(dataclasses.asdict(config), default=str),
+    }
+    table = table_from_records([row], CHECKPOINT_SCHEMA)
+    path = storage.write_table(STAGE, recipe, ckpt_id, table)
+    atomic_write_bytes(storage.global_dir("checkpoints") / "LATEST", ckpt_id.encode())
+    counts = {"steps": row["steps"], "train_pairs": row["train_pairs"]}
+    return StageResult(table=table, path=path, counts=counts, extra={"result": result, "checkpoint_id": ckpt_id, "recipe": recipe})
+
+
+def latest_checkpoint(storage: Storage) -> dict:
+    """The checkpoints-table row of the most recent training run."""
+    marker = storage.global_dir("checkpoints") / "LATEST"
+    if not marker.exists():
+        raise FileNotFoundError(f"{marker}: no checkpoint yet; materialize `checkpoint` first")
+    ckpt_id = marker.read_text().strip()
+    rows = read_view(storage, "checkpoints", where=f"checkpoint_id = '{ckpt_id}'").to_pylist()
+    if not rows:
+        raise FileNotFoundError(f"checkpoint {ckpt_id} is not in tables/checkpoints")
+    return rows[0]
+
+
+def last_train_pair_count(storage: Storage) -> int | None:
+    """How many train pairs the latest checkpoint saw (None before the first training)."""
+    try:
+        return int(latest_checkpoint(storage)["train_pairs"])
+    except FileNotFoundError:
+        return None
+
+
+def current_train_pair_count(storage: Storage) -> int:
+    return read_view(storage, "splits", where="split = 'train'").num_rows
+
+
+def loss_curve_of(path: Path) -> list:
+    return json.loads(Path(path).read_text())

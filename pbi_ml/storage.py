@@ -1,0 +1,143 @@
+"""Where every artifact lives, and how it is written.
+
+Layout under the data root (all paths deterministic, all writes atomic: temp file + rename):
+
+    tables/<stage>/<source>/<shard>.parquet        one Parquet per stage and partition
+    items/<stage>/<source>/<shard>/<item>.json     per-item records of long stages (resume points)
+    files/<stage>/<source>/<shard>/<item>/...      images, masks (PNG, lossless)
+    index/<source>/<fingerprint>/instances.parquet whole-source annotation index (built once)
+    global/<stage>/...                             unpartitioned artifacts (exports, checkpoints)
+    catalog.duckdb                                 DuckDB views over tables/ (rebuilt atomically)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(value: str) -> str:
+    """A file-name-safe form of an id (ids come from annotation files: never trust them)."""
+    name = _SAFE.sub("_", str(value)).strip("._") or "_"
+    return name[:120]
+
+
+class Storage:
+    """Paths and atomic writes under one data root."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).resolve()
+
+    # ---- paths
+    def table_path(self, stage: str, source: str, shard: str) -> Path:
+        return self.root / "tables" / stage / safe_name(source) / f"{shard}.parquet"
+
+    def table_glob(self, stage: str) -> str:
+        return str(self.root / "tables" / stage / "*" / "*.parquet")
+
+    def item_dir(self, stage: str, source: str, shard: str) -> Path:
+        return self.root / "items" / stage / safe_name(source) / shard
+
+    def file_dir(self, stage: str, source: str, shard: str, item: str) -> Path:
+        return self.root / "files" / stage / safe_name(source) / shard / safe_name(item)
+
+    def index_dir(self, source: str) -> Path:
+        return self.root / "index" / safe_name(source)
+
+    def global_dir(self, stage: str) -> Path:
+        return self.root / "global" / stage
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / "catalog.duckdb"
+
+    # ---- tables
+    def write_table(self, stage: str, source: str, shard: str, table: pa.Table) -> Path:
+        path = self.table_path(stage, source, shard)
+        write_parquet(table, path)
+        return path
+
+    def read_table(self, stage: str, source: str, shard: str) -> pa.Table:
+        path = self.table_path(stage, source, shard)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path}: stage {stage!r} has not been materialized for {source}/{shard} yet"
+            )
+        return pq.read_table(path)
+
+    def has_table(self, stage: str, source: str, shard: str) -> bool:
+        return self.table_path(stage, source, shard).exists()
+
+    # ---- per-item records (resume points of long stages)
+    def item_record_path(self, stage: str, source: str, shard: str, item: str) -> Path:
+        return self.item_dir(stage, source, shard) / f"{safe_name(item)}.json"
+
+    def read_item_record(self, stage: str, source: str, shard: str, item: str) -> dict | None:
+        path = self.item_record_path(stage, source, shard, item)
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None  # a torn record cannot exist (atomic writes), but never trust disk blindly
+
+    def write_item_record(self, stage: str, source: str, shard: str, item: str, record: dict) -> None:
+        data = json.dumps(record, sort_keys=True, default=_json_default).encode()
+        atomic_write_bytes(self.item_record_path(stage, source, shard, item), data)
+
+
+def _json_default(value: Any):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path beside `path`; on success rename it over `path`, else delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_parquet(table: pa.Table, path: str | os.PathLike) -> None:
+    """Write a Parquet file atomically and reproducibly (same table -> same bytes)."""
+    table = table.replace_schema_metadata(None)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def table_from_records(records: list[dict], schema: pa.Schema) -> pa.Table:
+    """Rows (dicts) -> Arrow table with a fixed schema; an empty list gives an empty valid table."""
+    columns = {name: [r.get(name) for r in records] for name in schema.names}
+    return pa.Table.from_pydict(columns, schema=schema)

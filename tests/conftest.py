@@ -1,0 +1,65 @@
+"""Test session set-up.
+
+Before any test imports `pbi_assets` (whose partitions are read from the project config at import
+time, as in a real deployment), point PBI_CONFIG at a session pbi.yaml that declares, besides the
+bundled demo source, small generated COCO / LVIS / Open Images sources and a deliberately broken
+one, and PBI_DATA_ROOT / DAGSTER_HOME at temp folders. Nothing here needs ../shared.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="pbi-tests-"))
+_DATASETS = _SESSION_DIR / "datasets"
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def _write_session_config() -> Path:
+    import yaml
+
+    from source_fixtures import make_coco_source, make_lvis_source, make_openimages_source
+
+    sources = [
+        make_coco_source(_DATASETS / "gen_coco", name="gen_coco"),
+        make_coco_source(_DATASETS / "gen_bad", name="gen_bad", corrupt=True),
+        make_lvis_source(_DATASETS / "gen_lvis", name="gen_lvis"),
+        make_openimages_source(_DATASETS / "gen_oi", name="gen_oi"),
+    ]
+    entries = []
+    for s in sources:
+        entry = {"name": s.name, "format": s.format, "images": s.images, "annotations": list(s.annotation_files), "role": s.role}
+        for key in ("masks", "class_descriptions", "refs"):
+            if getattr(s, key):
+                entry[key] = getattr(s, key)
+        entries.append(entry)
+    malformed = _DATASETS / "gen_malformed"
+    malformed.mkdir(parents=True, exist_ok=True)
+    (malformed / "annotations.json").write_text('{"images": [{"id": 1, "file_name": "a.jpg"},, ]}')
+    entries.append({"name": "gen_malformed", "format": "coco", "images": str(malformed), "annotations": str(malformed / "annotations.json")})
+    config = {"data_root": str(_SESSION_DIR / "data"), "num_shards": 2, "sources": entries}
+    path = _SESSION_DIR / "pbi.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+try:
+    os.environ["PBI_CONFIG"] = str(_write_session_config())
+except ImportError:  # source_fixtures still being written: the session has the demo source only
+    pass
+os.environ.pop("PBI_DATA_ROOT", None)
+os.environ["DAGSTER_HOME"] = str(_SESSION_DIR / "dagster_home")
+Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Path:
+    return _SESSION_DIR

@@ -1,0 +1,50 @@
+"""pbi_ml never imports dagster; pbi_assets does not import heavy ML libraries at import time."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_pbi_ml_source_never_imports_dagster():
+    files = sorted((ROOT / "pbi_ml").rglob("*.py"))
+    assert files, "pbi_ml has no modules?"
+    offenders = [str(f.relative_to(ROOT)) for f in files if {"dagster", "dagster_webserver", "pbi_assets"} & _imported_modules(f)]
+    assert offenders == []
+
+
+def test_importing_everything_in_pbi_ml_loads_no_dagster():
+    # import every module of pbi_ml in a fresh interpreter and look at sys.modules
+    code = (
+        "import importlib, pkgutil, sys, pbi_ml\n"
+        "for m in pkgutil.walk_packages(pbi_ml.__path__, 'pbi_ml.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "bad = sorted(n for n in sys.modules if n == 'dagster' or n.startswith('dagster.'))\n"
+        "print(','.join(bad[:3]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_code_location_import_is_light():
+    # the multiprocess executor re-imports the code location per step: keep torch & co out of it
+    code = (
+        "import sys, pbi_assets.definitions\n"
+        "heavy = [n for n in ('torch', 'diffusers', 'transformers', 'open_clip') if n in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
