@@ -111,8 +111,9 @@ def run_instructions(
                 status, final, similarity = "empty_instruction", template, None
             elif checks[i] is None:
                 status, final, similarity = "passed" if not config.check else "not_checked", raw[i], None
-            elif checks[i].ok:
-                status, final, similarity = "passed", raw[i], checks[i].similarity
+            elif checks[i].ok:  # a pass with a reason = passed the lexical test only (no embedding model)
+                status = f"passed:{checks[i].reason}" if checks[i].reason else "passed"
+                final, similarity = raw[i], checks[i].similarity
             else:
                 status, final, similarity = checks[i].reason or "rejected", template, checks[i].similarity
             ref_list = refs.get(str(row["annotation_id"])) or []

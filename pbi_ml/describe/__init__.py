@@ -1,0 +1,21 @@
+"""Descriptions of removed objects (SPEC stage "descriptions"). Importing this loads no torch."""
+
+from pbi_ml.describe.base import (
+    DESCRIBE_BACKENDS,
+    SPEC_PROMPT,
+    DescribeConfig,
+    DescribeItem,
+    Describer,
+    make_describer,
+    masked_object_view,
+)
+
+__all__ = [
+    "DESCRIBE_BACKENDS",
+    "SPEC_PROMPT",
+    "DescribeConfig",
+    "DescribeItem",
+    "Describer",
+    "make_describer",
+    "masked_object_view",
+]

