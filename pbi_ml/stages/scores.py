@@ -52,7 +52,7 @@ def run_scores(
     config: ScoringConfig,
     progress: Progress | None = None,
 ) -> StageResult:
-    from pbi_ml.scoring import ObjectToScore, decide, score_objects
+    from pbi_ml.scoring import ObjectToScore, check_object, decide, score_objects
 
     removals = storage.read_table("removals", source.name, shard).to_pylist()
     candidates = {r["annotation_id"]: r for r in storage.read_table("candidates", source.name, shard).to_pylist()}
@@ -82,21 +82,19 @@ def run_scores(
             rows = sorted(by_object[ann_id], key=lambda r: r["candidate"])
             cand_row = candidates[ann_id]
             try:
-                original = load_rgb(source.images, cand_row["image_file"])
                 mask = decode_mask(cand_row, source)
-                images = [load_rgb_path(r["removal_image"]) for r in rows]
+                obj = ObjectToScore(
+                    original=load_rgb(source.images, cand_row["image_file"]),
+                    mask=mask,
+                    dilated_mask=dilate(mask, rows[0]["dilation_px"]),
+                    candidates=[load_rgb_path(r["removal_image"]) for r in rows],
+                    category=cand_row["category"],
+                )
+                check_object(obj)
             except ItemError as exc:
                 failed_objects[ann_id] = exc.reason
                 continue
-            objects.append(
-                ObjectToScore(
-                    original=original,
-                    mask=mask,
-                    dilated_mask=dilate(mask, rows[0]["dilation_px"]),
-                    candidates=images,
-                    category=cand_row["category"],
-                )
-            )
+            objects.append(obj)
             ids.append(ann_id)
         if objects:
             scored = score_objects(objects, config)

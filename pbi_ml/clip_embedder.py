@@ -1,0 +1,170 @@
+"""CLIP image and text embeddings through open_clip, batched, L2-normalised.
+
+Used by the filter scores (SPEC: consensus, multimodal CLIP, importance) and by the evaluation
+metrics (CLIP-I, CLIP-T, CMMD). The model is loaded on first use; torch and open_clip are imported
+only then, so importing this module is cheap and never touches CUDA.
+
+`model_name` is an open_clip architecture name ("ViT-L-14", "ViT-B-32") or the path of an
+open_clip model-config JSON file (`{"embed_dim": ..., "vision_cfg": ..., "text_cfg": ...}`), which
+is registered with `open_clip.add_model_config` under the file's stem. `pretrained` is an
+open_clip pretrained tag ("openai", "laion2b_s34b_b79k"; downloaded through the Hugging Face cache,
+so set HF_HUB_OFFLINE=1 on machines without internet to fail at once), a path to a local
+checkpoint file (`.safetensors`, or a `torch.save`d state dict, loaded with weights_only=True),
+or None for random weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pbi_ml.config import resolve_device
+from pbi_ml.errors import ConfigError
+
+_REGISTERED_CONFIGS: dict[str, dict] = {}  # stem -> content of the config JSONs registered here
+
+
+def _open_clip_model_name(model_name: str) -> str:
+    """An open_clip architecture name; a config JSON path is registered under its file stem."""
+    if not model_name.endswith(".json"):
+        return model_name
+    path = Path(model_name).expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(f"open_clip model config {model_name!r} not found")
+    import open_clip
+
+    stem = path.stem
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"open_clip model config {path}: not readable JSON: {exc}") from None
+    if not isinstance(content, dict) or not all(k in content for k in ("embed_dim", "vision_cfg", "text_cfg")):
+        raise ConfigError(f"{path}: not an open_clip model config (needs embed_dim, vision_cfg, text_cfg)")
+    if stem in _REGISTERED_CONFIGS:
+        if _REGISTERED_CONFIGS[stem] == content:  # the same architecture again (e.g. a copy elsewhere)
+            return stem
+        raise ConfigError(f"open_clip model config {path}: another config named {stem!r} is registered; rename the file")
+    if stem in open_clip.list_models():
+        raise ConfigError(f"open_clip model config {path}: {stem!r} is a built-in open_clip model; rename the file")
+    open_clip.add_model_config(path)
+    _REGISTERED_CONFIGS[stem] = content
+    return stem
+
+
+class ClipEmbedder:
+    """open_clip image / text encoder returning L2-normalised float32 numpy embeddings.
+
+    Images are HxWx3 uint8 arrays and go through the model's own evaluation preprocessing
+    (resize of the shortest side, centre crop, normalisation). `precision` "auto" is fp16 on CUDA
+    and fp32 elsewhere.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        pretrained: str | None,
+        device: str = "auto",
+        batch_size: int = 32,
+        precision: str = "auto",
+    ):
+        self.model_name = model_name
+        self.pretrained = pretrained or None
+        self.device_request = device
+        self.batch_size = max(1, int(batch_size))
+        self.precision = precision
+        self._model = None
+        self._preprocess = None
+        self._tokenizer = None
+        self._device = None
+        self._text_cache: dict[str, np.ndarray] = {}
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def load(self) -> "ClipEmbedder":
+        """Load model, preprocessing and tokenizer now (otherwise done on first use)."""
+        if self._model is not None:
+            return self
+        import open_clip
+
+        name = _open_clip_model_name(self.model_name)
+        pretrained = self.pretrained
+        if pretrained is not None and os.path.isfile(os.path.expanduser(pretrained)):
+            pretrained = os.path.expanduser(pretrained)  # a local checkpoint file (tags are checked first by open_clip)
+        device = resolve_device(self.device_request)
+        precision = self.precision
+        if precision == "auto":
+            precision = "fp16" if device.startswith("cuda") else "fp32"
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained, device=device, precision=precision, weights_only=True
+        )
+        model.eval()
+        self._tokenizer = open_clip.get_tokenizer(name)
+        self._model, self._preprocess, self._device = model, preprocess, device
+        return self
+
+    @property
+    def tokenizer(self):
+        """The open_clip tokenizer (for standard CLIP text towers: the real CLIP BPE tokenizer)."""
+        self.load()
+        return self._tokenizer
+
+    @property
+    def device(self) -> str:
+        self.load()
+        return self._device
+
+    # -- embeddings ----------------------------------------------------------------------------
+
+    def embed_images(self, images: list[np.ndarray]) -> np.ndarray:
+        """(N, D) float32 L2-normalised embeddings of HxWx3 uint8 images, in batches."""
+        import torch
+        from PIL import Image
+
+        self.load()
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            tensors = []
+            for image in chunk:
+                array = np.asarray(image)
+                if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+                    raise ValueError(f"embed_images wants HxWx3 uint8 arrays, got {array.dtype} {array.shape}")
+                tensors.append(self._preprocess(Image.fromarray(array)))
+            batch = torch.stack(tensors).to(self._device, dtype=self._model_dtype())
+            with torch.inference_mode():
+                features = self._model.encode_image(batch)
+            out.append(_normalise(features))
+        return _stack(out)
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """(N, D) float32 L2-normalised embeddings of texts, in batches. Embeddings are remembered
+        per text (prompts such as "a photo of a <class>" repeat across calls)."""
+        import torch
+
+        self.load()
+        todo = list(dict.fromkeys(t for t in texts if t not in self._text_cache))
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start : start + self.batch_size]
+            tokens = self._tokenizer(chunk).to(self._device)
+            with torch.inference_mode():
+                features = self._model.encode_text(tokens)
+            self._text_cache.update(zip(chunk, _normalise(features)))
+        return _stack([np.stack([self._text_cache[t] for t in texts])] if texts else [])
+
+    def _model_dtype(self):
+        return next(self._model.parameters()).dtype
+
+
+def _normalise(features) -> np.ndarray:
+    features = features.float().cpu().numpy()
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    return (features / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def _stack(chunks: list[np.ndarray]) -> np.ndarray:
+    if not chunks:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate(chunks, axis=0)

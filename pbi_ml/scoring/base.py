@@ -1,0 +1,108 @@
+"""What the filter-score stage scores, the score columns, and the entry point `score_objects`.
+
+One object = the original photo, the object's mask, the dilated mask the inpainter filled, the K
+inpainted candidates and the object's class name. Every candidate gets every score column:
+
+    stats_consensus_std      (object) mean over the dilated-mask pixels of the per-pixel std across
+                             the K candidates, on [0,1] intensities. High: the inpainter could not
+                             agree on what belongs there (a failed removal).
+    stats_boundary_contrast  how much the filled object area stands out from a ring just outside
+                             the dilated mask (RGB mean / std distance, [0,1] units). High: something
+                             unlike the background was painted in (often the object again).
+    stats_change             mean absolute difference to the original inside the object mask, [0,1].
+                             Near 0: the edit removed nothing.
+    clip_consensus_std       (object) spread of the CLIP embeddings of the isolated inpainted region
+                             over the K candidates (SPEC filter 1; definition in scoring/clip.py).
+    clip_removal_sim         CLIP cosine of the candidate's isolated region with
+                             "a photo of a <class>" (SPEC filter 2). High: the object is still there.
+    clip_removal_sim_before  (object) the same for the original photo (the SPEC's exception).
+    clip_importance_sim      CLIP cosine of the whole original and the whole candidate (SPEC
+                             filter 3). Too high: the edit is too small to matter.
+    clip_null_reason         why the clip columns are null, or None.
+
+The stats columns need no weights and are always computed; the clip columns only with
+`ScoringConfig.backend == "clip"`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from pbi_ml.config import ScoringConfig
+from pbi_ml.errors import ConfigError, ItemError
+
+SCORING_BACKENDS = ("stats", "clip")
+
+STATS_COLUMNS = ["stats_consensus_std", "stats_boundary_contrast", "stats_change"]
+CLIP_COLUMNS = ["clip_consensus_std", "clip_removal_sim", "clip_removal_sim_before", "clip_importance_sim"]
+SCORE_COLUMNS = [*STATS_COLUMNS, *CLIP_COLUMNS, "clip_null_reason"]
+SCORE_FIELDS = [
+    *[pa.field(name, pa.float64()) for name in STATS_COLUMNS],
+    *[pa.field(name, pa.float64()) for name in CLIP_COLUMNS],
+    pa.field("clip_null_reason", pa.string()),
+]
+
+STATS_BACKEND_CLIP_REASON = "scoring backend 'stats' has no CLIP weights; set scoring.backend: clip"
+
+
+@dataclass
+class ObjectToScore:
+    """One removed object: HxWx3 uint8 `original`, HxW bool `mask` and `dilated_mask`, the K
+    HxWx3 uint8 inpainted `candidates` (same size as the original) and its class name."""
+
+    original: np.ndarray
+    mask: np.ndarray
+    dilated_mask: np.ndarray
+    candidates: list[np.ndarray]
+    category: str
+
+
+def check_object(obj: ObjectToScore) -> None:
+    """Raise ItemError when an object cannot be scored (no candidates, size mismatch, empty mask)."""
+    if not obj.candidates:
+        raise ItemError("no_candidates", obj.category)
+    shape = obj.original.shape
+    if obj.original.ndim != 3 or shape[2] != 3:
+        raise ItemError("bad_image", f"original has shape {shape}")
+    for name, m in (("mask", obj.mask), ("dilated_mask", obj.dilated_mask)):
+        if m.shape != shape[:2]:
+            raise ItemError("mask_size_mismatch", f"{name} {m.shape} vs image {shape[:2]}")
+    for k, candidate in enumerate(obj.candidates):
+        if candidate.shape != shape:
+            raise ItemError("removal_size_mismatch", f"candidate {k}: {candidate.shape} vs {shape}")
+    if not obj.mask.any():
+        raise ItemError("empty_mask", obj.category)
+
+
+def score_objects(objects: list[ObjectToScore], config: ScoringConfig, embedder=None) -> list[list[dict]]:
+    """Per object, per candidate, a dict with every column of SCORE_COLUMNS.
+
+    The CLIP calls of all objects and candidates are batched together. `embedder` (a
+    `pbi_ml.clip_embedder.ClipEmbedder`) overrides the one built from the config (and cached per
+    process). Raises ItemError for an object that cannot be scored (checked before any model runs),
+    ConfigError for an unknown backend or CLIP weights that cannot be loaded.
+    """
+    if config.backend not in SCORING_BACKENDS:
+        raise ConfigError(f"scoring backend {config.backend!r} not one of {SCORING_BACKENDS}")
+    from pbi_ml.scoring.stats import stats_scores
+
+    for obj in objects:
+        check_object(obj)
+    rows = [stats_scores(obj) for obj in objects]
+    if config.backend == "clip":
+        from pbi_ml.scoring.clip import clip_scores
+
+        clip_rows = clip_scores(objects, config, embedder=embedder)
+        for object_rows, object_clip in zip(rows, clip_rows):
+            for row, clip_row in zip(object_rows, object_clip):
+                row.update(clip_row)
+                row["clip_null_reason"] = None
+    else:
+        for object_rows in rows:
+            for row in object_rows:
+                row.update({name: None for name in CLIP_COLUMNS})
+                row["clip_null_reason"] = STATS_BACKEND_CLIP_REASON
+    return [[{name: row[name] for name in SCORE_COLUMNS} for row in object_rows] for object_rows in rows]
