@@ -1,0 +1,203 @@
+"""Removal with Stable Diffusion inpainting (diffusers): the paper's recipe.
+
+SPEC: `runwayml/stable-diffusion-inpainting` (SD 1.5 inpainting) at 512 px, prompt "a photo of a
+background, a photo of an empty place", negative prompt "an object, a <class>", 10 denoising
+steps, 3 candidates per object. All of these are `RemovalConfig` fields. (runwayml removed its
+Hub repositories in 2024; the same SD 1.5 inpainting weights are re-hosted as
+`stable-diffusion-v1-5/stable-diffusion-inpainting`.)
+
+- Loading: `StableDiffusionInpaintPipeline.from_pretrained(config.model)`, a Hub id or a local
+  directory, once per inpainter, lazily on the first `inpaint` call (constructing an inpainter
+  touches neither torch nor CUDA). Safety checker off. Device and dtype from the config
+  (`auto`: CUDA with float16 when available, else CPU with float32).
+- Working resolution: each image is resized so its longer side is `config.resolution` and both
+  sides are multiples of 8 (aspect kept; INTER_AREA when shrinking, bicubic when enlarging); the
+  mask with nearest neighbour. The result is resized back to the original size (bicubic). The
+  output is the raw pipeline image everywhere (the VAE round trip touches pixels outside the
+  mask too); the pairs stage blends it into the original through the mask.
+- Seeds: candidate k of every object uses seed `config.seed + k`, through its own
+  `torch.Generator` on the pipeline's device, so an object's candidates do not depend on which
+  other objects share its batch.
+- Batching: the (object, candidate) images of one `inpaint` call are grouped by working size and
+  sent to the pipeline exactly `config.batch_size` images at a time (classifier-free guidance
+  doubles the UNet batch); a group's last, partial chunk is padded with repeats of its last image
+  whose outputs are dropped. The fixed batch shape makes results independent of batch
+  composition byte for byte: with per-candidate generators the noise already is, but float
+  kernels pick a different reduction order for a different batch size (on CPU a 1-image call and
+  a 4-image call differ by one grey level here and there), and a resumed run groups objects
+  differently from a clean one. The stage passes `batch_size` objects per call, i.e.
+  K * batch_size images, so padding only happens at size-group ends; a caller that orders its
+  objects by image size keeps it small. On CUDA, bytes repeat run to run only as far as the GPU
+  kernels are deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from pbi_ml.config import RemovalConfig, resolve_device, resolve_dtype
+from pbi_ml.errors import ConfigError
+from pbi_ml.removal.base import check_batch
+
+
+RUNWAYML_ORG = "runwayml"
+SD15_INPAINT_MIRROR = "stable-diffusion-v1-5/stable-diffusion-inpainting"  # the paper's weights, re-hosted
+
+
+class DiffusersInpainter:
+    """K Stable Diffusion inpaintings per object, one fixed seed per candidate."""
+
+    name = "diffusers"
+
+    def __init__(self, config: RemovalConfig):
+        for field in ("num_candidates", "steps", "batch_size"):
+            if getattr(config, field) < 1:
+                raise ConfigError(f"removal: {field} must be >= 1, got {getattr(config, field)}")
+        if config.resolution < 8:
+            raise ConfigError(f"removal: resolution must be >= 8, got {config.resolution}")
+        self.config = config
+        self.pipeline = None  # loaded on the first inpaint() call
+        self.device: str | None = None
+        self.pipeline_calls = 0  # counters for progress / benchmark reports
+        self.padding_images = 0  # images computed only to keep the batch shape fixed
+
+    def candidate_labels(self) -> list[str]:
+        return [f"sd seed={self.config.seed + k}" for k in range(self.config.num_candidates)]
+
+    def load(self):
+        """Load the pipeline (once). Called by `inpaint`; call it early to fail fast on a bad model."""
+        if self.pipeline is None:
+            self.device = resolve_device(self.config.device)
+            self.pipeline = load_inpaint_pipeline(self.config.model, self.device, resolve_dtype(self.config.dtype, self.device))
+        return self.pipeline
+
+    def negative_prompt_for(self, category: str) -> str:
+        from pbi_ml.instruct.templates import clean_category
+
+        return self.config.negative_prompt.format(category=clean_category(category))
+
+    def inpaint(self, images: list[np.ndarray], masks: list[np.ndarray], categories: list[str]) -> list[list[np.ndarray]]:
+        """Per item, K inpainted images (HxWx3 uint8, the item's original size)."""
+        items = check_batch(images, masks, categories)
+        if not items:
+            return []
+        self.load()
+        k_count = self.config.num_candidates
+        inputs = [to_working_size(image, mask, self.config.resolution) for image, mask in items]
+        negatives = [self.negative_prompt_for(c) for c in categories]
+
+        # (item, candidate) jobs grouped by working size, in first-seen order
+        groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        for i, (work_image, _) in enumerate(inputs):
+            groups.setdefault(work_image.shape[:2], []).extend((i, k) for k in range(k_count))
+
+        results: list[list[np.ndarray | None]] = [[None] * k_count for _ in items]
+        size = self.config.batch_size
+        for jobs in groups.values():
+            for start in range(0, len(jobs), size):
+                chunk = jobs[start : start + size]
+                padded = chunk + [chunk[-1]] * (size - len(chunk))  # fixed batch shape: see module docstring
+                self.pipeline_calls += 1
+                self.padding_images += size - len(chunk)
+                outputs = self._run(
+                    [inputs[i][0] for i, _ in padded],
+                    [inputs[i][1] for i, _ in padded],
+                    [negatives[i] for i, _ in padded],
+                    [self.config.seed + k for _, k in padded],
+                )
+                for (i, k), out in zip(chunk, outputs):
+                    results[i][k] = from_working_size(out, items[i][0].shape[:2])
+        return results
+
+    def _run(self, images: list[np.ndarray], masks: list[np.ndarray], negatives: list[str], seeds: list[int]) -> list[np.ndarray]:
+        """One pipeline call on equal-size working images; returns HxWx3 uint8 arrays."""
+        import torch
+        from PIL import Image
+
+        height, width = images[0].shape[:2]
+        generators = [torch.Generator(device=self.device).manual_seed(seed) for seed in seeds]
+        result = self.pipeline(
+            prompt=[self.config.prompt] * len(images),
+            negative_prompt=negatives,
+            image=[Image.fromarray(image) for image in images],
+            mask_image=[Image.fromarray(mask.astype(np.uint8) * 255) for mask in masks],
+            height=height,
+            width=width,
+            num_inference_steps=self.config.steps,
+            guidance_scale=self.config.guidance_scale,
+            generator=generators,
+            output_type="np",
+        )
+        return [float_to_uint8(image) for image in result.images]
+
+
+def load_inpaint_pipeline(model: str, device: str, dtype):
+    """`StableDiffusionInpaintPipeline` from a Hub id or a local directory, safety checker off,
+    on `device` in `dtype`, progress bars off. A model that cannot be found (e.g. a Hub id not in
+    the local cache while HF_HUB_OFFLINE=1) raises ConfigError naming it."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    source = str(Path(model).expanduser()) if Path(model).expanduser().exists() else model
+    try:
+        pipeline = StableDiffusionInpaintPipeline.from_pretrained(
+            source, dtype=dtype, safety_checker=None, requires_safety_checker=False
+        )
+    except (OSError, ValueError) as exc:
+        hint = ""
+        if model.startswith(f"{RUNWAYML_ORG}/"):
+            hint = f" Note: runwayml removed its Hub repositories in 2024; the same weights are at {SD15_INPAINT_MIRROR!r}."
+        raise ConfigError(
+            f"removal model {model!r} could not be loaded: it is not a local pipeline directory, and as a "
+            f"Hugging Face Hub id it is not in the local cache or cannot be downloaded "
+            f"(HF_HUB_OFFLINE={_offline_flag()}).{hint} Cause: {type(exc).__name__}: {exc}"
+        ) from exc
+    pipeline.to(device)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def _offline_flag() -> str:
+    import os
+
+    return os.environ.get("HF_HUB_OFFLINE", "unset")
+
+
+def working_size(height: int, width: int, resolution: int) -> tuple[int, int]:
+    """(h, w) with the longer side scaled to `resolution`, aspect kept, both rounded to multiples of 8."""
+    scale = resolution / max(height, width)
+
+    def side(n: int) -> int:
+        return max(8, 8 * math.floor(n * scale / 8 + 0.5))
+
+    return side(height), side(width)
+
+
+def to_working_size(image: np.ndarray, mask: np.ndarray, resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    """The image (INTER_AREA when shrinking, bicubic when enlarging) and the bool mask (nearest)
+    resized to `working_size`."""
+    import cv2
+
+    h, w = working_size(*image.shape[:2], resolution)
+    if (h, w) == image.shape[:2]:
+        return image, mask
+    shrinking = h * w < image.shape[0] * image.shape[1]
+    work_image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
+    work_mask = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+    return work_image, work_mask
+
+
+def from_working_size(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A working-size result resized back to the original (h, w), bicubic."""
+    import cv2
+
+    if image.shape[:2] == tuple(shape):
+        return image
+    return cv2.resize(image, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
+
+
+def float_to_uint8(image: np.ndarray) -> np.ndarray:
+    """A pipeline `output_type="np"` image (float in [0, 1]) as uint8, rounding to nearest."""
+    return np.clip(np.rint(np.asarray(image, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)

@@ -1,0 +1,247 @@
+"""Removal backends on real photos: the embedded OpenCV default and the diffusers SD-inpainting path
+(a tiny random pipeline saved with save_pretrained, loaded through the same from_pretrained call
+users run with a Hub id)."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+
+from pbi_ml.config import RemovalConfig
+from pbi_ml.errors import ConfigError, ItemError
+from pbi_ml.masks import dilate
+from pbi_ml.removal import REMOVAL_BACKENDS, make_inpainter
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ellipse_mask(shape, center, axes, dilation_px):
+    """A filled ellipse (x, y centre; half-axes in px), dilated the way the removal stage does."""
+    mask = np.zeros(shape[:2], np.uint8)
+    cv2.ellipse(mask, center, axes, 0, 0, 360, 1, thickness=-1)
+    return dilate(mask > 0, dilation_px)
+
+
+def photo_items():
+    """Real photos with masks over real objects; the third mask touches the image border."""
+    cat = skimage.data.chelsea()  # 300x451
+    coffee = skimage.data.coffee()  # 400x600
+    return [
+        (cat, ellipse_mask(cat.shape, (180, 110), (70, 60), 15), "cat"),  # the cat's head
+        (coffee, ellipse_mask(coffee.shape, (300, 190), (150, 110), 15), "cup"),  # the cup
+        (cat, ellipse_mask(cat.shape, (440, 290), (40, 30), 5), "cat"),  # bottom-right corner
+    ]
+
+
+def small(image, width, height):
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
+# ------------------------------------------------------------------------------------------
+# factory
+
+
+def test_unknown_backend_names_the_choices():
+    with pytest.raises(ConfigError) as info:
+        make_inpainter(RemovalConfig(backend="lama"))
+    assert "lama" in str(info.value)
+    for name in REMOVAL_BACKENDS:
+        assert name in str(info.value)
+
+
+def test_importing_and_constructing_touch_no_torch():
+    code = (
+        "import sys\n"
+        "from pbi_ml.config import RemovalConfig\n"
+        "from pbi_ml.removal import make_inpainter\n"
+        "import pbi_ml.removal.opencv, pbi_ml.removal.sd_inpaint\n"
+        "make_inpainter(RemovalConfig(backend='diffusers', model='x/y'))\n"
+        "print(','.join(n for n in ('torch', 'diffusers', 'transformers') if n in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+# ------------------------------------------------------------------------------------------
+# opencv (embedded default)
+
+
+def test_opencv_candidates_on_real_photos():
+    from pbi_ml.removal.opencv import inpaint_crop
+
+    inpainter = make_inpainter(RemovalConfig(num_candidates=3))
+    assert inpainter.name == "opencv"
+    assert inpainter.candidate_labels() == ["telea r=3", "ns r=5", "telea r=9"]
+    items = photo_items()
+    results = inpainter.inpaint([i for i, _, _ in items], [m for _, m, _ in items], [c for _, _, c in items])
+    assert len(results) == len(items)
+    for (image, mask, _), candidates in zip(items, results):
+        assert len(candidates) == 3
+        x0, y0, x1, y1 = inpaint_crop(mask, 9)
+        outside_crop = np.ones(mask.shape, bool)
+        outside_crop[y0:y1, x0:x1] = False
+        for out in candidates:
+            assert out.shape == image.shape and out.dtype == np.uint8
+            assert np.array_equal(out[outside_crop], image[outside_crop])
+            assert np.array_equal(out[~mask], image[~mask]), "only the (dilated) mask is repainted"
+            changed = (out != image).any(axis=-1)
+            assert changed[mask].mean() > 0.9, "the object area was actually repainted"
+        for a in range(3):
+            for b in range(a + 1, 3):
+                diff = np.abs(candidates[a].astype(int) - candidates[b].astype(int))[mask]
+                assert diff.mean() > 0.5, f"candidates {a} and {b} should differ"
+
+
+def test_opencv_crop_gives_the_same_bytes_as_the_whole_image():
+    inpainter = make_inpainter(RemovalConfig(num_candidates=3))
+    image, mask, category = photo_items()[1]
+    ours = inpainter.inpaint([image], [mask], [category])[0]
+    full = [
+        cv2.inpaint(image, mask.astype(np.uint8), 3, cv2.INPAINT_TELEA),
+        cv2.inpaint(image, mask.astype(np.uint8), 5, cv2.INPAINT_NS),
+        cv2.inpaint(image, mask.astype(np.uint8), 9, cv2.INPAINT_TELEA),
+    ]
+    for a, b in zip(ours, full):
+        assert np.array_equal(a, b)
+
+
+def test_opencv_is_deterministic():
+    items = photo_items()[:2]
+    args = ([i for i, _, _ in items], [m for _, m, _ in items], [c for _, _, c in items])
+    first = make_inpainter(RemovalConfig()).inpaint(*args)
+    second = make_inpainter(RemovalConfig()).inpaint(*args)
+    for a, b in zip(first, second):
+        for x, y in zip(a, b):
+            assert x.tobytes() == y.tobytes()
+
+
+def test_opencv_more_candidates_than_methods_cycles():
+    image, mask, category = photo_items()[0]
+    five = make_inpainter(RemovalConfig(num_candidates=5))
+    assert five.candidate_labels() == ["telea r=3", "ns r=5", "telea r=9", "ns r=3", "telea r=5"]
+    out = five.inpaint([image], [mask], [category])[0]
+    assert len(out) == 5
+    assert len({x.tobytes() for x in out}) == 5, "the five candidates use five different (method, radius)"
+    seven = make_inpainter(RemovalConfig(num_candidates=7))
+    labels = seven.candidate_labels()
+    assert labels[6] == labels[0]
+    out7 = seven.inpaint([image], [mask], [category])[0]
+    assert len(out7) == 7 and np.array_equal(out7[6], out7[0]) and np.array_equal(out7[4], out[4])
+
+
+def test_opencv_bad_items_fail_with_a_reason():
+    inpainter = make_inpainter(RemovalConfig())
+    image, mask, category = photo_items()[0]
+    cases = [
+        (image, mask[:-1], "mask_size_mismatch"),
+        (image, np.zeros_like(mask), "empty_mask"),
+        (image[..., 0], mask, "bad_image"),
+        (image.astype(np.float32), mask, "bad_image"),
+        (image, mask[..., None], "bad_mask"),
+    ]
+    for bad_image, bad_mask, reason in cases:
+        with pytest.raises(ItemError) as info:
+            inpainter.inpaint([bad_image], [bad_mask], [category])
+        assert info.value.reason == reason
+
+
+# ------------------------------------------------------------------------------------------
+# diffusers (the paper's recipe), tiny random pipeline
+
+
+def test_working_size_keeps_aspect_on_multiples_of_8():
+    from pbi_ml.removal.sd_inpaint import working_size
+
+    assert working_size(480, 640, 512) == (384, 512)
+    assert working_size(640, 480, 512) == (512, 384)
+    assert working_size(333, 500, 512) == (344, 512)
+    assert working_size(60, 80, 64) == (48, 64)
+    assert working_size(96, 64, 64) == (64, 40)
+    assert working_size(10, 1000, 512) == (8, 512)
+
+
+def test_negative_prompt_names_the_class():
+    from pbi_ml.removal.sd_inpaint import DiffusersInpainter
+
+    inpainter = DiffusersInpainter(RemovalConfig(backend="diffusers"))
+    assert inpainter.negative_prompt_for("bow_(weapon)") == "an object, a bow"
+    assert inpainter.negative_prompt_for("dog") == "an object, a dog"
+
+
+@pytest.fixture(scope="module")
+def sd_config(tmp_path_factory):
+    from pbi_ml.tiny_sd import save_tiny_inpaint_pipeline
+
+    directory = save_tiny_inpaint_pipeline(tmp_path_factory.mktemp("removal") / "sd")
+    return RemovalConfig(backend="diffusers", model=str(directory), steps=2, resolution=64, num_candidates=3, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def sd_items():
+    """Two 80x60 photos (one working-size group) and a 64x96 portrait (another group)."""
+    cat = small(skimage.data.chelsea(), 80, 60)
+    coffee = small(skimage.data.coffee(), 80, 60)
+    astronaut = small(skimage.data.astronaut(), 64, 96)
+    return [
+        (cat, ellipse_mask(cat.shape, (32, 22), (12, 10), 2), "cat"),
+        (coffee, ellipse_mask(coffee.shape, (40, 28), (20, 14), 2), "cup"),
+        (astronaut, ellipse_mask(astronaut.shape, (30, 30), (12, 14), 2), "person"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def sd_run(sd_config, sd_items):
+    inpainter = make_inpainter(sd_config)
+    results = inpainter.inpaint([i for i, _, _ in sd_items], [m for _, m, _ in sd_items], [c for _, _, c in sd_items])
+    return inpainter, results
+
+
+def test_sd_outputs_original_size_and_distinct_candidates(sd_run, sd_items):
+    inpainter, results = sd_run
+    assert inpainter.name == "diffusers"
+    assert inpainter.candidate_labels() == ["sd seed=0", "sd seed=1", "sd seed=2"]
+    assert len(results) == len(sd_items)
+    for (image, mask, _), candidates in zip(sd_items, results):
+        assert len(candidates) == 3
+        for out in candidates:
+            assert out.shape == image.shape and out.dtype == np.uint8
+            assert not np.array_equal(out, image)
+        for a in range(3):
+            for b in range(a + 1, 3):
+                assert np.abs(candidates[a].astype(int) - candidates[b].astype(int)).mean() > 1.0, "seeds differ"
+
+
+def test_sd_result_per_object_does_not_depend_on_its_batch(sd_run, sd_items):
+    # in the 3-item run the coffee photo's candidates were split across two pipeline calls,
+    # sharing them with the cat; alone they are one call
+    inpainter, results = sd_run
+    image, mask, category = sd_items[1]
+    alone = inpainter.inpaint([image], [mask], [category])[0]
+    for x, y in zip(alone, results[1]):
+        assert x.tobytes() == y.tobytes()
+
+
+def test_sd_rerun_with_a_fresh_pipeline_gives_identical_bytes(sd_run, sd_config, sd_items):
+    _, results = sd_run
+    image, mask, category = sd_items[2]
+    again = make_inpainter(sd_config).inpaint([image], [mask], [category])[0]
+    for x, y in zip(again, results[2]):
+        assert x.tobytes() == y.tobytes()
+
+
+def test_sd_uncached_hub_id_fails_clearly_offline():
+    model = "pbi-tests/not-a-cached-inpainting-model"
+    image, mask, category = photo_items()[0]
+    inpainter = make_inpainter(RemovalConfig(backend="diffusers", model=model, device="cpu"))
+    with pytest.raises(ConfigError) as info:
+        inpainter.inpaint([small(image, 64, 48)], [small(mask.astype(np.uint8), 64, 48) > 0], [category])
+    assert model in str(info.value)
+    assert "HF_HUB_OFFLINE=1" in str(info.value)
