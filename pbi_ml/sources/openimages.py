@@ -1,0 +1,188 @@
+"""Open Images v7 instance segmentations -> the normalised instance index.
+
+Inputs (SourceConfig):
+
+- `annotations`: one or more segmentation CSVs with the columns
+  `MaskPath, ImageID, LabelName, BoxID, BoxXMin, BoxXMax, BoxYMin, BoxYMax[, PredictedIoU, Clicks]`
+  (boxes normalised to 0..1);
+- `masks`: the folder of mask PNGs. A mask is looked up as `<masks>/<MaskPath>` and, as the
+  official zips extract (train-masks-0.zip ... -f.zip), `<masks>/<MaskPath[0]>/<MaskPath>`;
+- `class_descriptions`: `LabelName,DisplayName` rows, header optional;
+- `images`: the photos, `<images>/<ImageID>.jpg`.
+
+Per row: `annotation_id` = MaskPath without ".png", `category` = DisplayName, `category_id` =
+LabelName, `mask_file` = the mask's path relative to `masks`, `segmentation` = null. The CSV has
+no image size, so width/height come from the image header when the image is readable, else from
+the mask PNG. Each mask PNG is opened once (PIL) to get its pixel count and box, scaled to the
+image size (Open Images masks may be stored at another resolution than the photo). A missing or
+unreadable mask keeps its row with area 0, the CSV box (when the image size is known) and
+index_error "mask_missing" / "mask_unreadable"; an empty mask gives "zero_area".
+`category_not_exhaustive` is null (Open Images gives no such flag), `iscrowd` False.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from pbi_ml.config import SourceConfig
+from pbi_ml.errors import AnnotationFileError, ItemError
+from pbi_ml.imageio import check_image, load_gray, resolve_inside
+from pbi_ml.sources.index import IndexBuilder
+
+REQUIRED_COLUMNS = ("MaskPath", "ImageID", "LabelName", "BoxID", "BoxXMin", "BoxXMax", "BoxYMin", "BoxYMax")
+_BOX_COLUMNS = ("BoxXMin", "BoxXMax", "BoxYMin", "BoxYMax")
+
+
+def read_openimages_index(source: SourceConfig, num_shards: int) -> pa.Table:
+    """The INDEX_SCHEMA table of an Open Images segmentation source."""
+    classes = read_class_descriptions(Path(source.class_descriptions))
+    builder = IndexBuilder(source.name, num_shards)
+    image_sizes: dict[str, tuple[int, int] | None] = {}
+    for path in source.annotation_files:
+        _read_segmentation_csv(Path(path), source, classes, builder, image_sizes)
+    return builder.finish(", ".join(source.annotation_files))
+
+
+def read_class_descriptions(path: Path) -> dict[str, str]:
+    """LabelName -> DisplayName from a class-descriptions CSV (header row optional)."""
+    if not path.is_file():
+        raise AnnotationFileError(path, "class descriptions file not found")
+    classes: dict[str, str] = {}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            for line_number, row in enumerate(csv.reader(f), start=1):
+                if not row or all(not cell.strip() for cell in row):
+                    continue
+                if line_number == 1 and [c.strip() for c in row] == ["LabelName", "DisplayName"]:
+                    continue
+                if len(row) != 2 or not row[0].strip():
+                    raise AnnotationFileError(path, f"line {line_number}: expected 'LabelName,DisplayName', got {row!r}")
+                label, name = row[0].strip(), row[1].strip()
+                if label in classes and classes[label] != name:
+                    raise AnnotationFileError(path, f"line {line_number}: LabelName {label!r} described twice")
+                classes[label] = name
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise AnnotationFileError(path, f"not a readable CSV: {exc}") from None
+    if not classes:
+        raise AnnotationFileError(path, "no classes in the class descriptions file")
+    return classes
+
+
+def _read_csv_columns(path: Path) -> dict[str, list]:
+    if not path.is_file():
+        raise AnnotationFileError(path, "annotation file not found")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            header = next(csv.reader(f), None)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise AnnotationFileError(path, f"not a readable CSV: {exc}") from None
+    if not header:
+        raise AnnotationFileError(path, "empty file: expected a header with " + ", ".join(REQUIRED_COLUMNS))
+    header = [h.strip() for h in header]
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise AnnotationFileError(path, f"missing required columns {missing}; found {header}")
+    types = {c: pa.string() for c in REQUIRED_COLUMNS}
+    types.update({c: pa.float64() for c in _BOX_COLUMNS})
+    try:
+        table = pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(column_names=header, skip_rows=1),
+            convert_options=pacsv.ConvertOptions(include_columns=list(REQUIRED_COLUMNS), column_types=types),
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise AnnotationFileError(path, f"malformed CSV: {exc}") from None
+    return {name: table.column(name).to_pylist() for name in REQUIRED_COLUMNS}
+
+
+def _read_segmentation_csv(path, source, classes, builder, image_sizes) -> None:
+    columns = _read_csv_columns(path)
+    masks_root = Path(source.masks).resolve()
+    for row_number, (mask_path, image_id, label, x0, x1, y0, y1) in enumerate(
+        zip(
+            columns["MaskPath"], columns["ImageID"], columns["LabelName"],
+            columns["BoxXMin"], columns["BoxXMax"], columns["BoxYMin"], columns["BoxYMax"],
+        ),
+        start=2,
+    ):
+        if not mask_path or not image_id or not label:
+            raise AnnotationFileError(path, f"line {row_number}: MaskPath, ImageID and LabelName must be non-empty")
+        name = classes.get(label)
+        if name is None:
+            raise AnnotationFileError(path, f"line {row_number}: LabelName {label!r} is not in the class descriptions")
+        image_file = f"{image_id}.jpg"
+        if image_id not in image_sizes:
+            try:
+                image_sizes[image_id] = check_image(source.images, image_file)
+            except ItemError:
+                image_sizes[image_id] = None
+        image_size = image_sizes[image_id]
+
+        mask_file, error = mask_path, None
+        area, bbox, size = 0.0, None, image_size
+        try:
+            mask_file, mask_abs = find_mask(masks_root, mask_path)
+            mask = load_gray(mask_abs) > 127  # PIL opens each mask once
+            area, bbox, size = _mask_summary(mask, image_size)
+            if area == 0:
+                error = "zero_area"
+        except ItemError as exc:
+            error = exc.reason
+            if image_size is not None and None not in (x0, x1, y0, y1):
+                w, h = image_size
+                bbox = (x0 * w, y0 * h, (x1 - x0) * w, (y1 - y0) * h)
+        builder.add(
+            image_id=image_id,
+            annotation_id=mask_path[:-4] if mask_path.lower().endswith(".png") else mask_path,
+            category=name,
+            category_id=label,
+            category_synonyms=[name],
+            category_not_exhaustive=None,
+            image_file=image_file,
+            width=size[0] if size else None,
+            height=size[1] if size else None,
+            bbox=bbox,
+            area=area,
+            iscrowd=False,
+            segmentation=None,
+            mask_file=mask_file,
+            index_error=error,
+        )
+
+
+def find_mask(masks_root: Path, mask_path: str) -> tuple[str, Path]:
+    """(path relative to the masks root, absolute path) of a MaskPath; ItemError when absent."""
+    candidates = [mask_path]
+    name = os.path.basename(mask_path)
+    if name:
+        candidates.append(f"{name[0]}/{mask_path}")
+    for relative in candidates:
+        path = resolve_inside(masks_root, relative)  # raises path_escapes_root
+        if path.is_file():
+            return relative, path
+    raise ItemError("mask_missing", f"{mask_path} not under {masks_root}")
+
+
+def _mask_summary(mask: np.ndarray, image_size: tuple[int, int] | None):
+    """(area, bbox, (width, height)) of a bool mask, scaled to the image size when known."""
+    mask_h, mask_w = mask.shape
+    width, height = image_size if image_size is not None else (mask_w, mask_h)
+    sx, sy = width / mask_w, height / mask_h
+    count = int(np.count_nonzero(mask))
+    if count == 0:
+        return 0.0, None, (width, height)
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    bbox = (
+        float(cols[0] * sx),
+        float(rows[0] * sy),
+        float((cols[-1] - cols[0] + 1) * sx),
+        float((rows[-1] - rows[0] + 1) * sy),
+    )
+    return float(count * sx * sy), bbox, (width, height)
