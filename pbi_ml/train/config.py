@@ -1,0 +1,92 @@
+"""Training configuration of the InstructPix2Pix-style "add an object" model.
+
+Defaults are the paper's recipe (SPEC.md, row "model"): SD 1.5 init, 256 px random crops, Adam
+lr 5e-5 without warm-up, gradient clipping at 1, batch 128 per GPU x 8 GPUs x accumulation 4 =
+4096, 60 epochs, conditioning dropout 5 % text / 5 % image / 5 % both, and the location phrase
+appended with probability 0.25.
+
+`init_model="tiny"` is the embedded CPU default: a tiny random SD built from config
+(`pbi_ml.tiny_sd`), no download. Its result is a smoke test of the training code path, not a
+useful editor (`TrainResult.smoke_model` is True).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pbi_ml.errors import ConfigError
+
+TINY_MODEL = "tiny"
+MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
+
+# Fields that do not change the training trajectory: a run may resume with other values of these.
+# Every other field must match the checkpoint's, or resuming would silently mix two recipes.
+LENGTH_AND_IO_FIELDS = ("num_epochs", "max_steps", "checkpoint_every", "keep_checkpoints", "dataloader_workers")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. See the module docstring for the paper's recipe."""
+
+    init_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # (ex runwayml/) Hub id / local dir of an SD 1.5 text-to-image pipeline, or "tiny"
+    resolution: int = 256  # shorter side resized to this, then a random square crop of this size (paper: 256)
+    learning_rate: float = 5e-5  # constant, no warm-up
+    adam_beta1: float = 0.9  # diffusers' InstructPix2Pix trainer defaults
+    adam_beta2: float = 0.999
+    # SPEC says Adam: weight decay 0 makes torch's AdamW exactly Adam. (diffusers' trainer uses
+    # AdamW with 1e-2; set weight_decay=0.01 to follow it instead.)
+    weight_decay: float = 0.0
+    epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    train_batch_size: int = 128  # per device (paper: 128/GPU x 8 A100 x accumulation 4 = 4096)
+    gradient_accumulation_steps: int = 4
+    num_epochs: int | None = 60
+    max_steps: int | None = None  # optimizer steps; overrides num_epochs when set
+    text_dropout: float = 0.05  # SPEC: 5 % text only ...
+    image_dropout: float = 0.05  # ... 5 % image only ...
+    both_dropout: float = 0.05  # ... 5 % both (disjoint cases)
+    location_prob: float = 0.25  # append " at the <location>" to the instruction at training time
+    use_ema: bool = False
+    ema_decay: float = 0.9999
+    mixed_precision: str = "auto"  # "no" on CPU; "auto" on CUDA -> bf16 if supported else fp16
+    checkpoint_every: int = 500  # optimizer steps; the final step is always checkpointed too
+    keep_checkpoints: int = 2
+    seed: int = 0
+    dataloader_workers: int = 0
+    device: str = "auto"  # "auto" = cuda if available else cpu
+
+    def __post_init__(self):
+        if self.resolution < 8:
+            raise ConfigError(f"TrainConfig.resolution={self.resolution}: must be >= 8")
+        if self.train_batch_size < 1 or self.gradient_accumulation_steps < 1:
+            raise ConfigError("TrainConfig: train_batch_size and gradient_accumulation_steps must be >= 1")
+        if self.max_steps is None and self.num_epochs is None:
+            raise ConfigError("TrainConfig: set num_epochs or max_steps")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"TrainConfig.max_steps={self.max_steps}: must be >= 1")
+        if self.num_epochs is not None and self.num_epochs < 1:
+            raise ConfigError(f"TrainConfig.num_epochs={self.num_epochs}: must be >= 1")
+        probs = (self.text_dropout, self.image_dropout, self.both_dropout)
+        if min(probs) < 0 or sum(probs) > 1:
+            raise ConfigError(f"TrainConfig: dropout probabilities {probs} must be >= 0 and sum to <= 1")
+        if not 0 <= self.location_prob <= 1:
+            raise ConfigError(f"TrainConfig.location_prob={self.location_prob}: must be in [0, 1]")
+        if self.mixed_precision not in MIXED_PRECISION_CHOICES:
+            raise ConfigError(f"TrainConfig.mixed_precision={self.mixed_precision!r} not one of {MIXED_PRECISION_CHOICES}")
+        if self.checkpoint_every < 1 or self.keep_checkpoints < 1:
+            raise ConfigError("TrainConfig: checkpoint_every and keep_checkpoints must be >= 1")
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.init_model == TINY_MODEL
+
+
+def resolve_mixed_precision(mixed_precision: str, device: str) -> str:
+    """"auto" -> "no" off CUDA; on CUDA "bf16" when the GPU supports it, else "fp16"."""
+    if mixed_precision != "auto":
+        return mixed_precision
+    if not device.startswith("cuda"):
+        return "no"
+    import torch
+
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
