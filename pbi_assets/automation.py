@@ -1,6 +1,5 @@
 """Retraining: a named job (checkpoint + evaluation), a weekly schedule, and a growth sensor."""
 
-from __future__ import annotations
 
 import os
 

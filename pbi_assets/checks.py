@@ -1,7 +1,6 @@
 """Asset checks. Checks of partitioned assets share the asset's partitions definition, so a check
 runs on the partition just materialized instead of loading them all."""
 
-from __future__ import annotations
 
 import dagster as dg
 

@@ -144,6 +144,8 @@ def read_view(storage: Storage, name: str, where: str = "") -> pa.Table:
     sql = view_sql(storage, schemas)[name]
     con = duckdb.connect()
     try:
-        return con.execute(f"SELECT * FROM ({sql}) {('WHERE ' + where) if where else ''}").fetch_arrow_table()
+        result = con.execute(f"SELECT * FROM ({sql}) {('WHERE ' + where) if where else ''}")
+        # duckdb >= 2 renamed fetch_arrow_table to to_arrow_table
+        return result.to_arrow_table() if hasattr(result, "to_arrow_table") else result.fetch_arrow_table()
     finally:
         con.close()

@@ -31,6 +31,7 @@ class SourceConfig:
     a list of CSV files. Open Images also needs `masks` (root of the mask PNGs) and
     `class_descriptions` (the class-descriptions CSV). `refs` optionally points at a
     RefCOCO-style referring-expressions file (JSON list of {"ann_id", "sentences"}).
+    `test_fraction` overrides the hashed test fraction of the splits stage for this source.
     """
 
     name: str
@@ -41,6 +42,7 @@ class SourceConfig:
     masks: str | None = None
     class_descriptions: str | None = None
     refs: str | None = None
+    test_fraction: float | None = None  # overrides splits.test_fraction for this source
 
     def __post_init__(self):
         if not self.name or "|" in self.name or "/" in self.name:
@@ -108,7 +110,7 @@ class RemovalConfig:
     """Object removal by inpainting. Paper: SD 1.5 inpainting, 10 steps, 3 candidates per object."""
 
     backend: str = "opencv"  # "opencv" (embedded, CPU) or "diffusers" (the paper's recipe)
-    model: str = "runwayml/stable-diffusion-inpainting"  # Hub id or local directory
+    model: str = "stable-diffusion-v1-5/stable-diffusion-inpainting"  # ex runwayml/ (repo moved 2024); Hub id or local dir
     num_candidates: int = 3
     dilation_px: int = 15  # calibrate: masks are dilated so no object part stays visible
     steps: int = 10
@@ -154,10 +156,10 @@ class PairConfig:
 class SplitConfig:
     """Train/test assignment. Sources with role: test go to test; an image that appears in any
     test source (same image_id, e.g. COCO val under both COCO and LVIS) is test everywhere; the
-    rest by a seeded hash of the image id. Paper: test = 752 pairs from COCO val only (set
-    test_fraction: 0 to follow it); the default keeps a few demo images for evaluation."""
+    rest by a seeded hash of the image id (a source may override test_fraction). Paper: test =
+    752 pairs from COCO val only: declare COCO val with role: test and set test_fraction: 0."""
 
-    test_fraction: float = 0.2
+    test_fraction: float = 0.05
     seed: int = 0
 
 
@@ -209,6 +211,7 @@ def demo_source() -> SourceConfig:
         images=str(demo.images_dir()),
         annotations=str(demo.annotations_path()),
         role="train",
+        test_fraction=0.3,  # 6 photos: keep two (camera, coffee) for the demo's evaluation
     )
 
 

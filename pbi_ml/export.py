@@ -124,7 +124,8 @@ def export_pairs(pairs: pa.Table, formats_of_sources: dict[str, str], stats: dic
     `stats`: filter statistics for the dataset card ({"candidates": {...}, "scores": {...}}).
     """
     out_dir = Path(out_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent if out_dir.parent.exists() else None))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     rows = sorted(pairs.to_pylist(), key=lambda r: r["pair_id"])
     counts: Counter = Counter()
     writers: dict[tuple[str, str], _ShardWriter] = {}

@@ -25,10 +25,12 @@ def test_image_ids(project: ProjectConfig, storage) -> set[str]:
     return ids
 
 
-def assign_split(source_role: str, image_id: str, held_out: set[str], config: SplitConfig) -> tuple[str, str]:
-    """(split, rule) for one image."""
-    if source_role == "test":
+def assign_split(source, image_id: str, held_out: set[str], config: SplitConfig) -> tuple[str, str]:
+    """(split, rule) for one image of `source` (a SourceConfig)."""
+    if source.role == "test":
         return "test", "test_source"
     if image_id in held_out:
         return "test", "image_in_a_test_source"
+    if source.test_fraction is not None:
+        config = SplitConfig(test_fraction=source.test_fraction, seed=config.seed)
     return hashed_split(image_id, config), "hash"

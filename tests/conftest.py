@@ -51,10 +51,7 @@ def _write_session_config() -> Path:
     return path
 
 
-try:
-    os.environ["PBI_CONFIG"] = str(_write_session_config())
-except ImportError:  # source_fixtures still being written: the session has the demo source only
-    pass
+os.environ["PBI_CONFIG"] = str(_write_session_config())
 os.environ.pop("PBI_DATA_ROOT", None)
 os.environ["DAGSTER_HOME"] = str(_SESSION_DIR / "dagster_home")
 Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
@@ -63,3 +60,13 @@ Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
 @pytest.fixture(scope="session")
 def session_dir() -> Path:
     return _SESSION_DIR
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """The whole graph, every asset and check, on the bundled demo source (run once per session)."""
+    from pipeline_helpers import run_everything
+
+    root = tmp_path_factory.mktemp("demo-data")
+    partitioned, unpartitioned = run_everything("demo", root)
+    return root, partitioned, unpartitioned

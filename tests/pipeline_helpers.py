@@ -54,3 +54,10 @@ def metadata_of(result, asset: str) -> dict:
         if event.asset_key.to_user_string() == asset:
             return {k: getattr(v, "value", v) for k, v in event.materialization.metadata.items()}
     raise KeyError(asset)
+
+
+def run_everything(source: str, root: Path, run_config=None):
+    """All partitioned assets for every shard of `source`, then the unpartitioned ones."""
+    partitioned = [materialize_partition(source, shard, root, run_config=run_config) for shard in PROJECT.shard_keys]
+    unpartitioned = materialize_unpartitioned(root, run_config=run_config)
+    return partitioned, unpartitioned

@@ -35,9 +35,9 @@ def _digest_tree(root: Path, stages=("tables", "files")) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def demo_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo-data")
-    results = _run_data_plane("demo", root)
+def demo_root(demo_run):
+    root, partitioned, unpartitioned = demo_run
+    results = [*partitioned, unpartitioned]
     assert all(r.success for r in results)
     return root, results
 
@@ -194,4 +194,4 @@ def test_malformed_annotation_file_fails_fast_naming_the_file(tmp_path):
     result = materialize_partition("gen_malformed", "000", tmp_path, selection=DATA_PLANE[:1], raise_on_error=False)
     assert not result.success
     failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert failures and source.annotation_files[0] in failures[0].event_specific_data.error.message
+    assert failures and source.annotation_files[0] in failures[0].event_specific_data.error.to_string()

@@ -1,6 +1,5 @@
 """The DuckDB catalog: views over every partition's Parquet, rebuilt atomically."""
 
-from __future__ import annotations
 
 import dagster as dg
 

@@ -1,6 +1,5 @@
 """Descriptions of the removed objects, "add" instructions, and the train/test split."""
 
-from __future__ import annotations
 
 import dagster as dg
 
@@ -85,7 +84,7 @@ def instructions(context: dg.AssetExecutionContext, pbi: PBIProject, config: Ins
     description=(
         "train / test per pair, by image: sources with role: test go to test, an image that appears in "
         "any test source goes to test everywhere, the rest by a seeded hash of the image id "
-        "(test_fraction, default 0.2; 0 reproduces the paper's COCO-val-only test set)."
+        "(test_fraction, default 0.05, per-source override; the demo uses 0.3; 0 plus a role: test source reproduces the paper)."
     ),
 )
 def splits(context: dg.AssetExecutionContext, pbi: PBIProject, config: SplitsRunConfig) -> dg.MaterializeResult:

@@ -1,6 +1,5 @@
 """Removal: inpaint each candidate K times, score the candidates, blend the chosen one into a pair."""
 
-from __future__ import annotations
 
 import dagster as dg
 

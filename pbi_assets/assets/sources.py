@@ -1,6 +1,5 @@
 """Sources: the annotation index of each partition, and the pre-removal candidate filters."""
 
-from __future__ import annotations
 
 import dagster as dg
 

@@ -1,6 +1,5 @@
 """Exports, the trained checkpoint, and its evaluation (unpartitioned: they read all partitions)."""
 
-from __future__ import annotations
 
 import json
 

@@ -30,7 +30,7 @@ def run_splits(storage: Storage, project: ProjectConfig, source_name: str, shard
     held_out = test_image_ids(project, storage) if source.role != "test" else set()
     rows = []
     for row in pairs:
-        split, rule = assign_split(source.role, row["image_id"], held_out, config)
+        split, rule = assign_split(source, row["image_id"], held_out, config)
         rows.append({**{k: row[k] for k in ("pair_id", "source", "shard", "image_id", "annotation_id")}, "split": split, "split_rule": rule})
     table = table_from_records(rows, SPLIT_SCHEMA)
     path = storage.write_table(STAGE, source_name, shard, table)

@@ -95,8 +95,13 @@ def training_examples(storage: Storage) -> list:
 
 
 def checkpoint_id(recipe: str, config, examples: list) -> str:
+    """Named by what changes the model (config without run length and I/O fields, and the data):
+    raising max_steps resumes the same run instead of starting a new one."""
+    from pbi_ml.train.config import LENGTH_AND_IO_FIELDS
+
+    model_config = {k: v for k, v in dataclasses.asdict(config).items() if k not in LENGTH_AND_IO_FIELDS}
     blob = json.dumps(
-        {"recipe": recipe, "config": dataclasses.asdict(config), "pairs": [(e.key, e.instructions) for e in examples]},
+        {"recipe": recipe, "config": model_config, "pairs": [(e.key, e.instructions) for e in examples]},
         sort_keys=True,
         default=str,
     ).encode()

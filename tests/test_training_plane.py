@@ -1,0 +1,174 @@
+"""From pairs to a trained model: descriptions, instructions, splits, exports, checkpoint,
+evaluation and the retraining automation, through the real Dagster assets on the demo source."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+
+from pbi_assets.resources import PBIProject
+from pbi_ml.storage import Storage
+from pipeline_helpers import check_results, metadata_of
+
+
+@pytest.fixture(scope="module")
+def demo(demo_run):
+    root, partitioned, unpartitioned = demo_run
+    assert all(r.success for r in partitioned) and unpartitioned.success
+    return root, partitioned, unpartitioned
+
+
+def _con(root):
+    return duckdb.connect(str(Storage(root).catalog_path), read_only=True)
+
+
+def test_every_pair_has_three_instruction_kinds_and_a_split(demo):
+    root, *_ = demo
+    con = _con(root)
+    rows = con.execute(
+        "SELECT category, description, instruction_class, instruction_vlm_llm, instruction_ref, instruction_check, split FROM pairs"
+    ).fetchall()
+    con.close()
+    assert rows
+    for category, description, cls, vlm, ref, check, split in rows:
+        assert description, "the pixels describer always says something"
+        assert cls.startswith(("add a ", "add an ")) and category in cls
+        assert vlm and check
+        assert ref == ""  # no refs file configured for the demo
+        assert split in ("train", "test")
+    assert {r[-1] for r in rows} == {"train", "test"}, "the demo keeps a few test images for evaluation"
+
+
+def test_location_phrase_is_not_baked_into_stored_instructions(demo):
+    root, *_ = demo
+    con = _con(root)
+    texts = [t for (t,) in con.execute("SELECT instruction_vlm_llm FROM instructions").fetchall()]
+    locations = [l for (l,) in con.execute("SELECT DISTINCT object_location FROM pairs").fetchall()]
+    con.close()
+    assert not [t for t in texts for l in locations if t.endswith(f" at the {l}")]
+
+
+def test_no_image_in_both_splits_and_checks_pass(demo):
+    root, partitioned, unpartitioned = demo
+    checks = check_results(unpartitioned)
+    assert checks.get("splits_disjoint") is True
+    assert all(checks.values()), checks
+    con = _con(root)
+    both = con.execute("SELECT image_id FROM splits GROUP BY 1 HAVING count(DISTINCT split) > 1").fetchall()
+    con.close()
+    assert both == []
+
+
+def test_pipe_export_has_the_release_columns_and_types(demo):
+    datasets = pytest.importorskip("datasets")
+    root, *_ = demo
+    out = Storage(root).global_dir("exports")
+    files = sorted(str(p) for p in (out / "pipe" / "data").glob("train-*.parquet"))
+    assert files
+    ds = datasets.load_dataset("parquet", data_files={"train": files}, split="train")
+    assert ds.column_names == [
+        "source_img", "target_img", "Instruction_VLM-LLM", "Instruction_Class", "Instruction_Ref_Dataset",
+        "object_location", "target_img_dataset", "img_id", "ann_id",
+    ]
+    assert isinstance(ds.features["source_img"], datasets.Image) and isinstance(ds.features["target_img"], datasets.Image)
+    for name in ds.column_names[2:]:
+        assert ds.features[name] == datasets.Value("string"), name
+    first = ds[0]
+    assert first["source_img"].size == first["target_img"].size
+    masks = datasets.load_dataset("parquet", data_files=sorted(str(p) for p in (out / "pipe" / "masks").glob("train-*.parquet")), split="train")
+    assert masks.column_names == ["target_img_dataset", "img_id", "ann_id", "mask"]
+    assert isinstance(masks.features["mask"], datasets.Image)
+    card = (out / "README.md").read_text()
+    assert "configs:" in card and "| demo | train |" in card and "Filter statistics" in card
+
+
+def test_instruct_pix2pix_export_passes_the_diffusers_trainer_column_checks(demo):
+    datasets = pytest.importorskip("datasets")
+    root, *_ = demo
+    files = sorted(str(p) for p in (Storage(root).global_dir("exports") / "instruct_pix2pix" / "data").glob("train-*.parquet"))
+    dataset = datasets.load_dataset("parquet", data_files={"train": files})
+    # examples/instruct_pix2pix/train_instruct_pix2pix.py: default column names, and this check
+    column_names = dataset["train"].column_names
+    for column in ("input_image", "edit_prompt", "edited_image"):  # --original_image_column etc. defaults
+        if column not in column_names:
+            raise ValueError(f"--{column} value '{column}' needs to be one of: {', '.join(column_names)}")
+    row = dataset["train"][0]
+    assert row["input_image"].mode == "RGB" and isinstance(row["edit_prompt"], str) and row["edit_prompt"]
+
+
+def test_checkpoint_is_a_loadable_ip2p_pipeline_labelled_smoke(demo):
+    root, _, unpartitioned = demo
+    meta = metadata_of(unpartitioned, "checkpoint")
+    assert meta["smoke_model"] is True and "SMOKE MODEL" in meta["warning"]
+    assert meta["steps"] > 0 and meta["train_pairs"] > 0
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(str(meta["pipeline_dir"]))
+    assert pipe.unet.config.in_channels == 8
+    con = _con(root)
+    (curve,) = con.execute("SELECT loss_curve FROM checkpoints").fetchone()
+    con.close()
+    assert len(json.loads(curve)) == meta["steps"]
+
+
+def test_evaluation_reports_pixel_metrics_and_null_reasons_for_absent_weights(demo):
+    root, _, unpartitioned = demo
+    con = _con(root)
+    row = con.execute("SELECT * FROM evaluations WHERE benchmark = 'pipe_test'").df().iloc[0]
+    n_samples = con.execute("SELECT count(*) FROM evaluation_samples").fetchone()[0]
+    con.close()
+    assert row["n"] >= 1 and n_samples == row["n"]
+    assert 0 <= row["l1"] <= 1 and 0 <= row["l2"] <= 1
+    for metric in ("clip_i", "clip_t", "dino", "cmmd"):  # no weights offline: null, with the reason
+        assert row[metric] != row[metric] or row[metric] is None  # NaN/None
+        assert row[f"{metric}_null_reason"]
+    meta = metadata_of(unpartitioned, "evaluation")
+    assert "null:" in str(meta["pipe_test/clip_i"])
+    assert "data:image/png;base64" in str(meta["grid"])
+
+
+def test_weekly_schedule_requests_the_retraining_job():
+    from pbi_assets.automation import weekly_retraining_schedule
+
+    context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2026, 11, 23, 3, 0, tzinfo=dt.timezone.utc))
+    requests = weekly_retraining_schedule.evaluate_tick(context).run_requests
+    assert len(requests) == 1
+    assert weekly_retraining_schedule.job_name == "retraining_job"
+    assert weekly_retraining_schedule.cron_schedule == "0 3 * * 1"
+
+
+def test_growth_sensor_fires_on_growth_only(demo, tmp_path):
+    from pbi_assets.automation import train_split_growth_sensor
+    from pbi_ml.stages.training import current_train_pair_count, last_train_pair_count
+
+    root, *_ = demo
+    storage = Storage(root)
+    current, last = current_train_pair_count(storage), last_train_pair_count(storage)
+    assert current == last > 0
+
+    def evaluate(data_root):
+        with dg.build_sensor_context(resources={"pbi": PBIProject(data_root=str(data_root))}) as context:
+            return train_split_growth_sensor(context)
+
+    assert isinstance(evaluate(root), dg.SkipReason), "no growth since the checkpoint"
+    empty = tmp_path / "empty"
+    assert isinstance(evaluate(empty), dg.SkipReason), "no train pairs yet"
+    # the train split grows: a copy of the data root where another partition's pairs arrived
+    import shutil
+
+    grown = tmp_path / "grown"
+    shutil.copytree(root / "tables", grown / "tables")
+    shutil.copytree(root / "global", grown / "global")
+    split_files = sorted((grown / "tables" / "splits" / "demo").glob("*.parquet"))
+    table = max((pq.read_table(f) for f in split_files), key=lambda t: t.num_rows)
+    for i in range(3):
+        pq.write_table(table, grown / "tables" / "splits" / "demo" / f"9{i}.parquet")
+    request = evaluate(grown)
+    assert isinstance(request, dg.RunRequest), request
+    assert request.run_key == f"train-pairs-{current_train_pair_count(Storage(grown))}"
