@@ -36,7 +36,16 @@ def _load_run_config(path: str | None) -> dict:
     return yaml.safe_load(Path(path).read_text()) or {}
 
 
-def run_source(source: str, run_config: dict | None = None, shards: list[str] | None = None, log=print) -> dict:
+def _with_log_level(run_config: dict, level: str) -> dict:
+    """Dagster's in-process console logger at `level` (DEBUG shows every event)."""
+    config = dict(run_config)
+    config.setdefault("loggers", {"console": {"config": {"log_level": level}}})
+    return config
+
+
+def run_source(
+    source: str, run_config: dict | None = None, shards: list[str] | None = None, log=print, log_level: str = "WARNING"
+) -> dict:
     """Materialize the partitioned assets for each shard of `source`, then the unpartitioned ones.
     Returns {"runs": [...], "failed": [...]}."""
     import dagster as dg
@@ -60,7 +69,7 @@ def run_source(source: str, run_config: dict | None = None, shards: list[str] | 
             partition_key=key,
             instance=instance,
             resources=resources,
-            run_config=_ops_subset(run_config, PARTITIONED_ASSETS),
+            run_config=_with_log_level(_ops_subset(run_config, PARTITIONED_ASSETS), log_level),
             raise_on_error=False,
             tags={"pbi/source": source, "pbi/shard": shard},
         )
@@ -77,7 +86,7 @@ def run_source(source: str, run_config: dict | None = None, shards: list[str] | 
         selection=UNPARTITIONED_ASSETS,
         instance=instance,
         resources=resources,
-        run_config=_ops_subset(run_config, UNPARTITIONED_ASSETS),
+        run_config=_with_log_level(_ops_subset(run_config, UNPARTITIONED_ASSETS), log_level),
         raise_on_error=False,
         tags={"pbi/source": source},
     )
@@ -101,7 +110,9 @@ def cmd_run(args) -> int:
 
     print(f"PBI: running source {args.source!r} ({PROJECT.num_shards} shards), data root {PROJECT.data_root}")
     print(f"     Dagster runs recorded in {home}")
-    summary = run_source(args.source, _load_run_config(args.run_config), args.shard or None)
+    summary = run_source(
+        args.source, _load_run_config(args.run_config), args.shard or None, log_level="DEBUG" if args.verbose else "WARNING"
+    )
     print()
     print_summary(args.source)
     return 1 if summary["failed"] else 0
@@ -119,6 +130,18 @@ def print_summary(source: str) -> None:
         print(f"(no summary: {exc})")
         return
     print(frame.to_string(index=False))
+    try:
+        evals = query(
+            storage,
+            "SELECT e.benchmark, e.n, round(e.l1, 4) AS l1, round(e.l2, 4) AS l2, e.clip_i, e.dino, c.recipe, c.steps, c.smoke_model "
+            "FROM evaluations e JOIN checkpoints c USING (checkpoint_id)",
+        )
+    except Exception:  # noqa: BLE001 - no evaluation yet
+        return
+    if len(evals):
+        print()
+        print("evaluation (model metrics are null, with the reason in the catalog, when their weights are absent):")
+        print(evals.to_string(index=False))
 
 
 def _summary_sql(source: str) -> str:
@@ -127,7 +150,8 @@ def _summary_sql(source: str) -> str:
         f"SELECT 'instances' AS what, count(*) AS n FROM candidates WHERE source = '{s}' "
         f"UNION ALL SELECT 'candidates kept', count(*) FROM candidates WHERE source = '{s}' AND kept "
         f"UNION ALL SELECT 'removal candidates', count(*) FROM removals WHERE source = '{s}' AND status = 'ok' "
-        f"UNION ALL SELECT 'pairs', count(*) FROM pairs WHERE source = '{s}'"
+        f"UNION ALL SELECT 'pairs', count(*) FROM pairs WHERE source = '{s}' "
+        f"UNION ALL SELECT 'pairs in test split', count(*) FROM pairs WHERE source = '{s}' AND split = 'test'"
     )
 
 
@@ -162,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--source", required=True)
     run.add_argument("--shard", action="append", help="only these shards (repeatable), e.g. --shard 000")
     run.add_argument("--run-config", help="YAML run config ({ops: {removals: {config: {...}}}})")
+    run.add_argument("--verbose", action="store_true", help="show every Dagster event on the console")
     run.set_defaults(func=cmd_run)
     sql = sub.add_parser("sql", help="read-only SQL on the catalog")
     sql.add_argument("query")

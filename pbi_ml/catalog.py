@@ -144,8 +144,8 @@ def read_view(storage: Storage, name: str, where: str = "") -> pa.Table:
     sql = view_sql(storage, schemas)[name]
     con = duckdb.connect()
     try:
-        result = con.execute(f"SELECT * FROM ({sql}) {('WHERE ' + where) if where else ''}")
-        # duckdb >= 2 renamed fetch_arrow_table to to_arrow_table
-        return result.to_arrow_table() if hasattr(result, "to_arrow_table") else result.fetch_arrow_table()
+        relation = con.sql(f"SELECT * FROM ({sql}) {('WHERE ' + where) if where else ''}")
+        # duckdb >= 2 names it to_arrow_table; 1.x had arrow()
+        return relation.to_arrow_table() if hasattr(relation, "to_arrow_table") else relation.arrow()
     finally:
         con.close()

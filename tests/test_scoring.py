@@ -1,6 +1,7 @@
 """Filter scores on real photos: the stats backend, decisions, and the clip backend through a tiny
 open_clip model saved to disk and loaded back by path."""
 
+import dataclasses
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -73,9 +74,11 @@ def test_unchanged_candidate_has_zero_change_and_is_rejected_as_edit_too_small(c
 
 def test_telea_removal_passes_and_red_paint_stands_out(cat_eye):
     image, mask, dilated = cat_eye
-    # three classical removals that roughly agree: they all pass
+    # three classical removals that roughly agree: they pass consensus and boundary contrast (the
+    # texture filter is off here: classical fills over fur are smooth, see the texture-ratio test)
     removals = [_telea(image, dilated, 3), _ns(image, dilated, 5), _telea(image, dilated, 9)]
-    rows = decide(score_objects([ObjectToScore(image, mask, dilated, removals, "eye")], STATS)[0], STATS)
+    no_texture = dataclasses.replace(STATS, stats_min_texture_ratio=0.0)
+    rows = decide(score_objects([ObjectToScore(image, mask, dilated, removals, "eye")], STATS)[0], no_texture)
     assert rows[0]["stats_consensus_std"] < STATS.stats_max_consensus_std
     assert all(r["passed"] and r["reject_reason"] is None for r in rows)
     assert sum(r["chosen"] for r in rows) == 1
@@ -287,3 +290,26 @@ def test_clip_backend_without_weights_fails_loudly(cat_eye):
     config = ScoringConfig(backend="clip", clip_model="ViT-B-32", clip_pretrained="openai", device="cpu")
     with pytest.raises(ConfigError, match="could not load open_clip model 'ViT-B-32'"):
         score_objects([ObjectToScore(image, mask, dilated, [image], "eye")], config)
+
+
+def test_texture_ratio_flags_a_smooth_smear_in_textured_surroundings():
+    """A flat grey fill of a region in a textured photo scores far below a fill that keeps texture."""
+    import skimage.data
+
+    from pbi_ml.config import ScoringConfig
+    from pbi_ml.masks import dilate
+    from pbi_ml.scoring import ObjectToScore, decide, score_objects
+
+    photo = skimage.data.astronaut()[::4, ::4].copy()  # 128 x 128, textured
+    mask = np.zeros(photo.shape[:2], bool)
+    mask[40:80, 40:80] = True
+    dilated = dilate(mask, 4)
+    smear = photo.copy()
+    smear[dilated] = photo[dilated].mean(axis=0).astype(np.uint8)  # a flat, background-mean fill
+    textured = photo.copy()
+    textured[dilated] = np.roll(photo, 60, axis=1)[dilated]  # texture from elsewhere in the photo
+    rows = score_objects([ObjectToScore(photo, mask, dilated, [smear, textured], "thing")], ScoringConfig())[0]
+    assert rows[0]["stats_texture_ratio"] < 0.1 < 0.5 < rows[1]["stats_texture_ratio"]
+    decided = decide(rows, ScoringConfig(stats_max_consensus_std=1.0))
+    assert "smeared_fill" in decided[0]["reject_reason"]
+    assert decided[1]["passed"] and decided[1]["chosen"]

@@ -11,6 +11,9 @@ inpainted candidates and the object's class name. Every candidate gets every sco
                              unlike the background was painted in (often the object again).
     stats_change             mean absolute difference to the original inside the object mask, [0,1].
                              Near 0: the edit removed nothing.
+    stats_texture_ratio      mean gradient magnitude (Sobel, grey) inside the object mask over that
+                             in the ring. Low: a smooth smear where the surroundings are textured
+                             (a classical fill of a large object); None when the ring is flat.
     clip_consensus_std       (object) spread of the CLIP embeddings of the isolated inpainted region
                              over the K candidates (SPEC filter 1; definition in scoring/clip.py).
     clip_removal_sim         CLIP cosine of the candidate's isolated region with
@@ -36,7 +39,7 @@ from pbi_ml.errors import ConfigError, ItemError
 
 SCORING_BACKENDS = ("stats", "clip")
 
-STATS_COLUMNS = ["stats_consensus_std", "stats_boundary_contrast", "stats_change"]
+STATS_COLUMNS = ["stats_consensus_std", "stats_boundary_contrast", "stats_change", "stats_texture_ratio"]
 CLIP_COLUMNS = ["clip_consensus_std", "clip_removal_sim", "clip_removal_sim_before", "clip_importance_sim"]
 SCORE_COLUMNS = [*STATS_COLUMNS, *CLIP_COLUMNS, "clip_null_reason"]
 SCORE_FIELDS = [

@@ -14,6 +14,8 @@ Only the configured backend's columns decide. Reasons (joined with "+" when seve
                              (stats_boundary_contrast above the maximum).
     edit_too_small           clip: clip_importance_sim above the maximum; stats: stats_change
                              below the minimum.
+    smeared_fill             stats backend: the fill is much smoother than its textured
+                             surroundings (stats_texture_ratio below the minimum).
     <column>_missing         a score the decision needs is null (e.g. no ring around the mask).
 
 Among the passing candidates exactly one is chosen: the lowest removal score (clip_removal_sim
@@ -74,6 +76,9 @@ def _stats_failures(row: dict, config: ScoringConfig) -> list[str]:
         failures.append("boundary_mismatch")
     if row["stats_change"] < config.stats_min_change:
         failures.append("edit_too_small")
+    texture = row.get("stats_texture_ratio")
+    if texture is not None and texture < config.stats_min_texture_ratio:
+        failures.append("smeared_fill")
     return failures
 
 

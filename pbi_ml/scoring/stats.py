@@ -40,12 +40,13 @@ def stats_scores(obj) -> list[dict]:
 
     consensus = consensus_std([c[crop][dilated_c] for c in obj.candidates])
     rows = []
-    for candidate in candidates:
+    for raw, candidate in zip(obj.candidates, candidates):
         rows.append(
             {
                 "stats_consensus_std": consensus,
                 "stats_boundary_contrast": boundary_contrast(candidate, mask_c, ring),
                 "stats_change": float(np.abs(candidate[mask_c] - original[mask_c]).mean()),
+                "stats_texture_ratio": texture_ratio(raw[crop], mask_c, ring),
             }
         )
     return rows
@@ -73,6 +74,29 @@ def boundary_contrast(image: np.ndarray, region: np.ndarray, ring: np.ndarray) -
     d_mean = inside.mean(axis=0) - outside.mean(axis=0)
     d_std = inside.std(axis=0) - outside.std(axis=0)
     return float(np.sqrt(np.mean(d_mean**2 + d_std**2)))
+
+
+# a ring whose mean gradient is under this (in [0,1] grey per pixel) is flat: no texture to lose
+FLAT_RING_GRADIENT = 0.01
+
+
+def texture_ratio(image: np.ndarray, region: np.ndarray, ring: np.ndarray) -> float | None:
+    """Mean Sobel gradient magnitude of the grey image inside `region` over that in `ring`.
+
+    Classical inpainting of a large object leaves a smooth smear: its texture ratio falls well under
+    1 when the surroundings are textured. None when the ring is flat (nothing to compare with)."""
+    import cv2
+
+    if not region.any() or not ring.any():
+        return None
+    grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+    gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
+    magnitude = np.sqrt(gx * gx + gy * gy)
+    outside = float(magnitude[ring].mean())
+    if outside < FLAT_RING_GRADIENT:
+        return None
+    return round(float(magnitude[region].mean()) / outside, 6)
 
 
 def _unit(image: np.ndarray) -> np.ndarray:
