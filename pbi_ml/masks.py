@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pbi_ml.errors import ItemError
+
 LOCATION_GRID = (
     ("top left", "top", "top right"),
     ("left", "center", "right"),
@@ -85,3 +87,23 @@ def crop_box(bbox: tuple[float, float, float, float], shape: tuple[int, int], pa
     x0, y0 = max(int(np.floor(x - px)), 0), max(int(np.floor(y - py)), 0)
     x1, y1 = min(int(np.ceil(x + w + px)), width), min(int(np.ceil(y + h + py)), height)
     return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
+
+
+def check_image_and_mask(image, mask) -> tuple[np.ndarray, np.ndarray]:
+    """Validate one (image, mask) item: HxWx3 uint8 image, HxW mask of the same size, not empty.
+
+    Returns (contiguous image, bool mask). Raises ItemError with reason `bad_image`, `bad_mask`,
+    `mask_size_mismatch` or `empty_mask`.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or image.shape[0] == 0 or image.shape[1] == 0:
+        raise ItemError("bad_image", f"expected HxWx3 uint8, got shape {image.shape} dtype {image.dtype}")
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ItemError("bad_mask", f"expected a HxW mask, got shape {mask.shape}")
+    if mask.shape != image.shape[:2]:
+        raise ItemError("mask_size_mismatch", f"mask {mask.shape} vs image {image.shape[:2]}")
+    mask = mask.astype(bool)
+    if not mask.any():
+        raise ItemError("empty_mask", "the mask has no pixels")
+    return np.ascontiguousarray(image), mask

@@ -43,7 +43,7 @@ def test_item_validation_fails_single_items_with_reasons():
     assert e.value.reason == "empty_mask"
     with pytest.raises(ItemError) as e:
         DescribeItem(image, np.ones((8, 9), bool), "cat")
-    assert e.value.reason == "mask_shape_mismatch"
+    assert e.value.reason == "mask_size_mismatch"
     with pytest.raises(ItemError) as e:
         DescribeItem(np.zeros((8, 8), np.uint8), np.ones((8, 8), bool), "cat")
     assert e.value.reason == "bad_image"

@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from pbi_ml.errors import ConfigError, ItemError
-from pbi_ml.masks import bbox_of, crop_box
+from pbi_ml.masks import bbox_of, check_image_and_mask, crop_box
 
 DESCRIBE_BACKENDS = ("pixels", "vlm")
 SPEC_PROMPT = "Accurately describe the main characteristics of the {category}. Use few words which best describe the {category}"
@@ -58,7 +58,7 @@ class DescribeItem:
     """One object to describe: the ORIGINAL photo (object present), its mask, its class name.
 
     Validated on construction, so a broken item fails alone with an `ItemError` reason
-    (`bad_image`, `bad_mask`, `mask_shape_mismatch`, `empty_mask`, `no_category`).
+    (`bad_image`, `bad_mask`, `mask_size_mismatch`, `empty_mask`, `no_category`).
     """
 
     image: np.ndarray  # HxWx3 uint8
@@ -66,17 +66,7 @@ class DescribeItem:
     category: str
 
     def __post_init__(self):
-        image = np.asarray(self.image)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or image.shape[0] == 0 or image.shape[1] == 0:
-            raise ItemError("bad_image", f"expected HxWx3 uint8, got shape {image.shape} dtype {image.dtype}")
-        mask = np.asarray(self.mask)
-        if mask.ndim != 2:
-            raise ItemError("bad_mask", f"expected a HxW mask, got shape {mask.shape}")
-        if mask.shape != image.shape[:2]:
-            raise ItemError("mask_shape_mismatch", f"mask {mask.shape} vs image {image.shape[:2]}")
-        mask = mask.astype(bool)
-        if not mask.any():
-            raise ItemError("empty_mask", "the mask has no pixels")
+        image, mask = check_image_and_mask(self.image, self.mask)
         if not isinstance(self.category, str) or not self.category.strip():
             raise ItemError("no_category", f"category {self.category!r}")
         self.image = image

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from pbi_ml.describe.base import DescribeConfig, DescribeItem
-from pbi_ml.instruct.templates import clean_category, noun_kind, with_article
+from pbi_ml.instruct.templates import clean_category, noun_phrase
 
 COLOUR_NAMES = ("black", "white", "grey", "red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "beige")
 SMALL_AREA_FRACTION = 0.03
@@ -192,13 +192,7 @@ def phrase_description(attributes: dict, category: str) -> str:
     else:
         colour = ", ".join(colours[:-1]) + " and " + colours[-1]
     words = [attributes["size"], attributes["shape"], attributes["texture"], colour, clean_category(category)]
-    phrase = " ".join(w for w in words if w)
-    kind = noun_kind(category)
-    if kind == "pair":
-        return f"a pair of {phrase}"
-    if kind in ("plural", "mass"):
-        return phrase
-    return with_article(phrase)
+    return noun_phrase(" ".join(w for w in words if w), category)
 
 
 class PixelDescriber:

@@ -115,13 +115,18 @@ def looks_plural(word: str) -> bool:
 
 def class_noun_phrase(category: str) -> str:
     """The class as a noun phrase with the right article: "a cat", "a pair of scissors", "stairs"."""
-    name = clean_category(category)
-    kind = noun_kind(name)
+    return noun_phrase(clean_category(category), category)
+
+
+def noun_phrase(phrase: str, category: str) -> str:
+    """`phrase` (ending in the class name) with what the class needs in front: "a pair of ..." for
+    pair nouns, nothing for plural and mass nouns, else "a"/"an"."""
+    kind = noun_kind(clean_category(category))
     if kind == "pair":
-        return f"a pair of {name}"
+        return f"a pair of {phrase}"
     if kind in ("plural", "mass"):
-        return name
-    return with_article(name)
+        return phrase
+    return with_article(phrase)
 
 
 def class_instruction(category: str) -> str:

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from pbi_ml.errors import ItemError
+from pbi_ml.masks import check_image_and_mask
 
 REMOVAL_BACKENDS = ("opencv", "diffusers")
 
@@ -45,18 +45,7 @@ def check_item(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndar
 
     Raises ItemError with reason `bad_image`, `bad_mask`, `mask_size_mismatch` or `empty_mask`.
     """
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or image.shape[0] == 0 or image.shape[1] == 0:
-        raise ItemError("bad_image", f"expected HxWx3 uint8, got shape {image.shape} dtype {image.dtype}")
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ItemError("bad_mask", f"expected a HxW mask, got shape {mask.shape}")
-    if mask.shape != image.shape[:2]:
-        raise ItemError("mask_size_mismatch", f"mask {mask.shape} vs image {image.shape[:2]}")
-    mask = mask.astype(bool)
-    if not mask.any():
-        raise ItemError("empty_mask", "the mask has no pixels")
-    return np.ascontiguousarray(image), mask
+    return check_image_and_mask(image, mask)
 
 
 def check_batch(images: list[np.ndarray], masks: list[np.ndarray], categories: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
