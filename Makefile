@@ -33,7 +33,7 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 	@echo "  Catalog:      $(BIN)/pbi sql \"SELECT category, object_location, source_image FROM pairs LIMIT 10\""
 	@echo "  DuckDB file:  $$($(BIN)/python -c 'from pbi_ml.config import load_project_config as l; print(l().data_root)')/catalog.duckdb (open read-only)"
 
-test: install
+test: install $(DAGSTER_HOME)/dagster.yaml
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 	HF_HUB_OFFLINE=1 $(BIN)/dagster definitions validate -w workspace.yaml
 

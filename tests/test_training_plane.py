@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -171,3 +172,103 @@ def test_growth_sensor_fires_on_growth_only(demo, tmp_path):
     request = evaluate(grown)
     assert isinstance(request, dg.RunRequest), request
     assert request.run_key == f"train-pairs-{current_train_pair_count(Storage(grown))}"
+
+
+def test_magicbrush_add_subset_rule():
+    from pbi_ml.stages.evaluation import is_magicbrush_add
+
+    assert is_magicbrush_add("Add a dog on the grass") and is_magicbrush_add("put a hat on him")
+    assert not is_magicbrush_add("remove the car") and not is_magicbrush_add("add a cat and a dog")
+    assert not is_magicbrush_add("make the sand whiter")  # "and" only as a word, "add" only as a word
+    assert not is_magicbrush_add("let's have a party")
+
+
+def test_evaluation_on_a_magicbrush_parquet_uses_the_add_subset(demo, tmp_path):
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+    from PIL import Image
+
+    from pbi_ml.stages.evaluation import EvaluationConfig, run_evaluation
+    from pbi_ml.stages.training import latest_checkpoint
+
+    def png(seed):
+        rng = np.random.default_rng(seed)
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(buf, format="PNG")
+        return {"bytes": buf.getvalue(), "path": None}
+
+    instructions = ["add a red ball", "remove the tree", "put a cup on the table", "add a cat and a dog"]
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    table = pa.table(
+        {
+            "img_id": [str(i) for i in range(4)],
+            "turn_index": [1, 1, 1, 1],
+            "source_img": pa.array([png(i) for i in range(4)], image),
+            "mask_img": pa.array([png(10 + i) for i in range(4)], image),
+            "instruction": instructions,
+            "target_img": pa.array([png(20 + i) for i in range(4)], image),
+        }
+    )
+    path = tmp_path / "magicbrush_test.parquet"
+    pq.write_table(table, path)
+    root, *_ = demo
+    storage = Storage(root)
+    result = run_evaluation(storage, latest_checkpoint(storage), EvaluationConfig(magicbrush_parquet=str(path), num_inference_steps=2, max_samples=1))
+    rows = {r["benchmark"]: r for r in result.table.to_pylist()}
+    assert rows["magicbrush_add"]["n"] == 1  # max_samples=1 of the 2 "add"/"put" rows
+    full = run_evaluation(storage, latest_checkpoint(storage), EvaluationConfig(magicbrush_parquet=str(path), num_inference_steps=2))
+    rows = {r["benchmark"]: r for r in full.table.to_pylist()}
+    assert rows["magicbrush_add"]["n"] == 2 and rows["magicbrush_add"]["l1"] is not None
+    assert {s["instruction"] for s in full.extra["samples"] if s["benchmark"] == "magicbrush_add"} == {instructions[0], instructions[2]}
+
+
+def test_a_pair_whose_images_are_gone_fails_alone_with_its_reason(demo, tmp_path):
+    import shutil
+
+    from pbi_ml.describe import DescribeConfig
+    from pbi_ml.stages.descriptions import run_descriptions
+
+    root, *_ = demo
+    copy = tmp_path / "copy"
+    shutil.copytree(root / "tables", copy / "tables")
+    shutil.copytree(root / "files", copy / "files")
+    storage = Storage(copy)
+    shard = max(("000", "001", "002", "003"), key=lambda s: storage.read_table("pairs", "demo", s).num_rows if storage.has_table("pairs", "demo", s) else 0)
+    pairs = storage.read_table("pairs", "demo", shard).to_pylist()
+    # the files moved: point the table at the copy, then lose one pair's original photo
+    for row in pairs:
+        for column in ("source_image", "target_image", "mask", "edit_mask"):
+            row[column] = row[column].replace(str(root), str(copy))
+    import pyarrow as pa
+
+    storage.write_table("pairs", "demo", shard, pa.Table.from_pylist(pairs, schema=storage.read_table("pairs", "demo", shard).schema))
+    Path(pairs[0]["target_image"]).unlink()
+    result = run_descriptions(storage, "demo", shard, DescribeConfig())
+    rows = {r["pair_id"]: r for r in result.table.to_pylist()}
+    assert rows[pairs[0]["pair_id"]]["error"] == "image_missing" and rows[pairs[0]["pair_id"]]["description"] is None
+    assert all(r["description"] for pid, r in rows.items() if pid != pairs[0]["pair_id"])
+
+
+def test_an_empty_llm_answer_falls_back_to_the_class_template_with_the_reason(demo, tmp_path):
+    import shutil
+
+    from pbi_ml.instruct import InstructConfig
+    from pbi_ml.stages.instructions import run_instructions
+    from pbi_assets.partitions import PROJECT
+
+    class SilentLLM:  # an LLM backend that returns nothing for the first pair (as real ones sometimes do)
+        def rewrite(self, descriptions, categories, keys):
+            return ["" if i == 0 else f"add a {c}" for i, c in enumerate(categories)]
+
+    root, *_ = demo
+    copy = tmp_path / "copy"
+    shutil.copytree(root / "tables", copy / "tables")
+    storage = Storage(copy)
+    shard = max(PROJECT.shard_keys, key=lambda s: storage.read_table("pairs", "demo", s).num_rows)
+    result = run_instructions(storage, PROJECT.source("demo"), shard, InstructConfig(batch_size=64), writer=SilentLLM())
+    rows = result.table.to_pylist()
+    assert rows[0]["instruction_check"] == "empty_instruction"
+    assert rows[0]["instruction_vlm_llm"] == rows[0]["instruction_class"] and rows[0]["instruction_vlm_llm_raw"] is None
+    assert all(r["instruction_check"] == "passed" for r in rows[1:])
