@@ -7,6 +7,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -195,3 +196,59 @@ def test_malformed_annotation_file_fails_fast_naming_the_file(tmp_path):
     assert not result.success
     failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert failures and source.annotation_files[0] in failures[0].event_specific_data.error.to_string()
+
+
+def test_sigkill_mid_partition_then_rerun_loses_and_duplicates_nothing(tmp_path):
+    """A real kill -9 of the process doing the removals, then a re-run: same rows and bytes as a
+    run that was never interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pbi_ml.config import CandidateConfig, RemovalConfig
+    from pbi_ml.stages.candidates import run_candidates
+    from pbi_ml.stages.removals import run_removals
+    from pbi_ml.stages.source_index import run_source_index
+
+    source = PROJECT.source("demo")
+    config = RemovalConfig(batch_size=1, num_candidates=6)  # slow enough to be caught mid-way
+
+    def prepare(root):
+        storage = Storage(root)
+        for shard in PROJECT.shard_keys:
+            run_source_index(storage, source, shard, PROJECT.num_shards)
+            run_candidates(storage, source, shard, CandidateConfig())
+        return storage
+
+    clean = prepare(tmp_path / "clean")
+    shard = max(PROJECT.shard_keys, key=lambda s: clean.read_table("candidates", "demo", s).filter(pc.field("kept")).num_rows)
+    expected = run_removals(clean, source, shard, config).table
+    total = expected.filter(pc.field("candidate") == 0).num_rows
+    assert total >= 3
+
+    killed = prepare(tmp_path / "killed")
+    code = (
+        "from pbi_ml.config import RemovalConfig, load_project_config\n"
+        "from pbi_ml.stages.removals import run_removals\n"
+        "from pbi_ml.storage import Storage\n"
+        f"p = load_project_config()\n"
+        f"run_removals(Storage({str(killed.root)!r}), p.source('demo'), {shard!r}, RemovalConfig(batch_size=1, num_candidates=6))\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1])
+    records = killed.item_dir("removals", "demo", shard)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(records.glob("*.json"))) < 1 and child.poll() is None:
+        time.sleep(0.01)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    done_at_kill = len(list(records.glob("*.json")))
+    assert 0 < done_at_kill < total, f"the kill should land mid-partition ({done_at_kill} of {total} done)"
+    assert not killed.has_table("removals", "demo", shard)
+
+    result = run_removals(killed, source, shard, config)
+    assert result.counts["objects_computed_this_run"] == total - done_at_kill
+    assert result.table.drop_columns(["removal_image"]).equals(expected.drop_columns(["removal_image"]))
+    for ours, theirs in zip(result.table.column("removal_image").to_pylist(), expected.column("removal_image").to_pylist()):
+        assert Path(ours).read_bytes() == Path(theirs).read_bytes()

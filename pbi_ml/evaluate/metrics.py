@@ -20,6 +20,8 @@ metrics null with the reason (the exception's first line); nothing is ever estim
 
 from __future__ import annotations
 
+import logging
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -174,6 +176,9 @@ def compute_metrics(
             if not config.enabled:
                 loaded[key] = "model metrics disabled (MetricsConfig.enabled = False)"
             else:
+                # open_clip logs a root-level ERROR before raising when weights are absent; the
+                # failure is expected and recorded as the metric's null reason, so keep it quiet
+                logging.disable(logging.ERROR)
                 try:
                     if kind == "clip":
                         from pbi_ml.clip_embedder import ClipEmbedder
@@ -183,6 +188,8 @@ def compute_metrics(
                         loaded[key] = DinoEmbedder(model, device=config.device, batch_size=config.batch_size).load()
                 except Exception as exc:  # offline without weights, unknown id, corrupt file ...
                     loaded[key] = _load_failure(kind, model, pretrained, exc)
+                finally:
+                    logging.disable(logging.NOTSET)
         return loaded[key]
 
     # CLIP-I / CLIP-T
