@@ -128,27 +128,8 @@ def read_coco_like_file(
     if not path.is_file():
         raise AnnotationFileError(path, "annotation file not found")
 
-    categories: dict[Any, CategoryInfo] = {}
-    for position, raw in enumerate(iter_json_items(path, "categories.item")):
-        if type(raw) is not dict:
-            raise AnnotationFileError(path, f"categories[{position}] must be an object, got {_kind(raw)}")
-        key, info = parse_category(raw, path, position)
-        if key in categories:
-            raise AnnotationFileError(path, f"category id {key!r} appears twice")
-        categories[key] = info
-    if not categories:
-        require_top_level_list(path, "categories")
-
-    images: dict[Any, ImageInfo] = {}
-    for position, raw in enumerate(iter_json_items(path, "images.item")):
-        if type(raw) is not dict:
-            raise AnnotationFileError(path, f"images[{position}] must be an object, got {_kind(raw)}")
-        key, info = parse_image(raw, path, position)
-        if key in images:
-            raise AnnotationFileError(path, f"image id {key!r} appears twice")
-        images[key] = info
-    if not images:
-        require_top_level_list(path, "images")
+    categories: dict[Any, CategoryInfo] = _read_keyed_section(path, "categories", "category", parse_category)
+    images: dict[Any, ImageInfo] = _read_keyed_section(path, "images", "image", parse_image)
 
     count = 0
     for position, ann in enumerate(iter_json_items(path, "annotations.item")):
@@ -320,6 +301,21 @@ def _top_level_kinds(path: Path) -> dict[str, str] | None:
         except ijson.JSONError as exc:
             raise AnnotationFileError(path, f"invalid JSON {_json_error_location(path, f, exc)}") from None
     return kinds
+
+
+def _read_keyed_section(path: Path, section: str, what: str, parse) -> dict:
+    """One pass over `section` (a top-level list of objects), parsed into {id: info}; ids unique."""
+    items: dict = {}
+    for position, raw in enumerate(iter_json_items(path, f"{section}.item")):
+        if type(raw) is not dict:
+            raise AnnotationFileError(path, f"{section}[{position}] must be an object, got {_kind(raw)}")
+        key, info = parse(raw, path, position)
+        if key in items:
+            raise AnnotationFileError(path, f"{what} id {key!r} appears twice")
+        items[key] = info
+    if not items:
+        require_top_level_list(path, section)
+    return items
 
 
 def _kind(value) -> str:
