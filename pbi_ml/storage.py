@@ -79,6 +79,30 @@ class Storage:
     def has_table(self, stage: str, source: str, shard: str) -> bool:
         return self.table_path(stage, source, shard).exists()
 
+    def sweep_stale_temp_files(self, source: str, shard: str, older_than_s: float = 600.0) -> int:
+        """Delete temp files a killed process left in this partition's item and file folders.
+
+        Atomic writes go through `.<name>.<random>.tmp` files renamed into place; a kill -9 between
+        the two leaves one behind. Only files older than `older_than_s` go, so a concurrent writer's
+        fresh temp file is never touched. Returns how many were deleted."""
+        import time
+
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for kind in ("items", "files"):
+            for stage_dir in (self.root / kind).glob("*"):
+                partition = stage_dir / safe_name(source) / shard
+                if not partition.is_dir():
+                    continue
+                for path in partition.rglob(".*.tmp"):
+                    try:
+                        if path.stat().st_mtime < cutoff:
+                            path.unlink()
+                            removed += 1
+                    except FileNotFoundError:
+                        pass
+        return removed
+
     # ---- per-item records (resume points of long stages)
     def item_record_path(self, stage: str, source: str, shard: str, item: str) -> Path:
         return self.item_dir(stage, source, shard) / f"{safe_name(item)}.json"

@@ -252,3 +252,19 @@ def test_sigkill_mid_partition_then_rerun_loses_and_duplicates_nothing(tmp_path)
     assert result.table.drop_columns(["removal_image"]).equals(expected.drop_columns(["removal_image"]))
     for ours, theirs in zip(result.table.column("removal_image").to_pylist(), expected.column("removal_image").to_pylist()):
         assert Path(ours).read_bytes() == Path(theirs).read_bytes()
+
+
+def test_stale_temp_files_from_a_killed_writer_are_swept(tmp_path):
+    import os
+    import time
+
+    storage = Storage(tmp_path)
+    folder = storage.file_dir("removals", "demo", "000", "42")
+    folder.mkdir(parents=True)
+    stale, fresh, kept = folder / ".cand0.png.abc.tmp", folder / ".cand1.png.def.tmp", folder / "cand2.png"
+    for path in (stale, fresh, kept):
+        path.write_bytes(b"x")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    assert storage.sweep_stale_temp_files("demo", "000") == 1
+    assert not stale.exists() and fresh.exists() and kept.exists()

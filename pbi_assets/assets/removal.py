@@ -73,6 +73,7 @@ def removal_scores(context: dg.AssetExecutionContext, pbi: PBIProject, config: S
         histograms={
             "stats_consensus_std": "pixel std across candidates (stats)",
             "stats_boundary_contrast": "region vs surroundings contrast (stats)",
+            "stats_texture_ratio": "texture inside / around the fill (stats; low = smear)",
             "clip_removal_sim": "CLIP sim(region, class) after removal",
             "clip_consensus_std": "CLIP embedding std across candidates",
         },

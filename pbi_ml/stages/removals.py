@@ -58,6 +58,7 @@ def run_removals(
     candidates = storage.read_table("candidates", source.name, shard)
     kept = candidates.filter(pc.field("kept")).to_pylist()
     config_id = removal_config_id(config)
+    storage.sweep_stale_temp_files(source.name, shard)
 
     records: dict[str, dict] = {}
     todo = []
@@ -71,6 +72,8 @@ def run_removals(
 
     reporter = ProgressReporter(len(kept), progress)
     reporter.advance(len(records))
+    # same-size images batch together (the diffusers backend pads a batch to a fixed size)
+    todo.sort(key=lambda row: (row["height"], row["width"]))
     if todo:
         if inpainter is None:
             from pbi_ml.removal import make_inpainter
