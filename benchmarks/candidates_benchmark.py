@@ -50,10 +50,13 @@ def generate(path: Path, num_images: int, num_instances: int, seed: int) -> None
         f.write('"images": [')
         for start in range(0, num_images, 50_000):
             stop = min(num_images, start + 50_000)
-            f.write(("," if start else "") + ",".join(
-                f'{{"id": {i + 1}, "file_name": "{i + 1:012d}.jpg", "width": {int(sizes[i, 0])}, "height": {int(sizes[i, 1])}, "license": 1}}'
-                for i in range(start, stop)
-            ))
+            f.write(
+                ("," if start else "")
+                + ",".join(
+                    f'{{"id": {i + 1}, "file_name": "{i + 1:012d}.jpg", "width": {int(sizes[i, 0])}, "height": {int(sizes[i, 1])}, "license": 1}}'
+                    for i in range(start, stop)
+                )
+            )
         f.write('], "annotations": [')
         chunk = 20_000
         for start in range(0, num_instances, chunk):
@@ -65,7 +68,11 @@ def generate(path: Path, num_images: int, num_instances: int, seed: int) -> None
                 parts.append(_annotation(rng, k + 1, image + 1, width, height))
             f.write(("," if start else "") + ",".join(parts))
         f.write('], "categories": [')
-        f.write(",".join(f'{{"id": {c + 1}, "name": "class {c + 1}", "supercategory": "thing"}}' for c in range(NUM_CATEGORIES)))
+        f.write(
+            ",".join(
+                f'{{"id": {c + 1}, "name": "class {c + 1}", "supercategory": "thing"}}' for c in range(NUM_CATEGORIES)
+            )
+        )
         f.write("]}")
     os.replace(tmp, path)
 
@@ -129,8 +136,12 @@ def run_ours(path: Path, num_shards: int) -> dict:
     start = time.perf_counter()
     index = read_source_index(source, num_shards)
     t_index = time.perf_counter() - start
-    result = {"instances": index.num_rows, "index_seconds": t_index, "index_bytes": index.nbytes,
-              "rss_after_imports_mb": baseline_rss}
+    result = {
+        "instances": index.num_rows,
+        "index_seconds": t_index,
+        "index_bytes": index.nbytes,
+        "rss_after_imports_mb": baseline_rss,
+    }
     try:
         from pbi_ml.candidates import filter_candidates
     except ImportError as exc:
@@ -148,7 +159,12 @@ def run_ours(path: Path, num_shards: int) -> dict:
 
 
 def run_baseline(path: Path, limit: int, config_min: float, config_max: float) -> dict:
+    """The naive way: COCO() + annToMask per instance, the same filters on the decoded mask."""
     from pycocotools.coco import COCO
+
+    from pbi_ml.config import CandidateConfig
+
+    BORDER_MARGIN = CandidateConfig().border_margin_fraction  # noqa: N806 - same rule as ours
 
     start = time.perf_counter()
     coco = COCO(str(path))
@@ -164,16 +180,35 @@ def run_baseline(path: Path, limit: int, config_min: float, config_max: float) -
         fraction = mask.sum() / (image["width"] * image["height"])
         ys = np.flatnonzero(mask.any(axis=1))
         xs = np.flatnonzero(mask.any(axis=0))
-        if len(xs) and not ann["iscrowd"] and config_min <= fraction <= config_max:
+        mx, my = BORDER_MARGIN * image["width"], BORDER_MARGIN * image["height"]
+        inside = len(xs) and xs[0] >= mx and ys[0] >= my
+        inside = inside and xs[-1] + 1 <= image["width"] - mx and ys[-1] + 1 <= image["height"] - my
+        if inside and not ann["iscrowd"] and config_min <= fraction <= config_max:
             kept += 1
     t_masks = time.perf_counter() - start
-    return {"instances_total": len(ann_ids), "instances_decoded": len(todo), "load_seconds": t_load,
-            "mask_seconds": t_masks, "kept_in_decoded": kept, "peak_rss_mb": peak_rss_mb()}
+    return {
+        "instances_total": len(ann_ids),
+        "instances_decoded": len(todo),
+        "load_seconds": t_load,
+        "mask_seconds": t_masks,
+        "kept_in_decoded": kept,
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def measure(kind: str, args, path: Path) -> dict:
-    command = [sys.executable, str(Path(__file__).resolve()), "--measure", kind, "--file", str(path),
-               "--num-shards", str(args.num_shards), "--baseline-instances", str(args.baseline_instances)]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--measure",
+        kind,
+        "--file",
+        str(path),
+        "--num-shards",
+        str(args.num_shards),
+        "--baseline-instances",
+        str(args.baseline_instances),
+    ]
     out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
         raise SystemExit(f"{kind} run failed:\n{out.stderr}")
@@ -200,7 +235,13 @@ def main() -> None:
         from pbi_ml.config import CandidateConfig
 
         config = CandidateConfig()
-        print(json.dumps(run_baseline(Path(args.file), args.baseline_instances, config.min_area_fraction, config.max_area_fraction)))
+        print(
+            json.dumps(
+                run_baseline(
+                    Path(args.file), args.baseline_instances, config.min_area_fraction, config.max_area_fraction
+                )
+            )
+        )
         return
 
     workdir = Path(args.workdir)
@@ -218,15 +259,19 @@ def main() -> None:
     ours = measure("ours", args, path)
     n = ours["instances"]
     print("\n(a) ours: read_source_index + filter_candidates(check_images=False)")
-    print(f"    index:   {ours['index_seconds']:.1f} s  ({n / ours['index_seconds']:,.0f} instances/s), "
-          f"Arrow table {ours['index_bytes'] / 2**20:.0f} MiB")
+    print(
+        f"    index:   {ours['index_seconds']:.1f} s  ({n / ours['index_seconds']:,.0f} instances/s), "
+        f"Arrow table {ours['index_bytes'] / 2**20:.0f} MiB"
+    )
     if "filter_seconds" in ours:
         print(f"    filter:  {ours['filter_seconds']:.2f} s, kept {ours['kept']:,} of {n:,}")
     else:
         print(f"    filter:  {ours['candidates']}")
     print(f"    total:   {ours['total_seconds']:.1f} s  -> {n / ours['total_seconds']:,.0f} instances/s")
-    print(f"    peak RSS {ours['peak_rss_mb']:,.0f} MiB (after imports {ours['rss_after_imports_mb']:,.0f} MiB; "
-          f"JSON file {size_mb:,.0f} MiB)")
+    print(
+        f"    peak RSS {ours['peak_rss_mb']:,.0f} MiB (after imports {ours['rss_after_imports_mb']:,.0f} MiB; "
+        f"JSON file {size_mb:,.0f} MiB)"
+    )
 
     base = measure("baseline", args, path)
     total = base["instances_total"]
@@ -235,15 +280,19 @@ def main() -> None:
     extrapolated = base["instances_decoded"] < total
     print("\n(b) baseline: pycocotools COCO(path) + annToMask on every instance")
     print(f"    COCO(path) load: {base['load_seconds']:.1f} s")
-    print(f"    annToMask + area fraction: {base['instances_decoded']:,} instances in {base['mask_seconds']:.1f} s "
-          f"({rate:,.0f} instances/s)")
+    print(
+        f"    annToMask + area fraction: {base['instances_decoded']:,} instances in {base['mask_seconds']:.1f} s "
+        f"({rate:,.0f} instances/s)"
+    )
     label = "EXTRAPOLATED total" if extrapolated else "total"
     print(f"    {label} for {total:,} instances: {estimate:.1f} s -> {total / estimate:,.0f} instances/s")
     print(f"    peak RSS {base['peak_rss_mb']:,.0f} MiB")
 
-    print(f"\nspeed-up (ours vs baseline{' extrapolated' if extrapolated else ''}): "
-          f"{estimate / ours['total_seconds']:.1f}x; peak memory ours/baseline: "
-          f"{ours['peak_rss_mb']:,.0f} / {base['peak_rss_mb']:,.0f} MiB")
+    print(
+        f"\nspeed-up (ours vs baseline{' extrapolated' if extrapolated else ''}): "
+        f"{estimate / ours['total_seconds']:.1f}x; peak memory ours/baseline: "
+        f"{ours['peak_rss_mb']:,.0f} / {base['peak_rss_mb']:,.0f} MiB"
+    )
 
 
 if __name__ == "__main__":

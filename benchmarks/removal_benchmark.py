@@ -97,10 +97,14 @@ def bench_opencv(args) -> float:
     crop_s = time.perf_counter() - start
     start = time.perf_counter()
     for method, radius in inpainter.candidates:
-        cv2.inpaint(big_image, big_mask.astype(np.uint8), radius, cv2.INPAINT_TELEA if method == "telea" else cv2.INPAINT_NS)
+        cv2.inpaint(
+            big_image, big_mask.astype(np.uint8), radius, cv2.INPAINT_TELEA if method == "telea" else cv2.INPAINT_NS
+        )
     whole_s = time.perf_counter() - start
-    print(f"        one {big_image.shape[1]}x{big_image.shape[0]} photo, object {big_mask.mean():.1%} of it (dilated): "
-          f"padded crop {crop_s:.3f} s vs whole-image cv2.inpaint {whole_s:.3f} s")
+    print(
+        f"        one {big_image.shape[1]}x{big_image.shape[0]} photo, object {big_mask.mean():.1%} of it (dilated): "
+        f"padded crop {crop_s:.3f} s vs whole-image cv2.inpaint {whole_s:.3f} s"
+    )
     return rate
 
 
@@ -142,21 +146,31 @@ def bench_diffusers(args, opencv_rate: float) -> None:
     image_steps = len(items) * args.candidates * args.steps / seconds
     device = resolve_device(args.device)
     print(f"diffusers  model={model if meaningful else 'tiny random pipeline (save_tiny_inpaint_pipeline)'}")
-    print(f"        device={device} dtype={args.dtype} resolution={resolution} steps={args.steps} K={args.candidates} "
-          f"batch_size={args.batch_size} images/pipeline call; warm-up (load + first call) {warm_s:.1f} s")
-    print(f"        {len(items)} objects in {seconds:.2f} s  ->  {rate:.3f} objects/s, {image_steps:.1f} UNet image-steps/s "
-          f"({calls} pipeline calls, {padding} padding images not counted)")
+    print(
+        f"        device={device} dtype={args.dtype} resolution={resolution} steps={args.steps} K={args.candidates} "
+        f"batch_size={args.batch_size} images/pipeline call; warm-up (load + first call) {warm_s:.1f} s"
+    )
+    print(
+        f"        {len(items)} objects in {seconds:.2f} s  ->  {rate:.3f} objects/s, {image_steps:.1f} UNet image-steps/s "
+        f"({calls} pipeline calls, {padding} padding images not counted)"
+    )
     print(f"        vs opencv: {rate / opencv_rate:.4f}x the objects/s ({opencv_rate / rate:.1f}x slower)")
-    print(f"        vs SPEC anchor (A100, batch 16, torch.compile): {image_steps / SPEC_A100_IMAGE_STEPS_PER_S:.3f}x of {SPEC_A100_IMAGE_STEPS_PER_S:.0f} image-steps/s")
+    print(
+        f"        vs SPEC anchor (A100, batch 16, torch.compile): {image_steps / SPEC_A100_IMAGE_STEPS_PER_S:.3f}x of {SPEC_A100_IMAGE_STEPS_PER_S:.0f} image-steps/s"
+    )
     if not meaningful:
-        print("        NOTE: tiny random pipeline on CPU: these diffusers numbers exercise the code path only and are NOT meaningful.")
+        print(
+            "        NOTE: tiny random pipeline on CPU: these diffusers numbers exercise the code path only and are NOT meaningful."
+        )
     elif not device.startswith("cuda"):
         print("        NOTE: not on a CUDA GPU: not comparable with the SPEC anchor.")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="diffusers inpainting pipeline: Hub id or local directory (default: tiny random, CPU)")
+    parser.add_argument(
+        "--model", help="diffusers inpainting pipeline: Hub id or local directory (default: tiny random, CPU)"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--candidates", type=int, default=3)

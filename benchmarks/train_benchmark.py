@@ -30,7 +30,9 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def benchmark(init_model: str, resolution: int, batch_size: int, steps: int, warmup: int, device: str, mixed_precision: str) -> dict:
+def benchmark(
+    init_model: str, resolution: int, batch_size: int, steps: int, warmup: int, device: str, mixed_precision: str
+) -> dict:
     import torch
     from accelerate import Accelerator
 
@@ -117,14 +119,28 @@ def main(argv=None) -> dict:
     tiny = args.init_model == "tiny"
     resolution = args.resolution or (32 if tiny else 256)
     batch_size = args.batch_size or (4 if tiny else 32)
-    result = benchmark(args.init_model, resolution, batch_size, args.steps, args.warmup, args.device, args.mixed_precision)
+    result = benchmark(
+        args.init_model, resolution, batch_size, args.steps, args.warmup, args.device, args.mixed_precision
+    )
 
-    reasons = [why for why, bad in (("tiny random model", tiny), ("not a GPU", not result["device"].startswith("cuda")), (f"{resolution} px, not 256", resolution != 256)) if bad]
+    reasons = [
+        why
+        for why, bad in (
+            ("tiny random model", tiny),
+            ("not a GPU", not result["device"].startswith("cuda")),
+            (f"{resolution} px, not 256", resolution != 256),
+        )
+        if bad
+    ]
     comparable = not reasons
     print(json.dumps(result, indent=1))
     label = "" if comparable else f"   [NOT comparable: {'; '.join(reasons)}]"
-    print(f"full step        {result['full_step']['samples_per_second']:9.2f} samples/s   vs SPEC ~{ANCHOR_ORIGINAL:.0f}/A100 (original){label}")
-    print(f"pre-encoded step {result['pre_encoded_step']['samples_per_second']:9.2f} samples/s   vs SPEC ~{ANCHOR_PRE_ENCODED:.0f}/A100 (optimised, pre-encoded latents){label}")
+    print(
+        f"full step        {result['full_step']['samples_per_second']:9.2f} samples/s   vs SPEC ~{ANCHOR_ORIGINAL:.0f}/A100 (original){label}"
+    )
+    print(
+        f"pre-encoded step {result['pre_encoded_step']['samples_per_second']:9.2f} samples/s   vs SPEC ~{ANCHOR_PRE_ENCODED:.0f}/A100 (optimised, pre-encoded latents){label}"
+    )
     if comparable:
         print("(anchors are per A100; scale for your GPU)")
     return result

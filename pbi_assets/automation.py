@@ -1,6 +1,5 @@
 """Retraining: a named job (checkpoint + evaluation), a weekly schedule, and a growth sensor."""
 
-
 import os
 
 import dagster as dg

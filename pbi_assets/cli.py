@@ -91,7 +91,9 @@ def run_source(
         tags={"pbi/source": source},
     )
     summary["runs"].append(result.run_id)
-    log(f"  {', '.join(a.key.to_user_string() for a in UNPARTITIONED_ASSETS)}: {'ok' if result.success else 'FAILED'} in {time.monotonic() - started:.1f}s")
+    log(
+        f"  {', '.join(a.key.to_user_string() for a in UNPARTITIONED_ASSETS)}: {'ok' if result.success else 'FAILED'} in {time.monotonic() - started:.1f}s"
+    )
     if not result.success:
         summary["failed"].append("unpartitioned")
     return summary
@@ -111,7 +113,10 @@ def cmd_run(args) -> int:
     print(f"PBI: running source {args.source!r} ({PROJECT.num_shards} shards), data root {PROJECT.data_root}")
     print(f"     Dagster runs recorded in {home}")
     summary = run_source(
-        args.source, _load_run_config(args.run_config), args.shard or None, log_level="DEBUG" if args.verbose else "WARNING"
+        args.source,
+        _load_run_config(args.run_config),
+        args.shard or None,
+        log_level="DEBUG" if args.verbose else "WARNING",
     )
     print()
     print_summary(args.source)
@@ -156,14 +161,16 @@ def _summary_sql(source: str) -> str:
 
 
 def cmd_sql(args) -> int:
+    import pandas as pd
+
     from pbi_assets.partitions import PROJECT
     from pbi_ml.catalog import query
     from pbi_ml.storage import Storage
 
-    import pandas as pd
-
     frame = query(Storage(PROJECT.data_root), args.query)
-    with pd.option_context("display.max_rows", args.max_rows, "display.max_columns", None, "display.width", 200, "display.max_colwidth", 60):
+    with pd.option_context(
+        "display.max_rows", args.max_rows, "display.max_columns", None, "display.width", 200, "display.max_colwidth", 60
+    ):
         print(frame.to_string(index=False, max_rows=args.max_rows))
     return 0
 
@@ -175,12 +182,16 @@ def cmd_info(args) -> int:
     print(f"num_shards:  {PROJECT.num_shards}")
     print(f"DAGSTER_HOME:{os.environ.get('DAGSTER_HOME', '(unset: ./.dagster_home)')}")
     for s in PROJECT.sources:
-        print(f"source {s.name}: {s.format}, role {s.role}, images {s.images}, annotations {', '.join(s.annotation_files)}")
+        print(
+            f"source {s.name}: {s.format}, role {s.role}, images {s.images}, annotations {', '.join(s.annotation_files)}"
+        )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pbi", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="pbi", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="materialize the whole graph for a source through Dagster")
     run.add_argument("--source", required=True)

@@ -32,7 +32,7 @@ def thumbnails_markdown(samples: list[tuple[str, np.ndarray]], max_side: int = 1
     parts = []
     for caption, image in samples[:4]:
         b64 = base64.b64encode(thumbnail_png(image, max_side)).decode()
-        parts.append(f"**{caption}**<br/><img src=\"data:image/png;base64,{b64}\"/>")
+        parts.append(f'**{caption}**<br/><img src="data:image/png;base64,{b64}"/>')
     return dg.MetadataValue.md("\n\n".join(parts) if parts else "_no samples in this partition_")
 
 

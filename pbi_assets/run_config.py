@@ -44,7 +44,10 @@ def _downstream():
     from pbi_ml.stages.evaluation import EvaluationConfig
     from pbi_ml.train import TrainConfig
 
-    recipe = (Optional[str], Field(default=None, description="smoke (default: tiny CPU model) or paper (SPEC's recipe)"))
+    recipe = (
+        Optional[str],
+        Field(default=None, description="smoke (default: tiny CPU model) or paper (SPEC's recipe)"),
+    )
     return (
         stage_run_config("DescriptionsRunConfig", DescribeConfig),
         stage_run_config("InstructionsRunConfig", InstructConfig),

@@ -66,7 +66,9 @@ def image_problems(index: pa.Table, source: SourceConfig) -> dict[str, str]:
     # size mismatch: compare the header size with the annotated size of that image
     first = index.group_by("image_file").aggregate([("width", "max"), ("height", "max")])
     for rel, w, h in zip(
-        first.column("image_file").to_pylist(), first.column("width_max").to_pylist(), first.column("height_max").to_pylist()
+        first.column("image_file").to_pylist(),
+        first.column("width_max").to_pylist(),
+        first.column("height_max").to_pylist(),
     ):
         if rel in sizes and w and h and sizes[rel] != (w, h):
             problems[rel] = "image_size_mismatch"
@@ -96,7 +98,9 @@ def filter_candidates(index: pa.Table, source: SourceConfig, config: CandidateCo
     invalid = index.column("index_error").is_valid().to_numpy(zero_copy_only=False) | (area <= 0) | (image_area <= 0)
     crowd = index.column("iscrowd").fill_null(False).to_numpy(zero_copy_only=False)
     if config.excluded_classes:
-        excluded = pc.is_in(index.column("category"), value_set=pa.array(list(config.excluded_classes))).fill_null(False)
+        excluded = pc.is_in(index.column("category"), value_set=pa.array(list(config.excluded_classes))).fill_null(
+            False
+        )
         excluded = excluded.to_numpy(zero_copy_only=False)
     else:
         excluded = np.zeros(n, dtype=bool)

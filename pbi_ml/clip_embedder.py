@@ -46,7 +46,9 @@ def _open_clip_model_name(model_name: str) -> str:
     if stem in _REGISTERED_CONFIGS:
         if _REGISTERED_CONFIGS[stem] == content:  # the same architecture again (e.g. a copy elsewhere)
             return stem
-        raise ConfigError(f"open_clip model config {path}: another config named {stem!r} is registered; rename the file")
+        raise ConfigError(
+            f"open_clip model config {path}: another config named {stem!r} is registered; rename the file"
+        )
     if stem in open_clip.list_models():
         raise ConfigError(f"open_clip model config {path}: {stem!r} is a built-in open_clip model; rename the file")
     open_clip.add_model_config(path)

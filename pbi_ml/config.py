@@ -110,7 +110,9 @@ class RemovalConfig:
     """Object removal by inpainting. Paper: SD 1.5 inpainting, 10 steps, 3 candidates per object."""
 
     backend: str = "opencv"  # "opencv" (embedded, CPU) or "diffusers" (the paper's recipe)
-    model: str = "stable-diffusion-v1-5/stable-diffusion-inpainting"  # ex runwayml/ (repo moved 2024); Hub id or local dir
+    model: str = (
+        "stable-diffusion-v1-5/stable-diffusion-inpainting"  # ex runwayml/ (repo moved 2024); Hub id or local dir
+    )
     num_candidates: int = 3
     dilation_px: int = 15  # calibrate: masks are dilated so no object part stays visible
     steps: int = 10
@@ -167,7 +169,7 @@ class SplitConfig:
 
 
 def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when torch sees a GPU, else "cpu". Imports torch lazily."""
+    """ "auto" -> "cuda" when torch sees a GPU, else "cpu". Imports torch lazily."""
     if device != "auto":
         return device
     import torch
@@ -176,7 +178,7 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtype(dtype: str, device: str):
-    """"auto" -> float16 on CUDA, float32 elsewhere. Returns a torch dtype."""
+    """ "auto" -> float16 on CUDA, float32 elsewhere. Returns a torch dtype."""
     import torch
 
     if dtype == "auto":

@@ -117,7 +117,9 @@ class _ShardWriter:
         return final
 
 
-def export_pairs(pairs: pa.Table, formats_of_sources: dict[str, str], stats: dict, out_dir: Path, config: ExportConfig) -> ExportResult:
+def export_pairs(
+    pairs: pa.Table, formats_of_sources: dict[str, str], stats: dict, out_dir: Path, config: ExportConfig
+) -> ExportResult:
     """Write the export for `pairs` (the catalog's joined pairs view: files, instructions, split).
 
     `formats_of_sources`: source name -> its format (for PIPE's target_img_dataset).
@@ -161,7 +163,12 @@ def export_pairs(pairs: pa.Table, formats_of_sources: dict[str, str], stats: dic
             )
             mask = _image(row["mask"])
             writer("pipe/masks", split, PIPE_MASK_SCHEMA).add(
-                {"target_img_dataset": dataset, "img_id": str(row["image_id"]), "ann_id": str(row["annotation_id"]), "mask": mask},
+                {
+                    "target_img_dataset": dataset,
+                    "img_id": str(row["image_id"]),
+                    "ann_id": str(row["annotation_id"]),
+                    "mask": mask,
+                },
                 len(mask["bytes"]),
             )
             counts[f"pipe_{split}"] += 1

@@ -78,7 +78,9 @@ def materialize_gguf(gguf_path: str | Path, cache_dir: str | Path | None = None)
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     missing = [k for k in missing if k not in _tied_keys(model)]
     if missing or unexpected:
-        raise RuntimeError(f"{gguf_path}: weights do not match the rebuilt model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise RuntimeError(
+            f"{gguf_path}: weights do not match the rebuilt model (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     model.tie_weights()
     del loaded
 

@@ -79,7 +79,9 @@ def bbox_of(mask: np.ndarray) -> tuple[int, int, int, int]:
     return (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
 
 
-def crop_box(bbox: tuple[float, float, float, float], shape: tuple[int, int], pad: float = 0.1) -> tuple[int, int, int, int]:
+def crop_box(
+    bbox: tuple[float, float, float, float], shape: tuple[int, int], pad: float = 0.1
+) -> tuple[int, int, int, int]:
     """A padded integer crop (x0, y0, x1, y1) around a bbox, clipped to the image."""
     x, y, w, h = bbox
     height, width = shape[:2]

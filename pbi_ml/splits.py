@@ -9,7 +9,7 @@ HASH_BUCKETS = 10_000
 
 
 def hashed_split(image_id: str, config: SplitConfig) -> str:
-    """"test" for a seeded-hash fraction `test_fraction` of image ids, else "train"."""
+    """ "test" for a seeded-hash fraction `test_fraction` of image ids, else "train"."""
     bucket = stable_hash(f"{config.seed}:{image_id}") % HASH_BUCKETS
     return "test" if bucket < config.test_fraction * HASH_BUCKETS else "train"
 

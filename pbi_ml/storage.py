@@ -71,9 +71,7 @@ class Storage:
     def read_table(self, stage: str, source: str, shard: str) -> pa.Table:
         path = self.table_path(stage, source, shard)
         if not path.exists():
-            raise FileNotFoundError(
-                f"{path}: stage {stage!r} has not been materialized for {source}/{shard} yet"
-            )
+            raise FileNotFoundError(f"{path}: stage {stage!r} has not been materialized for {source}/{shard} yet")
         return pq.read_table(path)
 
     def has_table(self, stage: str, source: str, shard: str) -> bool:

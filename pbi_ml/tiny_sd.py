@@ -62,7 +62,9 @@ def write_clip_tokenizer(directory: str | Path) -> Path:
     return directory
 
 
-def tiny_sd_components(unet_in_channels: int = 4, sample_size: int = 16, seed: int = 0, tokenizer_dir: str | Path | None = None) -> dict:
+def tiny_sd_components(
+    unet_in_channels: int = 4, sample_size: int = 16, seed: int = 0, tokenizer_dir: str | Path | None = None
+) -> dict:
     """Random tiny UNet / VAE / CLIP text encoder / tokenizer / scheduler (a few MB, CPU friendly).
 
     `unet_in_channels`: 4 for text-to-image, 9 for inpainting, 8 for InstructPix2Pix.
@@ -116,7 +118,12 @@ def tiny_sd_components(unet_in_channels: int = 4, sample_size: int = 16, seed: i
         tokenizer_dir = write_clip_tokenizer(Path(tempfile.mkdtemp(prefix="pbi-clip-tok-")))
     tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
     scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
     )
     return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
 
@@ -126,7 +133,9 @@ def save_tiny_inpaint_pipeline(directory: str | Path, seed: int = 0) -> Path:
     from diffusers import StableDiffusionInpaintPipeline
 
     parts = tiny_sd_components(unet_in_channels=9, seed=seed)
-    pipe = StableDiffusionInpaintPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionInpaintPipeline(
+        **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
     pipe.save_pretrained(str(directory), safe_serialization=True)
     return Path(directory)
 

@@ -54,7 +54,11 @@ def check_pairs_from_passing_candidates(storage: Storage, source: str, shard: st
         for r in storage.read_table("removal_scores", source, shard).to_pylist()
         if r["chosen"] and r["passed"]
     }
-    bad = [p["pair_id"] for p in pairs if p["annotation_id"] not in kept or (p["annotation_id"], p["candidate"]) not in chosen]
+    bad = [
+        p["pair_id"]
+        for p in pairs
+        if p["annotation_id"] not in kept or (p["annotation_id"], p["candidate"]) not in chosen
+    ]
     return not bad, {"pairs": len(pairs), "pairs_not_from_a_passing_candidate": len(bad), "examples": bad[:5]}
 
 

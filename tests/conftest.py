@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 def _write_session_config() -> Path:
     import yaml
-
     from source_fixtures import make_coco_source, make_lvis_source, make_openimages_source
 
     sources = [
@@ -36,7 +35,13 @@ def _write_session_config() -> Path:
     ]
     entries = []
     for s in sources:
-        entry = {"name": s.name, "format": s.format, "images": s.images, "annotations": list(s.annotation_files), "role": s.role}
+        entry = {
+            "name": s.name,
+            "format": s.format,
+            "images": s.images,
+            "annotations": list(s.annotation_files),
+            "role": s.role,
+        }
         for key in ("masks", "class_descriptions", "refs"):
             if getattr(s, key):
                 entry[key] = getattr(s, key)
@@ -44,7 +49,14 @@ def _write_session_config() -> Path:
     malformed = _DATASETS / "gen_malformed"
     malformed.mkdir(parents=True, exist_ok=True)
     (malformed / "annotations.json").write_text('{"images": [{"id": 1, "file_name": "a.jpg"},, ]}')
-    entries.append({"name": "gen_malformed", "format": "coco", "images": str(malformed), "annotations": str(malformed / "annotations.json")})
+    entries.append(
+        {
+            "name": "gen_malformed",
+            "format": "coco",
+            "images": str(malformed),
+            "annotations": str(malformed / "annotations.json"),
+        }
+    )
     config = {"data_root": str(_SESSION_DIR / "data"), "num_shards": 2, "sources": entries}
     path = _SESSION_DIR / "pbi.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -10,14 +10,20 @@ from pbi_assets.definitions import PARTITIONED_ASSETS, UNPARTITIONED_ASSETS, def
 from pbi_assets.partitions import PROJECT
 from pbi_assets.resources import PBIProject
 
-DATA_PLANE = [a for a in PARTITIONED_ASSETS if a.key.to_user_string() in ("source_index", "candidates", "removals", "removal_scores", "pairs")]
+DATA_PLANE = [
+    a
+    for a in PARTITIONED_ASSETS
+    if a.key.to_user_string() in ("source_index", "candidates", "removals", "removal_scores", "pairs")
+]
 
 
 def everything():
     return list(defs.assets) + list(defs.asset_checks)
 
 
-def materialize_partition(source: str, shard: str, data_root: Path, selection=None, run_config=None, raise_on_error=True):
+def materialize_partition(
+    source: str, shard: str, data_root: Path, selection=None, run_config=None, raise_on_error=True
+):
     return dg.materialize(
         everything(),
         selection=selection or PARTITIONED_ASSETS,

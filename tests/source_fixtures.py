@@ -43,32 +43,80 @@ PHOTO_OBJECTS: dict[str, list[tuple[str, str, list[list[tuple[float, float]]], s
     "chelsea": [
         ("left_eye", "eye", [_ellipse(0.385, 0.39, 0.085, 0.105)], "polygon", False),
         ("right_eye", "eye", [_ellipse(0.705, 0.45, 0.065, 0.085, 16)], "polygon", False),
-        ("nose", "nose", [[(0.50, 0.73), (0.57, 0.71), (0.64, 0.73), (0.63, 0.79), (0.58, 0.87), (0.54, 0.82)]], "polygon", False),
+        (
+            "nose",
+            "nose",
+            [[(0.50, 0.73), (0.57, 0.71), (0.64, 0.73), (0.63, 0.79), (0.58, 0.87), (0.54, 0.82)]],
+            "polygon",
+            False,
+        ),
     ],
     "coffee": [
         # a multi-polygon instance: the cup's body and its handle
-        ("cup", "cup", [
-            _ellipse(0.49, 0.30, 0.195, 0.25, 24),
-            [(0.33, 0.58), (0.40, 0.58), (0.41, 0.66), (0.40, 0.75), (0.35, 0.77), (0.32, 0.70)],
-        ], "polygon", False),
-        ("spoon", "spoon", [
-            _ellipse(0.61, 0.71, 0.065, 0.095, 16),
-            [(0.60, 0.62), (0.63, 0.62), (0.69, 0.18), (0.67, 0.17)],
-        ], "rle", False),
+        (
+            "cup",
+            "cup",
+            [
+                _ellipse(0.49, 0.30, 0.195, 0.25, 24),
+                [(0.33, 0.58), (0.40, 0.58), (0.41, 0.66), (0.40, 0.75), (0.35, 0.77), (0.32, 0.70)],
+            ],
+            "polygon",
+            False,
+        ),
+        (
+            "spoon",
+            "spoon",
+            [
+                _ellipse(0.61, 0.71, 0.065, 0.095, 16),
+                [(0.60, 0.62), (0.63, 0.62), (0.69, 0.18), (0.67, 0.17)],
+            ],
+            "rle",
+            False,
+        ),
     ],
     "astronaut": [
         ("face", "face", [_ellipse(0.44, 0.27, 0.085, 0.12)], "polygon", False),
         ("badge", "badge", [_ellipse(0.335, 0.755, 0.075, 0.075, 24)], "rle_list", False),
-        ("shuttle", "rocket", [[(0.79, 0.04), (0.83, 0.03), (0.86, 0.10), (0.86, 0.40), (0.90, 0.50), (0.90, 0.56),
-                                (0.73, 0.56), (0.75, 0.47), (0.78, 0.40), (0.78, 0.10)]], "polygon", False),
+        (
+            "shuttle",
+            "rocket",
+            [
+                [
+                    (0.79, 0.04),
+                    (0.83, 0.03),
+                    (0.86, 0.10),
+                    (0.86, 0.40),
+                    (0.90, 0.50),
+                    (0.90, 0.56),
+                    (0.73, 0.56),
+                    (0.75, 0.47),
+                    (0.78, 0.40),
+                    (0.78, 0.10),
+                ]
+            ],
+            "polygon",
+            False,
+        ),
         ("flag", "flag", [[(0.0, 0.0), (0.17, 0.0), (0.19, 0.40), (0.15, 0.70), (0.0, 0.72)]], "rle_list", True),
     ],
     "rocket": [
-        ("rocket", "rocket", [[(0.485, 0.33), (0.50, 0.30), (0.515, 0.30), (0.53, 0.33), (0.53, 0.95), (0.485, 0.95)]], "polygon", False),
+        (
+            "rocket",
+            "rocket",
+            [[(0.485, 0.33), (0.50, 0.30), (0.515, 0.30), (0.53, 0.33), (0.53, 0.95), (0.485, 0.95)]],
+            "polygon",
+            False,
+        ),
         ("light", "lamp", [_ellipse(0.235, 0.885, 0.012, 0.018, 8)], "polygon", False),
     ],
     "camera": [
-        ("camera", "camera", [[(0.50, 0.28), (0.63, 0.27), (0.64, 0.33), (0.60, 0.37), (0.51, 0.36)]], "polygon", False),
+        (
+            "camera",
+            "camera",
+            [[(0.50, 0.28), (0.63, 0.27), (0.64, 0.33), (0.60, 0.37), (0.51, 0.36)]],
+            "polygon",
+            False,
+        ),
         ("head", "head", [_ellipse(0.41, 0.25, 0.09, 0.13)], "polygon", False),
     ],
     "coins": [
@@ -189,15 +237,17 @@ def make_coco_source(root, name: str = "gen_coco", n_images: int = 6, corrupt: b
             bbox, area = _bbox_area(segmentation, width, height)
         except Exception:  # degenerate shapes: state what a careless tool would
             bbox, area = [0.0, 0.0, 0.0, 0.0], 0.0
-        annotations.append({
-            "id": 1000 + len(annotations) + 1,
-            "image_id": image_id,
-            "category_id": category_id(category),
-            "segmentation": segmentation,
-            "area": area,
-            "bbox": bbox,
-            "iscrowd": int(iscrowd),
-        })
+        annotations.append(
+            {
+                "id": 1000 + len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": category_id(category),
+                "segmentation": segmentation,
+                "area": area,
+                "bbox": bbox,
+                "iscrowd": int(iscrowd),
+            }
+        )
 
     for i in range(n_images):
         photo_name = PHOTOS[i % len(PHOTOS)]
@@ -207,8 +257,16 @@ def make_coco_source(root, name: str = "gen_coco", n_images: int = 6, corrupt: b
         image_id = i + 1
         file_name = f"{image_id:012d}.jpg"
         _write(images_dir / file_name, _jpeg_bytes(pixels))
-        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height,
-                       "license": 1, "coco_url": f"http://images.cocodataset.org/train2017/{file_name}"})
+        images.append(
+            {
+                "id": image_id,
+                "file_name": file_name,
+                "width": width,
+                "height": height,
+                "license": 1,
+                "coco_url": f"http://images.cocodataset.org/train2017/{file_name}",
+            }
+        )
         for _key, category, polygons, encoding, iscrowd in PHOTO_OBJECTS[photo_name]:
             segmentation = _segmentation(polygons, encoding, width, height, mirrored)
             add_annotation(image_id, category, segmentation, width, height, iscrowd)
@@ -311,16 +369,37 @@ def make_lvis_source(root, name: str = "gen_lvis") -> SourceConfig:
                 continue
             segmentation = [_absolute(p, width, height, False) for p in polygons]
             bbox, area = _bbox_area(segmentation, width, height)
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": objects[key],
-                                "segmentation": segmentation, "area": area, "bbox": bbox})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": objects[key],
+                    "segmentation": segmentation,
+                    "area": area,
+                    "bbox": bbox,
+                }
+            )
     counts = {cid: sum(a["category_id"] == cid for a in annotations) for cid, *_ in LVIS_CATEGORIES}
     categories = [
-        {"id": cid, "name": lvis_name, "frequency": freq, "synonyms": synonyms, "synset": f"{lvis_name}.n.01",
-         "def": f"a {lvis_name.replace('_', ' ')}", "image_count": int(counts[cid] > 0), "instance_count": counts[cid]}
+        {
+            "id": cid,
+            "name": lvis_name,
+            "frequency": freq,
+            "synonyms": synonyms,
+            "synset": f"{lvis_name}.n.01",
+            "def": f"a {lvis_name.replace('_', ' ')}",
+            "image_count": int(counts[cid] > 0),
+            "instance_count": counts[cid],
+        }
         for cid, lvis_name, freq, synonyms in LVIS_CATEGORIES
     ]
-    document = {"info": {"description": f"{name}: generated LVIS-format test dataset"}, "licenses": [],
-                "categories": categories, "annotations": annotations, "images": images}
+    document = {
+        "info": {"description": f"{name}: generated LVIS-format test dataset"},
+        "licenses": [],
+        "categories": categories,
+        "annotations": annotations,
+        "images": images,
+    }
     annotations_path = root / "lvis_v1_val.json"
     _write(annotations_path, json.dumps(document).encode())
     return SourceConfig(name=name, format="lvis", images=str(images_root), annotations=str(annotations_path))
@@ -347,8 +426,18 @@ _OI_OBJECTS = {  # photo -> [(object key in PHOTO_OBJECTS, LabelName)]
     "camera": [("camera", "/m/0dv5r"), ("head", "/m/04hgtk")],
     "coins": [("coin_a", "/m/0242l"), ("coin_c", "/m/0242l")],
 }
-OPENIMAGES_CSV_COLUMNS = ["MaskPath", "ImageID", "LabelName", "BoxID", "BoxXMin", "BoxXMax", "BoxYMin", "BoxYMax",
-                          "PredictedIoU", "Clicks"]
+OPENIMAGES_CSV_COLUMNS = [
+    "MaskPath",
+    "ImageID",
+    "LabelName",
+    "BoxID",
+    "BoxXMin",
+    "BoxXMax",
+    "BoxYMin",
+    "BoxYMax",
+    "PredictedIoU",
+    "Clicks",
+]
 
 
 def _hex(text: str, n: int) -> str:
@@ -424,8 +513,14 @@ def make_openimages_source(root, name: str = "gen_oi", corrupt: bool = False) ->
     writer.writerow(["LabelName", "DisplayName"])
     writer.writerows(OPENIMAGES_CLASSES)
     _write(classes_path, buf.getvalue().encode())
-    return SourceConfig(name=name, format="openimages", images=str(images_dir), annotations=(str(csv_path),),
-                        masks=str(masks_dir), class_descriptions=str(classes_path))
+    return SourceConfig(
+        name=name,
+        format="openimages",
+        images=str(images_dir),
+        annotations=(str(csv_path),),
+        masks=str(masks_dir),
+        class_descriptions=str(classes_path),
+    )
 
 
 def _oi_row(image_id, label, key, mask, masks_dir: Path, stored: np.ndarray, counter: int) -> dict:

@@ -23,7 +23,12 @@ def _env(tmp_path: Path) -> dict:
 
 def _pbi(tmp_path, *args) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pbi_assets.cli", *args], cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=900
+        [sys.executable, "-m", "pbi_assets.cli", *args],
+        cwd=ROOT,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
 
 

@@ -10,14 +10,18 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from pipeline_helpers import DATA_PLANE, check_results, materialize_partition, materialize_unpartitioned, metadata_of
 
 from pbi_assets.partitions import PROJECT
 from pbi_ml.imageio import load_mask_png, load_rgb_path
 from pbi_ml.masks import LOCATION_GRID
 from pbi_ml.storage import Storage
-from pipeline_helpers import DATA_PLANE, check_results, materialize_partition, materialize_unpartitioned, metadata_of
 
-CATALOG = [a for a in __import__("pbi_assets.definitions", fromlist=["x"]).UNPARTITIONED_ASSETS if a.key.to_user_string() == "catalog"]
+CATALOG = [
+    a
+    for a in __import__("pbi_assets.definitions", fromlist=["x"]).UNPARTITIONED_ASSETS
+    if a.key.to_user_string() == "catalog"
+]
 
 
 def _run_data_plane(source: str, root: Path):
@@ -56,8 +60,21 @@ def test_demo_all_checks_pass_and_pairs_exist(demo_root):
     assert n_cand == n_index, "no instance silently disappears"
     columns = {r[0] for r in con.execute("DESCRIBE pairs").fetchall()}
     required = {
-        "pair_id", "source", "shard", "image_id", "annotation_id", "category", "bbox_x", "bbox_y", "bbox_w", "bbox_h",
-        "area_fraction", "object_location", "source_image", "target_image", "mask",
+        "pair_id",
+        "source",
+        "shard",
+        "image_id",
+        "annotation_id",
+        "category",
+        "bbox_x",
+        "bbox_y",
+        "bbox_w",
+        "bbox_h",
+        "area_fraction",
+        "object_location",
+        "source_image",
+        "target_image",
+        "mask",
     }
     assert required <= columns
     assert {"source", "shard", "image_id", "annotation_id", "category", "area_fraction", "kept", "reject_reason"} <= {
@@ -74,7 +91,9 @@ def test_pairs_are_exact_outside_the_edit_mask_and_changed_inside(demo_root):
     root, _ = demo_root
     storage = Storage(root)
     con = duckdb.connect(str(storage.catalog_path), read_only=True)
-    rows = con.execute("SELECT source_image, target_image, mask, edit_mask, object_location, width, height FROM pairs").fetchall()
+    rows = con.execute(
+        "SELECT source_image, target_image, mask, edit_mask, object_location, width, height FROM pairs"
+    ).fetchall()
     con.close()
     vocabulary = {cell for row in LOCATION_GRID for cell in row}
     for source_image, target_image, mask, edit_mask, location, width, height in rows:
@@ -100,12 +119,11 @@ def test_rerun_skips_finished_work_and_gives_identical_bytes(demo_root):
 
 def test_crash_mid_partition_loses_and_duplicates_nothing(tmp_path, demo_root):
     """A backend that dies after two objects; the re-run finishes the rest; bytes equal a clean run."""
-    from pbi_ml.config import RemovalConfig
+    from pbi_ml.config import CandidateConfig, RemovalConfig
     from pbi_ml.removal import make_inpainter
     from pbi_ml.stages.candidates import run_candidates
     from pbi_ml.stages.removals import run_removals
     from pbi_ml.stages.source_index import run_source_index
-    from pbi_ml.config import CandidateConfig
 
     clean_root, _ = demo_root
     source = PROJECT.source("demo")
@@ -139,7 +157,9 @@ def test_crash_mid_partition_loses_and_duplicates_nothing(tmp_path, demo_root):
     clean = Storage(clean_root).read_table("removals", "demo", shard)
     assert result.table.num_rows == clean.num_rows
     assert result.table.column("annotation_id").to_pylist() == clean.column("annotation_id").to_pylist()
-    for ours, theirs in zip(result.table.column("removal_image").to_pylist(), clean.column("removal_image").to_pylist()):
+    for ours, theirs in zip(
+        result.table.column("removal_image").to_pylist(), clean.column("removal_image").to_pylist()
+    ):
         assert Path(ours).read_bytes() == Path(theirs).read_bytes()
 
 
@@ -223,7 +243,9 @@ def test_sigkill_mid_partition_then_rerun_loses_and_duplicates_nothing(tmp_path)
         return storage
 
     clean = prepare(tmp_path / "clean")
-    shard = max(PROJECT.shard_keys, key=lambda s: clean.read_table("candidates", "demo", s).filter(pc.field("kept")).num_rows)
+    shard = max(
+        PROJECT.shard_keys, key=lambda s: clean.read_table("candidates", "demo", s).filter(pc.field("kept")).num_rows
+    )
     expected = run_removals(clean, source, shard, config).table
     total = expected.filter(pc.field("candidate") == 0).num_rows
     assert total >= 3
@@ -250,7 +272,9 @@ def test_sigkill_mid_partition_then_rerun_loses_and_duplicates_nothing(tmp_path)
     result = run_removals(killed, source, shard, config)
     assert result.counts["objects_computed_this_run"] == total - done_at_kill
     assert result.table.drop_columns(["removal_image"]).equals(expected.drop_columns(["removal_image"]))
-    for ours, theirs in zip(result.table.column("removal_image").to_pylist(), expected.column("removal_image").to_pylist()):
+    for ours, theirs in zip(
+        result.table.column("removal_image").to_pylist(), expected.column("removal_image").to_pylist()
+    ):
         assert Path(ours).read_bytes() == Path(theirs).read_bytes()
 
 

@@ -107,7 +107,9 @@ def test_categories_are_real_and_unique(data):
 
 def test_enough_instances_pass_the_default_filters_and_some_do_not(data):
     images = {im["id"]: im for im in data["images"]}
-    fractions = [a["area"] / (images[a["image_id"]]["width"] * images[a["image_id"]]["height"]) for a in data["annotations"]]
+    fractions = [
+        a["area"] / (images[a["image_id"]]["width"] * images[a["image_id"]]["height"]) for a in data["annotations"]
+    ]
     in_range = [f for f in fractions if 0.005 <= f <= 0.5]
     assert len(in_range) >= 8
     assert any(f < 0.005 for f in fractions), "one tiny object shows the too_small rejection"

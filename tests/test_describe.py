@@ -30,7 +30,10 @@ def test_config_defaults_are_the_papers_prompt_and_safe():
     config = DescribeConfig()
     assert config.backend == "pixels"
     assert config.trust_remote_code is False
-    assert config.prompt == "Accurately describe the main characteristics of the {category}. Use few words which best describe the {category}"
+    assert (
+        config.prompt
+        == "Accurately describe the main characteristics of the {category}. Use few words which best describe the {category}"
+    )
     assert SPEC_PROMPT.format(category="cat").endswith("best describe the cat")
     with pytest.raises(ConfigError):
         DescribeConfig(backend="cogvlm")
@@ -126,7 +129,9 @@ def test_pixel_description_of_a_real_photo():
 
 
 def test_vlm_refuses_remote_code_models_unless_flag_set(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "cogvlm", "auto_map": {"AutoModelForCausalLM": "modeling_cogvlm.CogVLMForCausalLM"}}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "cogvlm", "auto_map": {"AutoModelForCausalLM": "modeling_cogvlm.CogVLMForCausalLM"}})
+    )
     with pytest.raises(ConfigError, match="trust_remote_code"):
         make_describer(DescribeConfig(backend="vlm", model=str(tmp_path)))
     with pytest.raises(ConfigError, match="trust_remote_code"):
@@ -136,7 +141,15 @@ def test_vlm_refuses_remote_code_models_unless_flag_set(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # A tiny random Qwen2-VL, built from config and saved like a Hub checkpoint
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
 QWEN_STYLE_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
@@ -163,13 +176,28 @@ def tiny_vlm_dir(tmp_path_factory):
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    corpus = [SPEC_PROMPT.format(category=c) for c in ("cat", "cup", "dog")] + ["a large brown and white cat", "user assistant"]
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    corpus = [SPEC_PROMPT.format(category=c) for c in ("cat", "cup", "dog")] + [
+        "a large brown and white cat",
+        "user assistant",
+    ]
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     bpe.train_from_iterator(corpus, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>", additional_special_tokens=SPECIAL_TOKENS[1:])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL_TOKENS[1:],
+    )
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     processor = Qwen2VLProcessor(
-        image_processor=Qwen2VLImageProcessor(patch_size=4, temporal_patch_size=2, merge_size=2, min_pixels=16 * 16, max_pixels=32 * 32),
+        image_processor=Qwen2VLImageProcessor(
+            patch_size=4, temporal_patch_size=2, merge_size=2, min_pixels=16 * 16, max_pixels=32 * 32
+        ),
         tokenizer=tokenizer,
         video_processor=Qwen2VLVideoProcessor(patch_size=4, temporal_patch_size=2, merge_size=2),
         chat_template=QWEN_STYLE_TEMPLATE,
@@ -177,13 +205,31 @@ def tiny_vlm_dir(tmp_path_factory):
     torch.manual_seed(0)
     config = Qwen2VLConfig(
         text_config=dict(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            num_key_value_heads=1, max_position_embeddings=512, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
-            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=512,
+            rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
         ),
-        vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, patch_size=4, spatial_merge_size=2, temporal_patch_size=2),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        vision_config=dict(
+            depth=1,
+            embed_dim=32,
+            hidden_size=32,
+            num_heads=2,
+            patch_size=4,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
     )
     Qwen2VLForConditionalGeneration(config).save_pretrained(directory)
     processor.save_pretrained(directory)
@@ -198,7 +244,9 @@ def test_vlm_describer_code_path_with_tiny_qwen2_vl(tiny_vlm_dir):
         DescribeItem(cup, box(cup.shape, 10, 40, 20, 50), "cup"),
         DescribeItem(cat, ellipse(cat.shape, 40, 50, 6, 5), "mouse"),  # 11x13 px: upscaled for the processor
     ]
-    describer = make_describer(DescribeConfig(backend="vlm", model=str(tiny_vlm_dir), batch_size=2, max_new_tokens=6, device="cpu"))
+    describer = make_describer(
+        DescribeConfig(backend="vlm", model=str(tiny_vlm_dir), batch_size=2, max_new_tokens=6, device="cpu")
+    )
     assert describer.name == "vlm"
     assert describer.tokenizer.padding_side == "left"
     texts = describer.describe(items)

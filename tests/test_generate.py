@@ -30,8 +30,17 @@ def pipeline_dir(tmp_path_factory) -> str:
         mask[16:40, 20:44] = 255
         Image.fromarray(cv2.inpaint(target, mask, 3, cv2.INPAINT_TELEA)).save(root / f"s{k}.png")
         Image.fromarray(target).save(root / f"t{k}.png")
-        examples.append(TrainingExample(str(root / f"s{k}.png"), str(root / f"t{k}.png"), (f"add a {name}",), "center", f"p{k}"))
-    config = TrainConfig(init_model="tiny", resolution=32, train_batch_size=3, gradient_accumulation_steps=1, max_steps=2, checkpoint_every=2)
+        examples.append(
+            TrainingExample(str(root / f"s{k}.png"), str(root / f"t{k}.png"), (f"add a {name}",), "center", f"p{k}")
+        )
+    config = TrainConfig(
+        init_model="tiny",
+        resolution=32,
+        train_batch_size=3,
+        gradient_accumulation_steps=1,
+        max_steps=2,
+        checkpoint_every=2,
+    )
     return train_instruct_pix2pix(examples, config, root / "run").pipeline_dir
 
 
@@ -60,7 +69,9 @@ def test_outputs_have_the_working_size_and_are_deterministic(pipeline_dir, batch
     assert all(o.std() > 0 for o in first), "a decoded image, not a constant"
     second = generate_edits(pipeline_dir, photos, INSTRUCTIONS, FAST)
     assert all(np.array_equal(a, b) for a, b in zip(first, second))
-    other_seed = generate_edits(pipeline_dir, photos[:1], INSTRUCTIONS[:1], GenerateConfig(num_inference_steps=2, seed=1))
+    other_seed = generate_edits(
+        pipeline_dir, photos[:1], INSTRUCTIONS[:1], GenerateConfig(num_inference_steps=2, seed=1)
+    )
     assert not np.array_equal(other_seed[0], first[0])
 
 

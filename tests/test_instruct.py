@@ -72,7 +72,9 @@ def test_template_writer_is_deterministic_varied_and_names_the_object():
     assert all(t.split(" ")[0] in {"add", "put", "insert", "place"} and "brown and orange cat" in t for t in first)
     assert TemplateWriter(InstructConfig(seed=1)).rewrite(descriptions, ["cat"] * 40, keys) != first
     # VLM-style sentences and empty descriptions still give instructions that name the class
-    out = TemplateWriter().rewrite(["The cat is orange with white paws.", "", "The image shows a red bus"], ["cat", "dog", "bus"], ["a", "b", "c"])
+    out = TemplateWriter().rewrite(
+        ["The cat is orange with white paws.", "", "The image shows a red bus"], ["cat", "dog", "bus"], ["a", "b", "c"]
+    )
     assert out[0].endswith("a cat, the cat is orange with white paws")
     assert "a dog" in out[1] and "a red bus" in out[2]
     assert all(names_object(t, [c]) for t, c in zip(out, ["cat", "dog", "bus"]))
@@ -127,7 +129,9 @@ def test_llm_writer_with_real_smollm2():
     assert "quantization_config" not in json.loads((model_dir / "config.json").read_text())
     materialized = time.perf_counter()
 
-    writer = make_instruction_writer(InstructConfig(backend="llm", model=str(model_dir), max_new_tokens=16, batch_size=4, device="cpu"))
+    writer = make_instruction_writer(
+        InstructConfig(backend="llm", model=str(model_dir), max_new_tokens=16, batch_size=4, device="cpu")
+    )
     assert writer.has_chat_template
     descriptions = [
         "A red double-decker bus with advertisements on the side, parked on a street",
@@ -138,7 +142,9 @@ def test_llm_writer_with_real_smollm2():
     first = writer.rewrite(descriptions, categories, keys)
     second = writer.rewrite(descriptions, categories, keys)
     done = time.perf_counter()
-    print(f"\nSmolLM2: materialize {materialized - start:.1f}s, load + 2 x 3 rewrites {done - materialized:.1f}s: {first}")
+    print(
+        f"\nSmolLM2: materialize {materialized - start:.1f}s, load + 2 x 3 rewrites {done - materialized:.1f}s: {first}"
+    )
     assert len(first) == 3 and all(isinstance(t, str) and t.strip() for t in first)
     assert second == first  # greedy: deterministic
     assert writer.rewrite(descriptions[:1], categories[:1], keys[:1]) == first[:1]  # left padding: batch-independent
@@ -167,7 +173,12 @@ def test_instruction_check_with_real_minilm(checker):
     results = checker.check(
         ["add a brown dog", "add a red car", "", "add a silver spray can"],
         ["dog", "dog", "dog", "aerosol_can"],
-        ["a brown dog with floppy ears", "a brown dog with floppy ears", "a brown dog", "a silver aerosol can with a red cap"],
+        [
+            "a brown dog with floppy ears",
+            "a brown dog with floppy ears",
+            "a brown dog",
+            "a silver aerosol can with a red cap",
+        ],
         [["dog"], ["dog"], ["dog"], ["aerosol_can", "spray_can"]],
     )
     good, other, empty, synonym = results
@@ -179,7 +190,11 @@ def test_instruction_check_with_real_minilm(checker):
 
 def test_semantic_drift_is_rejected(checker):
     semantic_only = InstructionChecker(InstructConfig(check_lexical=False))
-    drift = semantic_only.check(["add a vintage oil painting style", "add a bowl of soup"], ["apple", "cat"], ["a small green apple", "a large brown and orange cat"])
+    drift = semantic_only.check(
+        ["add a vintage oil painting style", "add a bowl of soup"],
+        ["apple", "cat"],
+        ["a small green apple", "a large brown and orange cat"],
+    )
     assert [r.reason for r in drift] == ["semantic_drift", "semantic_drift"]
     assert all(not r.ok and not r.lexical_ok and r.similarity < 0.35 for r in drift)
 
@@ -197,7 +212,9 @@ def test_similarity_threshold_separates_the_calibration_set(checker):
 def test_check_without_embedding_model_falls_back_to_lexical(tmp_path):
     checker = InstructionChecker(InstructConfig(check_model=str(tmp_path / "missing")))
     assert checker.embedder is None and "missing" in checker.unavailable
-    ok, bad = checker.check(["add a brown dog", "add a red car"], ["dog", "dog"], ["a brown dog", "a brown dog"], [["dog"], ["dog"]])
+    ok, bad = checker.check(
+        ["add a brown dog", "add a red car"], ["dog", "dog"], ["a brown dog", "a brown dog"], [["dog"], ["dog"]]
+    )
     assert ok.ok and ok.similarity is None and ok.reason == "semantic_check_unavailable"
     assert not bad.ok and bad.reason == "does_not_name_object"
 

@@ -22,7 +22,9 @@ def _imported_modules(path: Path) -> set[str]:
 def test_pbi_ml_source_never_imports_dagster():
     files = sorted((ROOT / "pbi_ml").rglob("*.py"))
     assert files, "pbi_ml has no modules?"
-    offenders = [str(f.relative_to(ROOT)) for f in files if {"dagster", "dagster_webserver", "pbi_assets"} & _imported_modules(f)]
+    offenders = [
+        str(f.relative_to(ROOT)) for f in files if {"dagster", "dagster_webserver", "pbi_assets"} & _imported_modules(f)
+    ]
     assert offenders == []
 
 

@@ -125,7 +125,12 @@ def test_offline_defaults_give_null_model_metrics_with_reasons(photos):
     for row in rows:
         assert row["clip_i"] is None and row["clip_t"] is None and row["dino"] is None
         assert "ViT-B-32" in row["null_reason"] and "facebook/dino-vits16" in row["null_reason"]
-    for metric, model in (("clip_i", "ViT-B-32"), ("clip_t", "ViT-B-32"), ("dino", "dino-vits16"), ("cmmd", "ViT-L-14-336")):
+    for metric, model in (
+        ("clip_i", "ViT-B-32"),
+        ("clip_t", "ViT-B-32"),
+        ("dino", "dino-vits16"),
+        ("cmmd", "ViT-L-14-336"),
+    ):
         assert summary[metric] is None
         assert model in summary[f"{metric}_null_reason"] and "could not be loaded" in summary[f"{metric}_null_reason"]
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import duckdb
 import pytest
-
-from pbi_assets.partitions import PROJECT
-from pbi_ml.storage import Storage
 from pipeline_helpers import materialize_partition, materialize_unpartitioned, metadata_of
 from test_describe import tiny_vlm_dir  # noqa: F401 - a pytest fixture (tiny random Qwen2-VL)
 from tiny_clip import save_tiny_clip, save_tiny_dino
+
+from pbi_assets.partitions import PROJECT
+from pbi_ml.storage import Storage
 
 
 @pytest.fixture(scope="module")
@@ -36,16 +36,33 @@ def test_all_real_backends_by_configuration(tmp_path, tiny_vlm_dir, smollm2_dir)
 
     partitioned = {
         "ops": {
-            "removals": {"config": {"backend": "diffusers", "model": str(inpaint_dir), "steps": 2, "resolution": 64, "device": "cpu"}},
-            "removal_scores": {
+            "removals": {
                 "config": {
-                    "backend": "clip", "clip_model": clip_config, "clip_pretrained": clip_weights, "device": "cpu",
-                    # a random CLIP would reject everything: open the gates, this tests wiring not quality
-                    "clip_max_consensus_std": 10.0, "clip_max_removal_sim": 1.0, "clip_max_importance_sim": 1.01,
+                    "backend": "diffusers",
+                    "model": str(inpaint_dir),
+                    "steps": 2,
+                    "resolution": 64,
+                    "device": "cpu",
                 }
             },
-            "descriptions": {"config": {"backend": "vlm", "model": str(tiny_vlm_dir), "max_new_tokens": 6, "device": "cpu"}},
-            "instructions": {"config": {"backend": "llm", "model": str(smollm2_dir), "max_new_tokens": 12, "device": "cpu"}},
+            "removal_scores": {
+                "config": {
+                    "backend": "clip",
+                    "clip_model": clip_config,
+                    "clip_pretrained": clip_weights,
+                    "device": "cpu",
+                    # a random CLIP would reject everything: open the gates, this tests wiring not quality
+                    "clip_max_consensus_std": 10.0,
+                    "clip_max_removal_sim": 1.0,
+                    "clip_max_importance_sim": 1.01,
+                }
+            },
+            "descriptions": {
+                "config": {"backend": "vlm", "model": str(tiny_vlm_dir), "max_new_tokens": 6, "device": "cpu"}
+            },
+            "instructions": {
+                "config": {"backend": "llm", "model": str(smollm2_dir), "max_new_tokens": 12, "device": "cpu"}
+            },
             "splits": {"config": {"test_fraction": 0.5}},
         }
     }
@@ -54,13 +71,30 @@ def test_all_real_backends_by_configuration(tmp_path, tiny_vlm_dir, smollm2_dir)
     unpartitioned = {
         "ops": {
             "checkpoint": {
-                "config": {"recipe": "paper", "init_model": str(sd_dir), "resolution": 32, "train_batch_size": 2,
-                           "gradient_accumulation_steps": 1, "max_steps": 2, "num_epochs": None, "checkpoint_every": 1, "device": "cpu"}
+                "config": {
+                    "recipe": "paper",
+                    "init_model": str(sd_dir),
+                    "resolution": 32,
+                    "train_batch_size": 2,
+                    "gradient_accumulation_steps": 1,
+                    "max_steps": 2,
+                    "num_epochs": None,
+                    "checkpoint_every": 1,
+                    "device": "cpu",
+                }
             },
             "evaluation": {
-                "config": {"num_inference_steps": 2, "resolution": 64, "max_samples": 2, "device": "cpu",
-                           "clip_model": clip_config, "clip_pretrained": clip_weights, "dino_model": str(dino_dir),
-                           "cmmd_clip_model": clip_config, "cmmd_clip_pretrained": clip_weights}
+                "config": {
+                    "num_inference_steps": 2,
+                    "resolution": 64,
+                    "max_samples": 2,
+                    "device": "cpu",
+                    "clip_model": clip_config,
+                    "clip_pretrained": clip_weights,
+                    "dino_model": str(dino_dir),
+                    "cmmd_clip_model": clip_config,
+                    "cmmd_clip_pretrained": clip_weights,
+                }
             },
         }
     }
@@ -69,15 +103,23 @@ def test_all_real_backends_by_configuration(tmp_path, tiny_vlm_dir, smollm2_dir)
 
     con = duckdb.connect(str(Storage(root).catalog_path), read_only=True)
     assert {r[0] for r in con.execute("SELECT DISTINCT backend FROM removals").fetchall()} == {"diffusers"}
-    assert {r[0] for r in con.execute("SELECT DISTINCT method FROM removals").fetchall()} == {"sd seed=0", "sd seed=1", "sd seed=2"}
+    assert {r[0] for r in con.execute("SELECT DISTINCT method FROM removals").fetchall()} == {
+        "sd seed=0",
+        "sd seed=1",
+        "sd seed=2",
+    }
     nulls = con.execute(
         "SELECT count(*) FROM removal_scores WHERE clip_removal_sim IS NULL OR clip_importance_sim IS NULL OR clip_null_reason IS NOT NULL"
     ).fetchone()[0]
     assert nulls == 0
-    rows = con.execute("SELECT description, instruction_vlm_llm_raw, instruct_backend FROM pairs JOIN instructions USING (pair_id)").fetchall()
+    rows = con.execute(
+        "SELECT description, instruction_vlm_llm_raw, instruct_backend FROM pairs JOIN instructions USING (pair_id)"
+    ).fetchall()
     assert rows and all(d is not None for d, _, _ in rows) and {b for *_, b in rows} == {"llm"}
     assert all(raw for _, raw, _ in rows), "SmolLM2 answered every pair"
-    evaluation = con.execute("SELECT n, l1, clip_i, clip_t, dino, cmmd FROM evaluations WHERE benchmark = 'pipe_test'").fetchone()
+    evaluation = con.execute(
+        "SELECT n, l1, clip_i, clip_t, dino, cmmd FROM evaluations WHERE benchmark = 'pipe_test'"
+    ).fetchone()
     con.close()
     n, l1, clip_i, clip_t, dino, cmmd = evaluation
     assert n >= 1 and None not in (l1, clip_i, clip_t, dino, cmmd), evaluation

@@ -181,7 +181,9 @@ def sd_config(tmp_path_factory):
     from pbi_ml.tiny_sd import save_tiny_inpaint_pipeline
 
     directory = save_tiny_inpaint_pipeline(tmp_path_factory.mktemp("removal") / "sd")
-    return RemovalConfig(backend="diffusers", model=str(directory), steps=2, resolution=64, num_candidates=3, device="cpu")
+    return RemovalConfig(
+        backend="diffusers", model=str(directory), steps=2, resolution=64, num_candidates=3, device="cpu"
+    )
 
 
 @pytest.fixture(scope="module")

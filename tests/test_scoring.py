@@ -101,7 +101,9 @@ def test_identical_candidates_have_zero_consensus_std():
     rows = score_objects([ObjectToScore(image, mask, dilated, [removal.copy() for _ in range(3)], "spoon")], STATS)[0]
     assert [r["stats_consensus_std"] for r in rows] == [0.0, 0.0, 0.0]
     # and disagreeing candidates do not
-    rows = score_objects([ObjectToScore(image, mask, dilated, [removal, _painted_red(image, dilated)], "spoon")], STATS)[0]
+    rows = score_objects(
+        [ObjectToScore(image, mask, dilated, [removal, _painted_red(image, dilated)], "spoon")], STATS
+    )[0]
     assert rows[0]["stats_consensus_std"] > STATS.stats_max_consensus_std
 
 
@@ -213,7 +215,11 @@ def test_clip_embedder_loads_the_checkpoint_and_uses_the_real_clip_tokenizer(tin
     assert tokens[:8] == [49406, 320, 1125, 539, 320, 2368, 49407, 0]
     assert len(tokens) == 77
 
-    images = [np.ascontiguousarray(skimage.data.chelsea()[::4, ::4]), np.ascontiguousarray(skimage.data.coffee()[::4, ::4]), skimage.data.astronaut()[::8, ::8].copy()]
+    images = [
+        np.ascontiguousarray(skimage.data.chelsea()[::4, ::4]),
+        np.ascontiguousarray(skimage.data.coffee()[::4, ::4]),
+        skimage.data.astronaut()[::8, ::8].copy(),
+    ]
     emb = embedder.embed_images(images)  # 3 images in batches of 2
     assert emb.shape == (3, 32) and emb.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
@@ -233,7 +239,9 @@ def test_clip_backend_scores(tiny_clip):
     from pbi_ml.clip_embedder import ClipEmbedder
 
     config_path, checkpoint = tiny_clip
-    config = ScoringConfig(backend="clip", clip_model=config_path, clip_pretrained=checkpoint, device="cpu", batch_size=8)
+    config = ScoringConfig(
+        backend="clip", clip_model=config_path, clip_pretrained=checkpoint, device="cpu", batch_size=8
+    )
     image = np.ascontiguousarray(skimage.data.chelsea()[::2, ::2])
     mask = _ellipse(image.shape, (86, 56), (20, 16))
     dilated = dilate(mask, 6)
@@ -241,7 +249,9 @@ def test_clip_backend_scores(tiny_clip):
     coffee_mask = _ellipse(coffee.shape, (91, 71), (11, 11))
     coffee_dilated = dilate(coffee_mask, 4)
     objects = [
-        ObjectToScore(image, mask, dilated, [image.copy(), _telea(image, dilated), _painted_red(image, dilated)], "cat"),
+        ObjectToScore(
+            image, mask, dilated, [image.copy(), _telea(image, dilated), _painted_red(image, dilated)], "cat"
+        ),
         ObjectToScore(coffee, coffee_mask, coffee_dilated, [_telea(coffee, coffee_dilated)] * 3, "spoon"),
     ]
     scored = score_objects(objects, config)

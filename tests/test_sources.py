@@ -13,13 +13,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from PIL import Image
+from source_fixtures import make_coco_source, make_lvis_source, make_openimages_source
 
 from pbi_ml.config import SourceConfig
 from pbi_ml.errors import AnnotationFileError, ItemError
 from pbi_ml.sources import INDEX_SCHEMA, decode_mask, load_source_index, read_source_index, shard_index, shard_of
 from pbi_ml.sources import index as index_module
 from pbi_ml.storage import Storage
-from source_fixtures import make_coco_source, make_lvis_source, make_openimages_source
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path("/work/shared/data")
@@ -42,7 +42,9 @@ def rows_by_id(table: pa.Table) -> dict[str, dict]:
 
 
 def write_coco(path: Path, images, annotations, categories=({"id": 1, "name": "thing"},)) -> SourceConfig:
-    path.write_text(json.dumps({"images": list(images), "annotations": list(annotations), "categories": list(categories)}))
+    path.write_text(
+        json.dumps({"images": list(images), "annotations": list(annotations), "categories": list(categories)})
+    )
     return SourceConfig(name="t", format="coco", images=str(path.parent), annotations=str(path))
 
 
@@ -106,20 +108,28 @@ def test_shards_are_stable_across_processes(datasets):
     )
     for seed in ("1", "12345"):
         env = dict(os.environ, PYTHONHASHSEED=seed)
-        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+        )
         assert [tuple(x) for x in json.loads(out.stdout)] == here
     assert len({shard for _, shard in here}) > 1  # 16 instances on 6 images do spread over shards
 
 
 def test_numeric_ids_sort_numerically_and_string_ids_lexically(tmp_path):
     images = [{"id": i, "file_name": f"{i}.jpg", "width": 20, "height": 20} for i in (10, 2, 1)]
-    anns = [{"id": a, "image_id": i, "category_id": 1, "segmentation": [[2, 2, 12, 2, 12, 12]]} for a, i in ((30, 10), (4, 2), (100, 2), (9, 1))]
+    anns = [
+        {"id": a, "image_id": i, "category_id": 1, "segmentation": [[2, 2, 12, 2, 12, 12]]}
+        for a, i in ((30, 10), (4, 2), (100, 2), (9, 1))
+    ]
     table = read_source_index(write_coco(tmp_path / "a.json", images, anns), num_shards=1)
     assert table.column("image_id").to_pylist() == ["1", "2", "2", "10"]
     assert table.column("annotation_id").to_pylist() == ["9", "4", "100", "30"]
 
     images = [{"id": f"img{i}", "file_name": f"{i}.jpg", "width": 20, "height": 20} for i in (10, 2)]
-    anns = [{"id": f"a{i}", "image_id": f"img{i}", "category_id": 1, "segmentation": [[2, 2, 12, 2, 12, 12]]} for i in (10, 2)]
+    anns = [
+        {"id": f"a{i}", "image_id": f"img{i}", "category_id": 1, "segmentation": [[2, 2, 12, 2, 12, 12]]}
+        for i in (10, 2)
+    ]
     table = read_source_index(write_coco(tmp_path / "b.json", images, anns), num_shards=1)
     assert table.column("image_id").to_pylist() == ["img10", "img2"]
 
@@ -130,8 +140,15 @@ def test_many_rle_rows_across_chunks_give_the_same_index(tmp_path, monkeypatch):
     anns = []
     for k in range(400):
         x = k % 20
-        anns.append({"id": k + 1, "image_id": k % 40 + 1, "category_id": 1,
-                     "segmentation": [[x, 2.0, x + 10, 2.0, x + 10, 12.5, x, 12.5]], "iscrowd": 0})
+        anns.append(
+            {
+                "id": k + 1,
+                "image_id": k % 40 + 1,
+                "category_id": 1,
+                "segmentation": [[x, 2.0, x + 10, 2.0, x + 10, 12.5, x, 12.5]],
+                "iscrowd": 0,
+            }
+        )
     source = write_coco(tmp_path / "many.json", images, anns)
     whole = read_source_index(source, num_shards=3)
     monkeypatch.setattr(index_module, "CHUNK_ROWS", 7)
@@ -144,7 +161,11 @@ def test_degenerate_masks_are_recorded_not_dropped(datasets):
     source = datasets["bad"]
     table = read_source_index(source, num_shards=2)
     errors = {r["annotation_id"]: r for r in table.to_pylist() if r["index_error"]}
-    assert sorted(r["index_error"] for r in errors.values()) == ["degenerate_polygon", "empty_segmentation", "zero_area"]
+    assert sorted(r["index_error"] for r in errors.values()) == [
+        "degenerate_polygon",
+        "empty_segmentation",
+        "zero_area",
+    ]
     for row in errors.values():
         assert row["area"] == 0
         with pytest.raises(ItemError) as info:
@@ -172,7 +193,12 @@ def test_invalid_rle_is_an_index_error_and_never_decoded(tmp_path):
     ]
     source = write_coco(tmp_path / "rle.json", images, anns)
     rows = rows_by_id(read_source_index(source, num_shards=1))
-    assert [rows[k]["index_error"] for k in "1234"] == ["invalid_rle", "invalid_rle", "segmentation_size_mismatch", None]
+    assert [rows[k]["index_error"] for k in "1234"] == [
+        "invalid_rle",
+        "invalid_rle",
+        "segmentation_size_mismatch",
+        None,
+    ]
     assert rows["4"]["area"] == 10 and isinstance(json.loads(rows["4"]["segmentation"])["counts"], str)
     for k in "123":
         with pytest.raises(ItemError, match="invalid_mask"):
@@ -201,20 +227,42 @@ def test_invalid_json_names_file_and_position(tmp_path):
     [
         ({"images": [], "categories": []}, "missing top-level key 'annotations'"),
         ({"images": {}, "annotations": [], "categories": [{"id": 1, "name": "a"}]}, "'images' must be a list"),
-        ({"images": [{"id": 1, "file_name": "a.jpg", "width": 9, "height": 9}],
-          "annotations": [{"id": 7, "image_id": 2, "category_id": 1, "segmentation": [[1, 1, 5, 1, 5, 5]]}],
-          "categories": [{"id": 1, "name": "a"}]}, "annotation 7 references unknown image_id 2"),
-        ({"images": [{"id": 1, "file_name": "a.jpg", "width": 9, "height": 9}],
-          "annotations": [{"id": 7, "image_id": 1, "category_id": 5, "segmentation": [[1, 1, 5, 1, 5, 5]]}],
-          "categories": [{"id": 1, "name": "a"}]}, "annotation 7 references unknown category_id 5"),
-        ({"images": [{"id": 1, "file_name": "a.jpg", "width": 9, "height": 9}],
-          "annotations": [{"id": 7, "image_id": 1, "category_id": 1, "segmentation": [1, 1, 5, 1, 5, 5]}],
-          "categories": [{"id": 1, "name": "a"}]}, "annotation 7: 'segmentation' must be a list of polygons"),
-        ({"images": [{"id": 1, "file_name": "a.jpg", "height": 9}], "annotations": [], "categories": []},
-         "'width' must be a positive integer"),
-        ({"images": [{"id": 1, "file_name": "a.jpg", "width": 9, "height": 9}],
-          "annotations": [{"id": 7, "image_id": 1, "category_id": 1, "segmentation": [[1, 1, 5, 1, 5, 5]]}] * 2,
-          "categories": [{"id": 1, "name": "a"}]}, "annotation id '7' is used more than once"),
+        (
+            {
+                "images": [{"id": 1, "file_name": "a.jpg", "width": 9, "height": 9}],
+                "annotations": [{"id": 7, "image_id": 2, "category_id": 1, "segmentation": [[1, 1, 5, 1, 5, 5]]}],
+                "categories": [{"id": 1, "name": "a"}],
+            },
+            "annotation 7 references unknown image_id 2",
+        ),
+        (
+            {
+                "images": [{"id": 1, "file_name": "a.jpg", "width": 9, "height": 9}],
+                "annotations": [{"id": 7, "image_id": 1, "category_id": 5, "segmentation": [[1, 1, 5, 1, 5, 5]]}],
+                "categories": [{"id": 1, "name": "a"}],
+            },
+            "annotation 7 references unknown category_id 5",
+        ),
+        (
+            {
+                "images": [{"id": 1, "file_name": "a.jpg", "width": 9, "height": 9}],
+                "annotations": [{"id": 7, "image_id": 1, "category_id": 1, "segmentation": [1, 1, 5, 1, 5, 5]}],
+                "categories": [{"id": 1, "name": "a"}],
+            },
+            "annotation 7: 'segmentation' must be a list of polygons",
+        ),
+        (
+            {"images": [{"id": 1, "file_name": "a.jpg", "height": 9}], "annotations": [], "categories": []},
+            "'width' must be a positive integer",
+        ),
+        (
+            {
+                "images": [{"id": 1, "file_name": "a.jpg", "width": 9, "height": 9}],
+                "annotations": [{"id": 7, "image_id": 1, "category_id": 1, "segmentation": [[1, 1, 5, 1, 5, 5]]}] * 2,
+                "categories": [{"id": 1, "name": "a"}],
+            },
+            "annotation id '7' is used more than once",
+        ),
     ],
 )
 def test_malformed_coco_files_fail_with_file_name(tmp_path, document, expected):
@@ -240,8 +288,14 @@ def test_openimages_csv_missing_columns_and_unknown_label(tmp_path, datasets):
     dropped = [",".join(f for i, f in enumerate(line.split(",")) if i != header.index("LabelName")) for line in lines]
     path = tmp_path / "no_label.csv"
     path.write_text("\n".join(dropped) + "\n")
-    source = SourceConfig(name="m", format="openimages", images=good.images, annotations=str(path), masks=good.masks,
-                          class_descriptions=good.class_descriptions)
+    source = SourceConfig(
+        name="m",
+        format="openimages",
+        images=good.images,
+        annotations=str(path),
+        masks=good.masks,
+        class_descriptions=good.class_descriptions,
+    )
     with pytest.raises(AnnotationFileError) as info:
         read_source_index(source, 2)
     assert str(path) in str(info.value) and "LabelName" in str(info.value)
@@ -249,8 +303,17 @@ def test_openimages_csv_missing_columns_and_unknown_label(tmp_path, datasets):
     path = tmp_path / "unknown_label.csv"
     path.write_text("\n".join([lines[0], lines[1].replace("/m/", "/m/zz")]) + "\n")
     with pytest.raises(AnnotationFileError, match=r"unknown_label.csv: line 2: LabelName '/m/zz"):
-        read_source_index(SourceConfig(name="m", format="openimages", images=good.images, annotations=str(path),
-                                       masks=good.masks, class_descriptions=good.class_descriptions), 2)
+        read_source_index(
+            SourceConfig(
+                name="m",
+                format="openimages",
+                images=good.images,
+                annotations=str(path),
+                masks=good.masks,
+                class_descriptions=good.class_descriptions,
+            ),
+            2,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,8 +391,14 @@ def test_openimages_class_descriptions_without_header(tmp_path, datasets):
     body = Path(good.class_descriptions).read_text().splitlines()[1:]
     path = tmp_path / "class-descriptions-boxable.csv"
     path.write_text("\n".join(body) + "\n")
-    source = SourceConfig(name="gen_oi", format="openimages", images=good.images, annotations=good.annotations,
-                          masks=good.masks, class_descriptions=str(path))
+    source = SourceConfig(
+        name="gen_oi",
+        format="openimages",
+        images=good.images,
+        annotations=good.annotations,
+        masks=good.masks,
+        class_descriptions=str(path),
+    )
     assert read_source_index(source, 2).equals(read_source_index(good, 2))
 
 
@@ -404,7 +473,9 @@ def test_real_coco128seg_matches_pycocotools():
     from pycocotools.coco import COCO
 
     folder = SHARED_DATA / "coco128seg_50"
-    source = SourceConfig(name="coco128", format="coco", images=str(folder / "images"), annotations=str(folder / "annotations.json"))
+    source = SourceConfig(
+        name="coco128", format="coco", images=str(folder / "images"), annotations=str(folder / "annotations.json")
+    )
     rows = rows_by_id(read_source_index(source, 4))
     coco = COCO(str(folder / "annotations.json"))
     assert len(rows) == len(coco.anns) == 426
@@ -419,7 +490,9 @@ def test_real_coco128seg_matches_pycocotools():
 @pytest.mark.skipif(not (SHARED_DATA / "lvis_val_100").is_dir(), reason="/work/shared/data/lvis_val_100 not present")
 def test_real_lvis_val_100():
     path = SHARED_DATA / "lvis_val_100" / "annotations.json"
-    source = SourceConfig(name="lvis100", format="lvis", images=str(SHARED_DATA / "lvis_val_100" / "images"), annotations=str(path))
+    source = SourceConfig(
+        name="lvis100", format="lvis", images=str(SHARED_DATA / "lvis_val_100" / "images"), annotations=str(path)
+    )
     table = read_source_index(source, 4)
     document = json.loads(path.read_text())
     assert table.num_rows == len(document["annotations"]) == 977

@@ -50,7 +50,9 @@ def make_examples(root: Path) -> list[TrainingExample]:
     return examples
 
 
-SMOKE = TrainConfig(init_model="tiny", resolution=32, train_batch_size=2, gradient_accumulation_steps=1, max_steps=4, checkpoint_every=2)
+SMOKE = TrainConfig(
+    init_model="tiny", resolution=32, train_batch_size=2, gradient_accumulation_steps=1, max_steps=4, checkpoint_every=2
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,9 @@ def examples(tmp_path_factory):
 def full_run(examples, tmp_path_factory):
     out = tmp_path_factory.mktemp("full")
     seen = []
-    result = train_instruct_pix2pix(examples, SMOKE, out, progress=lambda step, total, loss: seen.append((step, total, loss)))
+    result = train_instruct_pix2pix(
+        examples, SMOKE, out, progress=lambda step, total, loss: seen.append((step, total, loss))
+    )
     return out, result, seen
 
 

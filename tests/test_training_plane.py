@@ -11,10 +11,10 @@ import dagster as dg
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+from pipeline_helpers import check_results, metadata_of
 
 from pbi_assets.resources import PBIProject
 from pbi_ml.storage import Storage
-from pipeline_helpers import check_results, metadata_of
 
 
 @pytest.fixture(scope="module")
@@ -73,15 +73,26 @@ def test_pipe_export_has_the_release_columns_and_types(demo):
     assert files
     ds = datasets.load_dataset("parquet", data_files={"train": files}, split="train")
     assert ds.column_names == [
-        "source_img", "target_img", "Instruction_VLM-LLM", "Instruction_Class", "Instruction_Ref_Dataset",
-        "object_location", "target_img_dataset", "img_id", "ann_id",
+        "source_img",
+        "target_img",
+        "Instruction_VLM-LLM",
+        "Instruction_Class",
+        "Instruction_Ref_Dataset",
+        "object_location",
+        "target_img_dataset",
+        "img_id",
+        "ann_id",
     ]
-    assert isinstance(ds.features["source_img"], datasets.Image) and isinstance(ds.features["target_img"], datasets.Image)
+    assert isinstance(ds.features["source_img"], datasets.Image) and isinstance(
+        ds.features["target_img"], datasets.Image
+    )
     for name in ds.column_names[2:]:
         assert ds.features[name] == datasets.Value("string"), name
     first = ds[0]
     assert first["source_img"].size == first["target_img"].size
-    masks = datasets.load_dataset("parquet", data_files=sorted(str(p) for p in (out / "pipe" / "masks").glob("train-*.parquet")), split="train")
+    masks = datasets.load_dataset(
+        "parquet", data_files=sorted(str(p) for p in (out / "pipe" / "masks").glob("train-*.parquet")), split="train"
+    )
     assert masks.column_names == ["target_img_dataset", "img_id", "ann_id", "mask"]
     assert isinstance(masks.features["mask"], datasets.Image)
     card = (out / "README.md").read_text()
@@ -91,7 +102,9 @@ def test_pipe_export_has_the_release_columns_and_types(demo):
 def test_instruct_pix2pix_export_passes_the_diffusers_trainer_column_checks(demo):
     datasets = pytest.importorskip("datasets")
     root, *_ = demo
-    files = sorted(str(p) for p in (Storage(root).global_dir("exports") / "instruct_pix2pix" / "data").glob("train-*.parquet"))
+    files = sorted(
+        str(p) for p in (Storage(root).global_dir("exports") / "instruct_pix2pix" / "data").glob("train-*.parquet")
+    )
     dataset = datasets.load_dataset("parquet", data_files={"train": files})
     # examples/instruct_pix2pix/train_instruct_pix2pix.py: default column names, and this check
     column_names = dataset["train"].column_names
@@ -136,7 +149,9 @@ def test_evaluation_reports_pixel_metrics_and_null_reasons_for_absent_weights(de
 def test_weekly_schedule_requests_the_retraining_job():
     from pbi_assets.automation import weekly_retraining_schedule
 
-    context = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2026, 11, 23, 3, 0, tzinfo=dt.timezone.utc))
+    context = dg.build_schedule_context(
+        scheduled_execution_time=dt.datetime(2026, 11, 23, 3, 0, tzinfo=dt.timezone.utc)
+    )
     requests = weekly_retraining_schedule.evaluate_tick(context).run_requests
     assert len(requests) == 1
     assert weekly_retraining_schedule.job_name == "retraining_job"
@@ -215,13 +230,22 @@ def test_evaluation_on_a_magicbrush_parquet_uses_the_add_subset(demo, tmp_path):
     pq.write_table(table, path)
     root, *_ = demo
     storage = Storage(root)
-    result = run_evaluation(storage, latest_checkpoint(storage), EvaluationConfig(magicbrush_parquet=str(path), num_inference_steps=2, max_samples=1))
+    result = run_evaluation(
+        storage,
+        latest_checkpoint(storage),
+        EvaluationConfig(magicbrush_parquet=str(path), num_inference_steps=2, max_samples=1),
+    )
     rows = {r["benchmark"]: r for r in result.table.to_pylist()}
     assert rows["magicbrush_add"]["n"] == 1  # max_samples=1 of the 2 "add"/"put" rows
-    full = run_evaluation(storage, latest_checkpoint(storage), EvaluationConfig(magicbrush_parquet=str(path), num_inference_steps=2))
+    full = run_evaluation(
+        storage, latest_checkpoint(storage), EvaluationConfig(magicbrush_parquet=str(path), num_inference_steps=2)
+    )
     rows = {r["benchmark"]: r for r in full.table.to_pylist()}
     assert rows["magicbrush_add"]["n"] == 2 and rows["magicbrush_add"]["l1"] is not None
-    assert {s["instruction"] for s in full.extra["samples"] if s["benchmark"] == "magicbrush_add"} == {instructions[0], instructions[2]}
+    assert {s["instruction"] for s in full.extra["samples"] if s["benchmark"] == "magicbrush_add"} == {
+        instructions[0],
+        instructions[2],
+    }
 
 
 def test_a_pair_whose_images_are_gone_fails_alone_with_its_reason(demo, tmp_path):
@@ -235,7 +259,10 @@ def test_a_pair_whose_images_are_gone_fails_alone_with_its_reason(demo, tmp_path
     shutil.copytree(root / "tables", copy / "tables")
     shutil.copytree(root / "files", copy / "files")
     storage = Storage(copy)
-    shard = max(("000", "001", "002", "003"), key=lambda s: storage.read_table("pairs", "demo", s).num_rows if storage.has_table("pairs", "demo", s) else 0)
+    shard = max(
+        ("000", "001", "002", "003"),
+        key=lambda s: storage.read_table("pairs", "demo", s).num_rows if storage.has_table("pairs", "demo", s) else 0,
+    )
     pairs = storage.read_table("pairs", "demo", shard).to_pylist()
     # the files moved: point the table at the copy, then lose one pair's original photo
     for row in pairs:
@@ -243,7 +270,9 @@ def test_a_pair_whose_images_are_gone_fails_alone_with_its_reason(demo, tmp_path
             row[column] = row[column].replace(str(root), str(copy))
     import pyarrow as pa
 
-    storage.write_table("pairs", "demo", shard, pa.Table.from_pylist(pairs, schema=storage.read_table("pairs", "demo", shard).schema))
+    storage.write_table(
+        "pairs", "demo", shard, pa.Table.from_pylist(pairs, schema=storage.read_table("pairs", "demo", shard).schema)
+    )
     Path(pairs[0]["target_image"]).unlink()
     result = run_descriptions(storage, "demo", shard, DescribeConfig())
     rows = {r["pair_id"]: r for r in result.table.to_pylist()}
@@ -254,9 +283,9 @@ def test_a_pair_whose_images_are_gone_fails_alone_with_its_reason(demo, tmp_path
 def test_an_empty_llm_answer_falls_back_to_the_class_template_with_the_reason(demo, tmp_path):
     import shutil
 
+    from pbi_assets.partitions import PROJECT
     from pbi_ml.instruct import InstructConfig
     from pbi_ml.stages.instructions import run_instructions
-    from pbi_assets.partitions import PROJECT
 
     class SilentLLM:  # an LLM backend that returns nothing for the first pair (as real ones sometimes do)
         def rewrite(self, descriptions, categories, keys):

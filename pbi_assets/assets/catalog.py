@@ -1,6 +1,5 @@
 """The DuckDB catalog: views over every partition's Parquet, rebuilt atomically."""
 
-
 import dagster as dg
 
 from pbi_assets.assets.instructions import instructions, splits
@@ -19,7 +18,7 @@ from pbi_ml.catalog import build_catalog
         "removal_scores, pairs, ...) over the Parquet of ALL partitions. Views read the files at "
         "query time, so newly materialized partitions appear without a rebuild. Written to a temp "
         "file and renamed: concurrent runs never contend for a DuckDB write lock. Query it with "
-        "`pbi sql \"SELECT ...\"` or duckdb.connect(path, read_only=True)."
+        '`pbi sql "SELECT ..."` or duckdb.connect(path, read_only=True).'
     ),
 )
 def catalog(context: dg.AssetExecutionContext, pbi: PBIProject) -> dg.MaterializeResult:
@@ -28,7 +27,7 @@ def catalog(context: dg.AssetExecutionContext, pbi: PBIProject) -> dg.Materializ
     meta = {f"rows_{view}": int(n) for view, n in counts.items()}
     meta["path"] = dg.MetadataValue.path(str(storage.catalog_path))
     meta["example_query"] = dg.MetadataValue.md(
-        f"```\npbi sql \"SELECT category, count(*) FROM pairs GROUP BY 1 ORDER BY 2 DESC\"\n```\n"
+        f'```\npbi sql "SELECT category, count(*) FROM pairs GROUP BY 1 ORDER BY 2 DESC"\n```\n'
         f"or `duckdb -readonly {storage.catalog_path}`"
     )
     return dg.MaterializeResult(metadata=meta)

@@ -1,6 +1,5 @@
 """Descriptions of the removed objects, "add" instructions, and the train/test split."""
 
-
 import dagster as dg
 
 from pbi_assets.assets.gpu import GPU_OP_TAGS, GPU_POOL, GPU_TAGS
@@ -34,13 +33,17 @@ def _markdown_examples(rows: list[dict], columns: list[str], n: int = 5) -> dg.M
         "only with trust_remote_code)."
     ),
 )
-def descriptions(context: dg.AssetExecutionContext, pbi: PBIProject, config: DescriptionsRunConfig) -> dg.MaterializeResult:
+def descriptions(
+    context: dg.AssetExecutionContext, pbi: PBIProject, config: DescriptionsRunConfig
+) -> dg.MaterializeResult:
     from pbi_ml.describe import DescribeConfig
     from pbi_ml.stages.descriptions import run_descriptions
 
     part = partition_of(context)
     stage_config = pbi.stage_config("descriptions", DescribeConfig, config)
-    result = run_descriptions(pbi.storage(), part.source, part.shard, stage_config, progress=_progress(context, "pairs described"))
+    result = run_descriptions(
+        pbi.storage(), part.source, part.shard, stage_config, progress=_progress(context, "pairs described")
+    )
     meta = result_metadata(result)
     meta["examples"] = _markdown_examples(result.table.to_pylist(), ["category", "description", "error"])
     return dg.MaterializeResult(metadata=meta)
@@ -62,16 +65,25 @@ def descriptions(context: dg.AssetExecutionContext, pbi: PBIProject, config: Des
         "do not name their object, keeping the reason. The location phrase is added at training time."
     ),
 )
-def instructions(context: dg.AssetExecutionContext, pbi: PBIProject, config: InstructionsRunConfig) -> dg.MaterializeResult:
+def instructions(
+    context: dg.AssetExecutionContext, pbi: PBIProject, config: InstructionsRunConfig
+) -> dg.MaterializeResult:
     from pbi_ml.instruct import InstructConfig
     from pbi_ml.stages.instructions import run_instructions
 
     part = partition_of(context)
     stage_config = pbi.stage_config("instructions", InstructConfig, config)
-    result = run_instructions(pbi.storage(), pbi.source(part.source), part.shard, stage_config, progress=_progress(context, "pairs instructed"))
+    result = run_instructions(
+        pbi.storage(),
+        pbi.source(part.source),
+        part.shard,
+        stage_config,
+        progress=_progress(context, "pairs instructed"),
+    )
     meta = result_metadata(result, histograms={"instruction_check_similarity": "instruction check similarity (MiniLM)"})
     meta["examples"] = _markdown_examples(
-        result.table.to_pylist(), ["instruction_class", "instruction_vlm_llm", "instruction_ref", "instruction_check", "object_location"]
+        result.table.to_pylist(),
+        ["instruction_class", "instruction_vlm_llm", "instruction_ref", "instruction_check", "object_location"],
     )
     return dg.MaterializeResult(metadata=meta)
 

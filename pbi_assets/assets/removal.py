@@ -1,6 +1,5 @@
 """Removal: inpaint each candidate K times, score the candidates, blend the chosen one into a pair."""
 
-
 import dagster as dg
 
 from pbi_assets.assets.gpu import GPU_OP_TAGS, GPU_POOL, GPU_TAGS
@@ -42,7 +41,11 @@ def removals(context: dg.AssetExecutionContext, pbi: PBIProject, config: Removal
     part = partition_of(context)
     stage_config = pbi.stage_config("removals", RemovalConfig, config)
     result = run_removals(
-        pbi.storage(), pbi.source(part.source), part.shard, stage_config, progress=_progress(context, "objects inpainted")
+        pbi.storage(),
+        pbi.source(part.source),
+        part.shard,
+        stage_config,
+        progress=_progress(context, "objects inpainted"),
     )
     meta = result_metadata(result)
     meta["backend"] = stage_config.backend
@@ -64,10 +67,14 @@ def removals(context: dg.AssetExecutionContext, pbi: PBIProject, config: Removal
         "pixel statistics, CLIP columns null with the reason) or `clip` (open_clip)."
     ),
 )
-def removal_scores(context: dg.AssetExecutionContext, pbi: PBIProject, config: ScoringRunConfig) -> dg.MaterializeResult:
+def removal_scores(
+    context: dg.AssetExecutionContext, pbi: PBIProject, config: ScoringRunConfig
+) -> dg.MaterializeResult:
     part = partition_of(context)
     scoring = pbi.stage_config("removal_scores", ScoringConfig, config)
-    result = run_scores(pbi.storage(), pbi.source(part.source), part.shard, scoring, progress=_progress(context, "objects scored"))
+    result = run_scores(
+        pbi.storage(), pbi.source(part.source), part.shard, scoring, progress=_progress(context, "objects scored")
+    )
     meta = result_metadata(
         result,
         histograms={

@@ -1,6 +1,5 @@
 """Sources: the annotation index of each partition, and the pre-removal candidate filters."""
 
-
 import dagster as dg
 
 from pbi_assets.metadata import result_metadata

@@ -1,6 +1,5 @@
 """Exports, the trained checkpoint, and its evaluation (unpartitioned: they read all partitions)."""
 
-
 import json
 
 import dagster as dg
@@ -117,5 +116,7 @@ def evaluation(context: dg.AssetExecutionContext, pbi: PBIProject, config: Evalu
     samples = []
     for instruction, inp, out, tgt in result.extra["grid"]:
         samples += [(f"input: {instruction}", inp), ("output", out), ("ground truth", tgt)]
-    meta["grid"] = thumbnails_markdown(samples[:9], max_side=96) if samples else dg.MetadataValue.md("_no test samples_")
+    meta["grid"] = (
+        thumbnails_markdown(samples[:9], max_side=96) if samples else dg.MetadataValue.md("_no test samples_")
+    )
     return dg.MaterializeResult(metadata=meta)

@@ -21,7 +21,9 @@ from pbi_ml.errors import ConfigError, ItemError
 from pbi_ml.masks import bbox_of, check_image_and_mask, crop_box
 
 DESCRIBE_BACKENDS = ("pixels", "vlm")
-SPEC_PROMPT = "Accurately describe the main characteristics of the {category}. Use few words which best describe the {category}"
+SPEC_PROMPT = (
+    "Accurately describe the main characteristics of the {category}. Use few words which best describe the {category}"
+)
 OUTSIDE_FILL = (128, 128, 128)  # neutral grey: carries no colour the describer could attribute to the object
 
 
@@ -83,7 +85,9 @@ class Describer(Protocol):
         ...
 
 
-def masked_object_view(image: np.ndarray, mask: np.ndarray, pad: float = 0.1, fill: tuple[int, int, int] = OUTSIDE_FILL) -> np.ndarray:
+def masked_object_view(
+    image: np.ndarray, mask: np.ndarray, pad: float = 0.1, fill: tuple[int, int, int] = OUTSIDE_FILL
+) -> np.ndarray:
     """The object alone: every pixel outside `mask` set to neutral grey, cropped to a box around the
     object padded by `pad` of its size on each side (SPEC: the VLM sees only the object).
     Returns a new HxWx3 uint8 array."""

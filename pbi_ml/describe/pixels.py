@@ -19,7 +19,20 @@ import numpy as np
 from pbi_ml.describe.base import DescribeConfig, DescribeItem
 from pbi_ml.instruct.templates import clean_category, noun_phrase
 
-COLOUR_NAMES = ("black", "white", "grey", "red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "beige")
+COLOUR_NAMES = (
+    "black",
+    "white",
+    "grey",
+    "red",
+    "orange",
+    "yellow",
+    "green",
+    "blue",
+    "purple",
+    "pink",
+    "brown",
+    "beige",
+)
 SMALL_AREA_FRACTION = 0.03
 LARGE_AREA_FRACTION = 0.20
 ELONGATION_RATIO = 2.0

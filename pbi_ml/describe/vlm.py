@@ -132,7 +132,12 @@ class VLMDescriber:
         images = [_view_for_model(item) for item in items]
         texts = [
             self.processor.apply_chat_template(
-                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.prompt_for(item.category)}]}],
+                [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image"}, {"type": "text", "text": self.prompt_for(item.category)}],
+                    }
+                ],
                 tokenize=False,
                 add_generation_prompt=True,
             )

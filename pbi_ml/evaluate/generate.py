@@ -52,13 +52,19 @@ def working_size(height: int, width: int, resolution: int | None, multiple: int)
     if resolution is not None:
         scale = resolution / max(height, width)
         height, width = height * scale, width * scale
-    return max(multiple, int(round(height / multiple)) * multiple), max(multiple, int(round(width / multiple)) * multiple)
+    return max(multiple, int(round(height / multiple)) * multiple), max(
+        multiple, int(round(width / multiple)) * multiple
+    )
 
 
 def _scheduler(pipeline, name: str):
     from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 
-    classes = {"euler_ancestral": EulerAncestralDiscreteScheduler, "euler": EulerDiscreteScheduler, "ddim": DDIMScheduler}
+    classes = {
+        "euler_ancestral": EulerAncestralDiscreteScheduler,
+        "euler": EulerDiscreteScheduler,
+        "ddim": DDIMScheduler,
+    }
     if name == "saved":
         return pipeline.scheduler
     return classes[name].from_config(pipeline.scheduler.config)
@@ -89,7 +95,9 @@ def _as_rgb(image: np.ndarray, index: int) -> np.ndarray:
     return image[..., :3]
 
 
-def generate_edits(pipeline_dir: str, images: list[np.ndarray], instructions: list[str], config: GenerateConfig) -> list[np.ndarray]:
+def generate_edits(
+    pipeline_dir: str, images: list[np.ndarray], instructions: list[str], config: GenerateConfig
+) -> list[np.ndarray]:
     """Edit each image by its instruction; returns HxWx3 uint8 arrays at the working size.
 
     Images are batched (`config.batch_size`, consecutive images of the same working size); each

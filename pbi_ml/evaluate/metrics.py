@@ -21,7 +21,6 @@ metrics null with the reason (the exception's first line); nothing is ever estim
 from __future__ import annotations
 
 import logging
-
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,7 +139,9 @@ class DinoEmbedder:
         self.load()
         out = []
         for start in range(0, len(images), self.batch_size):
-            batch = torch.stack([self.preprocess(im) for im in images[start : start + self.batch_size]]).to(self._device)
+            batch = torch.stack([self.preprocess(im) for im in images[start : start + self.batch_size]]).to(
+                self._device
+            )
             with torch.inference_mode():
                 cls = self._model(pixel_values=batch).last_hidden_state[:, 0]
             cls = cls.float().cpu().numpy()
@@ -162,7 +163,9 @@ def compute_metrics(
     sample metric over the samples that have it, cmmd, n, and `<metric>_null_reason` for every
     metric that is null)."""
     if not (len(outputs) == len(ground_truths) == len(captions)):
-        raise ValueError(f"outputs ({len(outputs)}), ground_truths ({len(ground_truths)}) and captions ({len(captions)}) differ in length")
+        raise ValueError(
+            f"outputs ({len(outputs)}), ground_truths ({len(ground_truths)}) and captions ({len(captions)}) differ in length"
+        )
     n = len(outputs)
     rows = [pixel_metrics(o, g) for o, g in zip(outputs, ground_truths)]
     reasons: list[dict[str, str]] = [{} for _ in range(n)]  # per sample: metric -> reason
@@ -183,7 +186,9 @@ def compute_metrics(
                     if kind == "clip":
                         from pbi_ml.clip_embedder import ClipEmbedder
 
-                        loaded[key] = ClipEmbedder(model, pretrained, device=config.device, batch_size=config.batch_size).load()
+                        loaded[key] = ClipEmbedder(
+                            model, pretrained, device=config.device, batch_size=config.batch_size
+                        ).load()
                     else:
                         loaded[key] = DinoEmbedder(model, device=config.device, batch_size=config.batch_size).load()
                 except Exception as exc:  # offline without weights, unknown id, corrupt file ...
@@ -245,7 +250,7 @@ def compute_metrics(
 
 
 def _join_reasons(why: dict[str, str]) -> str | None:
-    """"clip_i, clip_t: <reason>; dino: <reason>" (metrics sharing a reason are named together)."""
+    """ "clip_i, clip_t: <reason>; dino: <reason>" (metrics sharing a reason are named together)."""
     grouped: dict[str, list[str]] = {}
     for m in SAMPLE_METRICS:
         if m in why:

@@ -95,7 +95,11 @@ class SentenceEmbedder:
         out = []
         for start in range(0, len(texts), self.batch_size):
             batch = self.tokenizer(
-                texts[start : start + self.batch_size], padding=True, truncation=True, max_length=MAX_SEQ_LENGTH, return_tensors="pt"
+                texts[start : start + self.batch_size],
+                padding=True,
+                truncation=True,
+                max_length=MAX_SEQ_LENGTH,
+                return_tensors="pt",
             ).to(self.device)
             with torch.inference_mode():
                 hidden = self.model(**batch).last_hidden_state
@@ -215,7 +219,9 @@ class InstructionChecker:
             raise ValueError("check: instructions, categories, descriptions and synonyms must have the same length")
         texts = [(t or "").strip() for t in instructions]
         todo = [i for i in range(n) if texts[i]]
-        sims = self.similarities([texts[i] for i in todo], [reference_text(categories[i], descriptions[i]) for i in todo])
+        sims = self.similarities(
+            [texts[i] for i in todo], [reference_text(categories[i], descriptions[i]) for i in todo]
+        )
         similarity: dict[int, float] = dict(zip(todo, sims)) if sims is not None else {}
         results = []
         for i in range(n):
@@ -238,6 +244,8 @@ class InstructionChecker:
 def calibration_report(checker: InstructionChecker | None = None) -> list[tuple[str, str, bool, float | None]]:
     """(instruction, class, faithful, similarity) for CALIBRATION_PAIRS, to re-derive the threshold."""
     checker = checker or InstructionChecker()
-    sims = checker.similarities([p[0] for p in CALIBRATION_PAIRS], [reference_text(p[1], p[2]) for p in CALIBRATION_PAIRS])
+    sims = checker.similarities(
+        [p[0] for p in CALIBRATION_PAIRS], [reference_text(p[1], p[2]) for p in CALIBRATION_PAIRS]
+    )
     sims = sims if sims is not None else [None] * len(CALIBRATION_PAIRS)
     return [(p[0], p[1], p[3], s) for p, s in zip(CALIBRATION_PAIRS, sims)]

@@ -45,8 +45,12 @@ def load_fewshot(path: str | Path | None = None) -> dict:
     if not isinstance(data, dict) or not isinstance(data.get("version"), str) or not isinstance(examples, list):
         raise ConfigError(f"fewshot file {path}: expected {{'version': str, 'examples': [...]}}")
     for i, ex in enumerate(examples):
-        if not isinstance(ex, dict) or not all(isinstance(ex.get(k), str) and ex[k].strip() for k in ("caption", "category", "instruction")):
-            raise ConfigError(f"fewshot file {path}: examples[{i}] needs non-empty 'caption', 'category', 'instruction'")
+        if not isinstance(ex, dict) or not all(
+            isinstance(ex.get(k), str) and ex[k].strip() for k in ("caption", "category", "instruction")
+        ):
+            raise ConfigError(
+                f"fewshot file {path}: examples[{i}] needs non-empty 'caption', 'category', 'instruction'"
+            )
     return data
 
 
@@ -119,7 +123,9 @@ class LLMWriter:
         out: list[str | None] = []
         size = self.config.batch_size
         for start in range(0, len(descriptions), size):
-            prompts = [self.prompt(d, c) for d, c in zip(descriptions[start : start + size], categories[start : start + size])]
+            prompts = [
+                self.prompt(d, c) for d, c in zip(descriptions[start : start + size], categories[start : start + size])
+            ]
             out.extend(clean_answer(text) for text in self._generate(prompts))
         return out
 
@@ -127,7 +133,9 @@ class LLMWriter:
         import torch
 
         # A chat template already writes the special tokens (BOS) into the text.
-        inputs = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=not self.has_chat_template)
+        inputs = self.tokenizer(
+            prompts, return_tensors="pt", padding=True, add_special_tokens=not self.has_chat_template
+        )
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         torch.manual_seed(self.config.seed)
         with torch.inference_mode():

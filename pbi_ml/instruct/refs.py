@@ -30,7 +30,9 @@ def load_refs(path: str | Path) -> dict[str, list[str]]:
     """Annotation id (as a string) -> its referring expressions, in file order, without duplicates."""
     path = Path(path)
     if path.suffix.lower() in (".p", ".pkl", ".pickle"):
-        raise AnnotationFileError(path, "pickle files are never loaded (they can run code); convert to JSON, see pbi_ml/instruct/refs.py")
+        raise AnnotationFileError(
+            path, "pickle files are never loaded (they can run code); convert to JSON, see pbi_ml/instruct/refs.py"
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:

@@ -27,7 +27,9 @@ PAIR_NOUNS = frozenset(
     "headphones earphones earmuffs skis handcuffs".split()
 )
 # Nouns that take no article ("add broccoli", "add stairs").
-MASS_NOUNS = frozenset("broccoli lettuce spinach rice pasta spaghetti popcorn cereal hay sand snow stairs honey milk water sugar salt butter".split())
+MASS_NOUNS = frozenset(
+    "broccoli lettuce spinach rice pasta spaghetti popcorn cereal hay sand snow stairs honey milk water sugar salt butter".split()
+)
 # Words ending in "s" that are singular.
 SINGULAR_S = frozenset(
     "bus lens canvas gas glass grass dress mattress chess compass harness cactus octopus walrus hippopotamus "
@@ -36,10 +38,27 @@ SINGULAR_S = frozenset(
     "pancreas analysis axis oasis".split()
 )
 # A vowel letter pronounced as a consonant ("a unicorn", "a euro", "a one-way sign").
-_CONSONANT_SOUND_VOWEL = ("uni", "use", "usu", "uti", "ura", "ure", "uri", "uro", "uku", "eu", "ewe", "one", "once", "ubiq")
+_CONSONANT_SOUND_VOWEL = (
+    "uni",
+    "use",
+    "usu",
+    "uti",
+    "ura",
+    "ure",
+    "uri",
+    "uro",
+    "uku",
+    "eu",
+    "ewe",
+    "one",
+    "once",
+    "ubiq",
+)
 # A consonant letter pronounced as a vowel ("an hour", "an honest").
 _VOWEL_SOUND_CONSONANT = ("hour", "honest", "honor", "honour", "heir", "x-ray", "xray")
-DETERMINERS = frozenset("a an the this that these those some one two three several his her its their my your our".split())
+DETERMINERS = frozenset(
+    "a an the this that these those some one two three several his her its their my your our".split()
+)
 
 # (verb, ending): "add {np}", "put {np} in the picture", ... The ending is dropped when the noun
 # phrase ends in a clause ("add a cat, orange fur and white paws").

@@ -30,7 +30,9 @@ class Inpainter(Protocol):
         """K short labels, one per candidate, in candidate order (e.g. "telea r=3", "sd seed=1")."""
         ...
 
-    def inpaint(self, images: list[np.ndarray], masks: list[np.ndarray], categories: list[str]) -> list[list[np.ndarray]]:
+    def inpaint(
+        self, images: list[np.ndarray], masks: list[np.ndarray], categories: list[str]
+    ) -> list[list[np.ndarray]]:
         """Per item, K inpainted HxWx3 uint8 images at the item's original size.
 
         `images`: HxWx3 uint8 originals (sizes may differ per item); `masks`: HxW bool, already
@@ -48,8 +50,12 @@ def check_item(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndar
     return check_image_and_mask(image, mask)
 
 
-def check_batch(images: list[np.ndarray], masks: list[np.ndarray], categories: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+def check_batch(
+    images: list[np.ndarray], masks: list[np.ndarray], categories: list[str]
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Validate a batch: equal lengths, then every item with `check_item`."""
     if not (len(images) == len(masks) == len(categories)):
-        raise ValueError(f"inpaint: {len(images)} images, {len(masks)} masks, {len(categories)} categories; lengths must match")
+        raise ValueError(
+            f"inpaint: {len(images)} images, {len(masks)} masks, {len(categories)} categories; lengths must match"
+        )
     return [check_item(image, mask) for image, mask in zip(images, masks)]

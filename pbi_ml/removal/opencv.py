@@ -52,7 +52,9 @@ class OpenCVInpainter:
     def candidate_labels(self) -> list[str]:
         return [f"{method} r={radius}" for method, radius in self.candidates]
 
-    def inpaint(self, images: list[np.ndarray], masks: list[np.ndarray], categories: list[str]) -> list[list[np.ndarray]]:
+    def inpaint(
+        self, images: list[np.ndarray], masks: list[np.ndarray], categories: list[str]
+    ) -> list[list[np.ndarray]]:
         """Per item, K inpainted copies of the image (HxWx3 uint8, original size)."""
         return [self._inpaint_one(image, mask) for image, mask in check_batch(images, masks, categories)]
 

@@ -42,7 +42,6 @@ from pbi_ml.config import RemovalConfig, resolve_device, resolve_dtype
 from pbi_ml.errors import ConfigError
 from pbi_ml.removal.base import check_batch
 
-
 RUNWAYML_ORG = "runwayml"
 SD15_INPAINT_MIRROR = "stable-diffusion-v1-5/stable-diffusion-inpainting"  # the paper's weights, re-hosted
 
@@ -71,7 +70,9 @@ class DiffusersInpainter:
         """Load the pipeline (once). Called by `inpaint`; call it early to fail fast on a bad model."""
         if self.pipeline is None:
             self.device = resolve_device(self.config.device)
-            self.pipeline = load_inpaint_pipeline(self.config.model, self.device, resolve_dtype(self.config.dtype, self.device))
+            self.pipeline = load_inpaint_pipeline(
+                self.config.model, self.device, resolve_dtype(self.config.dtype, self.device)
+            )
         return self.pipeline
 
     def negative_prompt_for(self, category: str) -> str:
@@ -79,7 +80,9 @@ class DiffusersInpainter:
 
         return self.config.negative_prompt.format(category=clean_category(category))
 
-    def inpaint(self, images: list[np.ndarray], masks: list[np.ndarray], categories: list[str]) -> list[list[np.ndarray]]:
+    def inpaint(
+        self, images: list[np.ndarray], masks: list[np.ndarray], categories: list[str]
+    ) -> list[list[np.ndarray]]:
         """Per item, K inpainted images (HxWx3 uint8, the item's original size)."""
         items = check_batch(images, masks, categories)
         if not items:
@@ -112,7 +115,9 @@ class DiffusersInpainter:
                     results[i][k] = from_working_size(out, items[i][0].shape[:2])
         return results
 
-    def _run(self, images: list[np.ndarray], masks: list[np.ndarray], negatives: list[str], seeds: list[int]) -> list[np.ndarray]:
+    def _run(
+        self, images: list[np.ndarray], masks: list[np.ndarray], negatives: list[str], seeds: list[int]
+    ) -> list[np.ndarray]:
         """One pipeline call on equal-size working images; returns HxWx3 uint8 arrays."""
         import torch
         from PIL import Image

@@ -208,11 +208,7 @@ def _summarise_rle(segmentation: dict, height: int, width: int):
     import pycocotools.mask as mask_utils
 
     size, counts = segmentation.get("size"), segmentation.get("counts")
-    if (
-        type(size) is not list
-        or len(size) != 2
-        or any(type(v) is not int or v <= 0 for v in size)
-    ):
+    if type(size) is not list or len(size) != 2 or any(type(v) is not int or v <= 0 for v in size):
         raise ValueError(f"RLE 'size' must be [height, width] of positive integers, got {size!r}")
     rle_h, rle_w = size
     error = None if (rle_h, rle_w) == (height, width) else "segmentation_size_mismatch"
@@ -271,15 +267,25 @@ def require_top_level_list(path: Path, key: str) -> None:
     """Called when a pass found no items: the key must still exist and hold a (possibly empty) list."""
     kinds = _top_level_kinds(path)
     if kinds is None:
-        raise AnnotationFileError(path, "the top level must be a JSON object with 'images', 'annotations' and 'categories'")
+        raise AnnotationFileError(
+            path, "the top level must be a JSON object with 'images', 'annotations' and 'categories'"
+        )
     if key not in kinds:
         raise AnnotationFileError(path, f"missing top-level key {key!r} (found: {sorted(kinds)})")
     if kinds[key] != "start_array":
-        raise AnnotationFileError(path, f"top-level {key!r} must be a list, got {_EVENT_KINDS.get(kinds[key], kinds[key])}")
+        raise AnnotationFileError(
+            path, f"top-level {key!r} must be a list, got {_EVENT_KINDS.get(kinds[key], kinds[key])}"
+        )
 
 
-_EVENT_KINDS = {"start_map": "an object", "start_array": "a list", "string": "a string", "number": "a number",
-                "boolean": "a boolean", "null": "null"}
+_EVENT_KINDS = {
+    "start_map": "an object",
+    "start_array": "a list",
+    "string": "a string",
+    "number": "a number",
+    "boolean": "a boolean",
+    "null": "null",
+}
 
 
 def _top_level_kinds(path: Path) -> dict[str, str] | None:

@@ -146,7 +146,9 @@ class IndexBuilder:
             rows = [row for row, _ in self._pending_rles]
             rles = [rle for _, rle in self._pending_rles]
             # pycocotools.mask.area fails on lists longer than 255 under numpy 2 (a uint8 size bug)
-            areas = [a for start in range(0, len(rles), 255) for a in mask_utils.area(rles[start : start + 255]).tolist()]
+            areas = [
+                a for start in range(0, len(rles), 255) for a in mask_utils.area(rles[start : start + 255]).tolist()
+            ]
             boxes = mask_utils.toBbox(rles).tolist()
             for row, area, (x, y, w, h) in zip(rows, areas, boxes):
                 c["area"][row] = float(area)

@@ -43,7 +43,7 @@ def read_lvis_index(source: SourceConfig, num_shards: int) -> pa.Table:
 
 
 def readable_name(lvis_name: str) -> str:
-    """"baseball_bat" -> "baseball bat"."""
+    """ "baseball_bat" -> "baseball bat"."""
     return " ".join(lvis_name.replace("_", " ").split())
 
 
@@ -61,7 +61,9 @@ def parse_lvis_category(raw: dict, path: Path, position: int) -> tuple[Any, Cate
         synonyms = [name]
     elif type(synonyms) is not list or not all(isinstance(s, str) for s in synonyms):
         raise AnnotationFileError(path, f"{where}: 'synonyms' must be a list of strings")
-    return key, CategoryInfo(name=readable_name(name), category_id=str(key), synonyms=list(synonyms), frequency=frequency)
+    return key, CategoryInfo(
+        name=readable_name(name), category_id=str(key), synonyms=list(synonyms), frequency=frequency
+    )
 
 
 def parse_lvis_image(raw: dict, path: Path, position: int) -> tuple[Any, ImageInfo]:
@@ -72,7 +74,9 @@ def parse_lvis_image(raw: dict, path: Path, position: int) -> tuple[Any, ImageIn
     if file_name is None:
         file_name = file_name_from_coco_url(raw.get("coco_url"))
         if file_name is None:
-            raise AnnotationFileError(path, f"{where}: neither 'file_name' nor a usable 'coco_url' ({raw.get('coco_url')!r})")
+            raise AnnotationFileError(
+                path, f"{where}: neither 'file_name' nor a usable 'coco_url' ({raw.get('coco_url')!r})"
+            )
     elif not isinstance(file_name, str) or not file_name:
         raise AnnotationFileError(path, f"{where}: 'file_name' must be a non-empty string")
     for field in ("neg_category_ids", "not_exhaustive_category_ids"):
@@ -84,7 +88,7 @@ def parse_lvis_image(raw: dict, path: Path, position: int) -> tuple[Any, ImageIn
 
 
 def file_name_from_coco_url(url) -> str | None:
-    """"http://images.cocodataset.org/val2017/000000266409.jpg" -> "val2017/000000266409.jpg"."""
+    """ "http://images.cocodataset.org/val2017/000000266409.jpg" -> "val2017/000000266409.jpg"."""
     if not isinstance(url, str) or not url:
         return None
     parts = [p for p in urlparse(url).path.split("/") if p]

@@ -62,7 +62,9 @@ def read_class_descriptions(path: Path) -> dict[str, str]:
                 if line_number == 1 and [c.strip() for c in row] == ["LabelName", "DisplayName"]:
                     continue
                 if len(row) != 2 or not row[0].strip():
-                    raise AnnotationFileError(path, f"line {line_number}: expected 'LabelName,DisplayName', got {row!r}")
+                    raise AnnotationFileError(
+                        path, f"line {line_number}: expected 'LabelName,DisplayName', got {row!r}"
+                    )
                 label, name = row[0].strip(), row[1].strip()
                 if label in classes and classes[label] != name:
                     raise AnnotationFileError(path, f"line {line_number}: LabelName {label!r} described twice")
@@ -106,8 +108,13 @@ def _read_segmentation_csv(path, source, classes, builder, image_sizes) -> None:
     masks_root = Path(source.masks).resolve()
     for row_number, (mask_path, image_id, label, x0, x1, y0, y1) in enumerate(
         zip(
-            columns["MaskPath"], columns["ImageID"], columns["LabelName"],
-            columns["BoxXMin"], columns["BoxXMax"], columns["BoxYMin"], columns["BoxYMax"],
+            columns["MaskPath"],
+            columns["ImageID"],
+            columns["LabelName"],
+            columns["BoxXMin"],
+            columns["BoxXMax"],
+            columns["BoxYMin"],
+            columns["BoxYMax"],
         ),
         start=2,
     ):

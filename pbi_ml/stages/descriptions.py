@@ -32,7 +32,9 @@ DESCRIPTION_SCHEMA = pa.schema(
 )
 
 
-def run_descriptions(storage: Storage, source: str, shard: str, config, describer=None, progress: Progress | None = None) -> StageResult:
+def run_descriptions(
+    storage: Storage, source: str, shard: str, config, describer=None, progress: Progress | None = None
+) -> StageResult:
     from pbi_ml.describe import DescribeItem, make_describer
 
     pairs = storage.read_table("pairs", source, shard).to_pylist()
@@ -56,7 +58,11 @@ def run_descriptions(storage: Storage, source: str, shard: str, config, describe
         for row in batch:
             try:
                 items.append(
-                    DescribeItem(image=load_rgb_path(row["target_image"]), mask=load_mask_png(row["mask"]), category=row["category"])
+                    DescribeItem(
+                        image=load_rgb_path(row["target_image"]),
+                        mask=load_mask_png(row["mask"]),
+                        category=row["category"],
+                    )
                 )
                 ready.append(row)
             except ItemError as exc:
@@ -64,7 +70,9 @@ def run_descriptions(storage: Storage, source: str, shard: str, config, describe
         texts = describer.describe(items) if items else []
         for row, text in zip(ready, texts):
             text = (text or "").strip()
-            done[row["pair_id"]] = _record(storage, source, shard, row, config_id, text or None, None if text else "empty_description")
+            done[row["pair_id"]] = _record(
+                storage, source, shard, row, config_id, text or None, None if text else "empty_description"
+            )
         reporter.advance(len(batch))
 
     rows = []

@@ -97,7 +97,12 @@ def pipe_test_samples(storage: Storage, config: EvaluationConfig) -> list[dict]:
     for row in sorted(rows, key=lambda r: r["pair_id"]):
         instruction = row.get(f"instruction_{config.instruction_kind}") or row.get("instruction_class")
         samples.append(
-            {"sample_id": row["pair_id"], "instruction": instruction, "input": row["source_image"], "target": row["target_image"]}
+            {
+                "sample_id": row["pair_id"],
+                "instruction": instruction,
+                "input": row["source_image"],
+                "target": row["target_image"],
+            }
         )
     return samples[: config.max_samples] if config.max_samples else samples
 
@@ -112,7 +117,14 @@ def magicbrush_samples(path: str, config: EvaluationConfig) -> list[dict]:
         if not is_magicbrush_add(row["instruction"]):
             continue
         sample_id = f"{row.get('img_id', i)}-{row.get('turn_index', 0)}"
-        samples.append({"sample_id": sample_id, "instruction": row["instruction"], "input": row["source_img"], "target": row["target_img"]})
+        samples.append(
+            {
+                "sample_id": sample_id,
+                "instruction": row["instruction"],
+                "input": row["source_img"],
+                "target": row["target_img"],
+            }
+        )
     return samples[: config.max_samples] if config.max_samples else samples
 
 

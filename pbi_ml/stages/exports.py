@@ -14,7 +14,11 @@ from pbi_ml.storage import Storage
 def filter_statistics(storage: Storage) -> dict[str, dict[str, int]]:
     """Outcome counts of the candidate filters and the removal filters, for the dataset card."""
     candidates = read_view(storage, "candidates").select(["kept", "reject_reason"]).to_pylist()
-    scores = read_view(storage, "removal_scores").select(["annotation_id", "source", "passed", "chosen", "reject_reason"]).to_pylist()
+    scores = (
+        read_view(storage, "removal_scores")
+        .select(["annotation_id", "source", "passed", "chosen", "reject_reason"])
+        .to_pylist()
+    )
     cand = Counter("kept" if r["kept"] else r["reject_reason"] for r in candidates)
     removal = Counter()
     for r in scores:

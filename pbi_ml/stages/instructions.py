@@ -88,7 +88,11 @@ def run_instructions(
         with_desc = [i for i, d in enumerate(descs) if d]
         raw: list[str | None] = [None] * len(batch)
         if with_desc:
-            answers = writer.rewrite([descs[i] for i in with_desc], [categories[i] for i in with_desc], [batch[i]["pair_id"] for i in with_desc])
+            answers = writer.rewrite(
+                [descs[i] for i in with_desc],
+                [categories[i] for i in with_desc],
+                [batch[i]["pair_id"] for i in with_desc],
+            )
             for i, answer in zip(with_desc, answers):
                 raw[i] = (answer or "").strip() or None
         checks: list = [None] * len(batch)
@@ -136,8 +140,21 @@ def run_instructions(
         record = done[row["pair_id"]]
         rows.append(
             {
-                **{k: row[k] for k in ("pair_id", "source", "shard", "image_id", "annotation_id", "category", "object_location")},
-                **{k: record[k] for k in ("instruction_class", "instruction_vlm_llm", "instruction_vlm_llm_raw", "instruction_ref", "instruction_check", "instruction_check_similarity")},
+                **{
+                    k: row[k]
+                    for k in ("pair_id", "source", "shard", "image_id", "annotation_id", "category", "object_location")
+                },
+                **{
+                    k: record[k]
+                    for k in (
+                        "instruction_class",
+                        "instruction_vlm_llm",
+                        "instruction_vlm_llm_raw",
+                        "instruction_ref",
+                        "instruction_check",
+                        "instruction_check_similarity",
+                    )
+                },
                 "instruct_backend": config.backend,
             }
         )

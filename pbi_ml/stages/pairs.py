@@ -130,7 +130,25 @@ def run_pairs(
             continue
         row = {
             "pair_id": pair_id(source.name, cand["image_id"], ann_id),
-            **{k: cand[k] for k in ("source", "shard", "image_id", "annotation_id", "category", "category_id", "category_synonyms", "width", "height", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "area_fraction")},
+            **{
+                k: cand[k]
+                for k in (
+                    "source",
+                    "shard",
+                    "image_id",
+                    "annotation_id",
+                    "category",
+                    "category_id",
+                    "category_synonyms",
+                    "width",
+                    "height",
+                    "bbox_x",
+                    "bbox_y",
+                    "bbox_w",
+                    "bbox_h",
+                    "area_fraction",
+                )
+            },
             "object_location": location,
             "source_image": str(paths["source"]),
             "target_image": str(paths["target"]),

@@ -100,7 +100,9 @@ def run_removals(
             if ready:
                 outputs = inpainter.inpaint(images, masks, categories)
                 for row, candidates_k in zip(ready, outputs):
-                    records[row["annotation_id"]] = _write_ok(storage, source, shard, row, candidates_k, labels, config, config_id)
+                    records[row["annotation_id"]] = _write_ok(
+                        storage, source, shard, row, candidates_k, labels, config, config_id
+                    )
             reporter.advance(len(batch))
 
     rows = []
@@ -108,12 +110,20 @@ def run_removals(
         record = records[row["annotation_id"]]
         base = {k: row[k] for k in ("source", "shard", "image_id", "annotation_id", "category")}
         base.update(
-            backend=record["backend"], config_id=record["config_id"], status=record["status"], dilation_px=record["dilation_px"]
+            backend=record["backend"],
+            config_id=record["config_id"],
+            status=record["status"],
+            dilation_px=record["dilation_px"],
         )
         if record["status"] == "ok":
             for cand in record["candidates"]:
                 rows.append(
-                    dict(base, candidate=cand["candidate"], method=cand["method"], removal_image=str(storage.root / cand["path"]))
+                    dict(
+                        base,
+                        candidate=cand["candidate"],
+                        method=cand["method"],
+                        removal_image=str(storage.root / cand["path"]),
+                    )
                 )
         else:
             rows.append(dict(base, candidate=-1, error=record["error"]))
@@ -132,7 +142,12 @@ def run_removals(
         if record["status"] == "ok":
             from pbi_ml.imageio import load_rgb_path
 
-            samples.append((f"{record['annotation_id']} {record['candidates'][0]['method']}", load_rgb_path(storage.root / record["candidates"][0]["path"])))
+            samples.append(
+                (
+                    f"{record['annotation_id']} {record['candidates'][0]['method']}",
+                    load_rgb_path(storage.root / record["candidates"][0]["path"]),
+                )
+            )
     return StageResult(table=table, path=path, counts=counts, samples=samples)
 
 

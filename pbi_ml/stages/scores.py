@@ -63,7 +63,9 @@ def run_scores(
             by_object[row["annotation_id"]].append(row)
         else:
             failed_objects[row["annotation_id"]] = row["error"]
-    config_id = fingerprint(config, exclude=("batch_size", "device")) + "-" + (removals[0]["config_id"] if removals else "")
+    config_id = (
+        fingerprint(config, exclude=("batch_size", "device")) + "-" + (removals[0]["config_id"] if removals else "")
+    )
 
     done: dict[str, list[dict]] = {}
     todo = []
@@ -101,7 +103,22 @@ def run_scores(
             for ann_id, score_rows in zip(ids, scored):
                 rows = sorted(by_object[ann_id], key=lambda r: r["candidate"])
                 merged = [
-                    {**{k: r[k] for k in ("source", "shard", "image_id", "annotation_id", "category", "candidate", "method", "removal_image")}, **s}
+                    {
+                        **{
+                            k: r[k]
+                            for k in (
+                                "source",
+                                "shard",
+                                "image_id",
+                                "annotation_id",
+                                "category",
+                                "candidate",
+                                "method",
+                                "removal_image",
+                            )
+                        },
+                        **s,
+                    }
                     for r, s in zip(rows, score_rows)
                 ]
                 decided = decide(merged, config)

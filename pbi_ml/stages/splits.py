@@ -24,15 +24,27 @@ SPLIT_SCHEMA = pa.schema(
 )
 
 
-def run_splits(storage: Storage, project: ProjectConfig, source_name: str, shard: str, config: SplitConfig) -> StageResult:
+def run_splits(
+    storage: Storage, project: ProjectConfig, source_name: str, shard: str, config: SplitConfig
+) -> StageResult:
     source = project.source(source_name)
     pairs = storage.read_table("pairs", source_name, shard).to_pylist()
     held_out = test_image_ids(project, storage) if source.role != "test" else set()
     rows = []
     for row in pairs:
         split, rule = assign_split(source, row["image_id"], held_out, config)
-        rows.append({**{k: row[k] for k in ("pair_id", "source", "shard", "image_id", "annotation_id")}, "split": split, "split_rule": rule})
+        rows.append(
+            {
+                **{k: row[k] for k in ("pair_id", "source", "shard", "image_id", "annotation_id")},
+                "split": split,
+                "split_rule": rule,
+            }
+        )
     table = table_from_records(rows, SPLIT_SCHEMA)
     path = storage.write_table(STAGE, source_name, shard, table)
-    counts = {"pairs": len(rows), "train": sum(r["split"] == "train" for r in rows), "test": sum(r["split"] == "test" for r in rows)}
+    counts = {
+        "pairs": len(rows),
+        "train": sum(r["split"] == "train" for r in rows),
+        "test": sum(r["split"] == "test" for r in rows),
+    }
     return StageResult(table=table, path=path, counts=counts)

@@ -79,7 +79,13 @@ def training_examples(storage: Storage) -> list:
     pairs = read_view(storage, "pairs", where="split = 'train'").to_pylist()
     examples = []
     for row in sorted(pairs, key=lambda r: r["pair_id"]):
-        kinds = tuple(dict.fromkeys(k for k in (row.get("instruction_vlm_llm"), row.get("instruction_class"), row.get("instruction_ref")) if k))
+        kinds = tuple(
+            dict.fromkeys(
+                k
+                for k in (row.get("instruction_vlm_llm"), row.get("instruction_class"), row.get("instruction_ref"))
+                if k
+            )
+        )
         if not kinds:
             continue
         examples.append(
@@ -138,7 +144,9 @@ def run_training(storage: Storage, values: dict, progress: Progress | None = Non
     path = storage.write_table(STAGE, recipe, ckpt_id, table)
     atomic_write_bytes(storage.global_dir("checkpoints") / "LATEST", ckpt_id.encode())
     counts = {"steps": row["steps"], "train_pairs": row["train_pairs"]}
-    return StageResult(table=table, path=path, counts=counts, extra={"result": result, "checkpoint_id": ckpt_id, "recipe": recipe})
+    return StageResult(
+        table=table, path=path, counts=counts, extra={"result": result, "checkpoint_id": ckpt_id, "recipe": recipe}
+    )
 
 
 def latest_checkpoint(storage: Storage) -> dict:

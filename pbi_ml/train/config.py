@@ -72,7 +72,9 @@ class TrainConfig:
         if not 0 <= self.location_prob <= 1:
             raise ConfigError(f"TrainConfig.location_prob={self.location_prob}: must be in [0, 1]")
         if self.mixed_precision not in MIXED_PRECISION_CHOICES:
-            raise ConfigError(f"TrainConfig.mixed_precision={self.mixed_precision!r} not one of {MIXED_PRECISION_CHOICES}")
+            raise ConfigError(
+                f"TrainConfig.mixed_precision={self.mixed_precision!r} not one of {MIXED_PRECISION_CHOICES}"
+            )
         if self.checkpoint_every < 1 or self.keep_checkpoints < 1:
             raise ConfigError("TrainConfig: checkpoint_every and keep_checkpoints must be >= 1")
 
@@ -82,7 +84,7 @@ class TrainConfig:
 
 
 def resolve_mixed_precision(mixed_precision: str, device: str) -> str:
-    """"auto" -> "no" off CUDA; on CUDA "bf16" when the GPU supports it, else "fp16"."""
+    """ "auto" -> "no" off CUDA; on CUDA "bf16" when the GPU supports it, else "fp16"."""
     if mixed_precision != "auto":
         return mixed_precision
     if not device.startswith("cuda"):

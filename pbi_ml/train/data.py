@@ -43,7 +43,9 @@ def _rng(*key: int) -> np.random.Generator:
 
 def step_seed(seed: int, micro_batch: int, process_index: int = 0) -> int:
     """Seed of the torch generator of one micro-batch (noise, timesteps, dropout, latent sample)."""
-    return int(np.random.SeedSequence([_STEP, seed, micro_batch, process_index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return int(
+        np.random.SeedSequence([_STEP, seed, micro_batch, process_index]).generate_state(1, dtype=np.uint64)[0] >> 1
+    )
 
 
 def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
@@ -51,7 +53,9 @@ def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
     return _rng(_ORDER, seed, epoch, 0).permutation(num_examples)
 
 
-def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int, num_processes: int = 1, process_index: int = 0) -> list[list[int]]:
+def epoch_batches(
+    num_examples: int, batch_size: int, seed: int, epoch: int, num_processes: int = 1, process_index: int = 0
+) -> list[list[int]]:
     """The micro-batches (lists of example indices) this process sees in `epoch`.
 
     Global micro-batch k holds `batch_size * num_processes` examples of the epoch's order; process r

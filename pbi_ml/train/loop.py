@@ -77,7 +77,9 @@ class TrainResult:
 
 def encode_prompts(tokenizer, text_encoder, prompts: list[str], device):
     """CLIP text-encoder hidden states (batch x 77 x dim) of `prompts`."""
-    ids = tokenizer(prompts, max_length=tokenizer.model_max_length, padding="max_length", truncation=True, return_tensors="pt").input_ids
+    ids = tokenizer(
+        prompts, max_length=tokenizer.model_max_length, padding="max_length", truncation=True, return_tensors="pt"
+    ).input_ids
     return text_encoder(ids.to(device))[0]
 
 
@@ -90,14 +92,27 @@ def encode_pair(vae, source_pixels, target_pixels, generator):
     return latents, image_embeds
 
 
-def denoising_loss(unet, noise_scheduler, latents, image_embeds, text_embeds, null_text_embeds, generator, text_dropout, image_dropout, both_dropout):
+def denoising_loss(
+    unet,
+    noise_scheduler,
+    latents,
+    image_embeds,
+    text_embeds,
+    null_text_embeds,
+    generator,
+    text_dropout,
+    image_dropout,
+    both_dropout,
+):
     """The InstructPix2Pix denoising loss given the latents (see the module docstring)."""
     import torch
     import torch.nn.functional as F
 
     bsz, device = latents.shape[0], latents.device
     noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
-    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (bsz,), generator=generator, device=device).long()
+    timesteps = torch.randint(
+        0, noise_scheduler.config.num_train_timesteps, (bsz,), generator=generator, device=device
+    ).long()
     noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
 
     u = torch.rand(bsz, generator=generator, device=device)
@@ -139,7 +154,18 @@ def instruct_pix2pix_loss(
 
     with torch.no_grad():
         latents, image_embeds = encode_pair(vae, source_pixels, target_pixels, generator)
-    return denoising_loss(unet, noise_scheduler, latents, image_embeds, text_embeds, null_text_embeds, generator, text_dropout, image_dropout, both_dropout)
+    return denoising_loss(
+        unet,
+        noise_scheduler,
+        latents,
+        image_embeds,
+        text_embeds,
+        null_text_embeds,
+        generator,
+        text_dropout,
+        image_dropout,
+        both_dropout,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,7 +176,9 @@ def _run_identity(examples: list[TrainingExample], config: TrainConfig) -> dict:
     """What must match for a checkpoint to be resumed: the config (except length / IO fields) and the data."""
     trajectory = {k: v for k, v in dataclasses.asdict(config).items() if k not in LENGTH_AND_IO_FIELDS}
     data = hashlib.blake2b(
-        json.dumps([(e.key, e.source_image, e.target_image, list(e.instructions), e.object_location) for e in examples]).encode(),
+        json.dumps(
+            [(e.key, e.source_image, e.target_image, list(e.instructions), e.object_location) for e in examples]
+        ).encode(),
         digest_size=16,
     ).hexdigest()
     return {"config": trajectory, "examples": len(examples), "examples_fingerprint": data}
@@ -266,7 +294,9 @@ def train_instruct_pix2pix(
             from diffusers import UNet2DConditionModel
             from diffusers.training_utils import EMAModel
 
-            ema = EMAModel(unet.parameters(), decay=config.ema_decay, model_cls=UNet2DConditionModel, model_config=unet.config)
+            ema = EMAModel(
+                unet.parameters(), decay=config.ema_decay, model_cls=UNet2DConditionModel, model_config=unet.config
+            )
         unet, optimizer = accelerator.prepare(unet, optimizer)
         if ema is not None:
             ema.to(device)
@@ -284,7 +314,9 @@ def train_instruct_pix2pix(
 
         num_processes, rank = accelerator.num_processes, accelerator.process_index
         per_epoch = micro_batches_per_epoch(len(examples), config.train_batch_size, num_processes)
-        total_steps = config.max_steps if config.max_steps is not None else math.ceil(config.num_epochs * per_epoch / accum)
+        total_steps = (
+            config.max_steps if config.max_steps is not None else math.ceil(config.num_epochs * per_epoch / accum)
+        )
         identity = _run_identity(examples, config)
 
         # ---- resume
@@ -323,7 +355,9 @@ def train_instruct_pix2pix(
         unet.train()
         while global_step < total_steps:
             epoch, offset = divmod(micro, per_epoch)
-            batches = epoch_batches(len(examples), config.train_batch_size, config.seed, epoch, num_processes, rank)[offset:]
+            batches = epoch_batches(len(examples), config.train_batch_size, config.seed, epoch, num_processes, rank)[
+                offset:
+            ]
             loader = torch.utils.data.DataLoader(
                 dataset,
                 batch_sampler=[[(epoch, i) for i in batch] for batch in batches],
@@ -367,7 +401,9 @@ def train_instruct_pix2pix(
                 if progress is not None and accelerator.is_main_process:
                     progress(global_step, total_steps, step_loss)
                 if global_step % config.checkpoint_every == 0 or global_step == total_steps:
-                    _save_checkpoint(accelerator, output_dir, global_step, loss_curve, identity, config.keep_checkpoints)
+                    _save_checkpoint(
+                        accelerator, output_dir, global_step, loss_curve, identity, config.keep_checkpoints
+                    )
                 if global_step >= total_steps:
                     break
         loop_seconds = time.perf_counter() - loop_started

@@ -64,7 +64,9 @@ def load_model_parts(init_model: str, seed: int = 0, tiny_sample_size: int = 16)
 
         with tempfile.TemporaryDirectory(prefix="pbi-clip-tok-") as tok_dir:
             write_clip_tokenizer(tok_dir)
-            parts = tiny_sd_components(unet_in_channels=LATENT_CHANNELS, sample_size=tiny_sample_size, seed=seed, tokenizer_dir=tok_dir)
+            parts = tiny_sd_components(
+                unet_in_channels=LATENT_CHANNELS, sample_size=tiny_sample_size, seed=seed, tokenizer_dir=tok_dir
+            )
         unet, vae, text_encoder, tokenizer = parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"]
         noise_scheduler = DDPMScheduler.from_config(parts["scheduler"].config)
         smoke = True
@@ -87,7 +89,14 @@ def load_model_parts(init_model: str, seed: int = 0, tiny_sample_size: int = 16)
     vae.requires_grad_(False).eval()
     text_encoder.requires_grad_(False).eval()
     unet.train()
-    return ModelParts(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, noise_scheduler=noise_scheduler, smoke_model=smoke)
+    return ModelParts(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        noise_scheduler=noise_scheduler,
+        smoke_model=smoke,
+    )
 
 
 def build_pipeline(parts: ModelParts, unet=None):
