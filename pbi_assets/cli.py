@@ -138,8 +138,8 @@ def print_summary(source: str) -> None:
     try:
         evals = query(
             storage,
-            "SELECT e.benchmark, e.n, round(e.l1, 4) AS l1, round(e.l2, 4) AS l2, e.clip_i, e.dino, c.recipe, c.steps, c.smoke_model "
-            "FROM evaluations e JOIN checkpoints c USING (checkpoint_id)",
+            "SELECT e.checkpoint_id, e.benchmark, e.n, round(e.l1, 4) AS l1, round(e.l2, 4) AS l2, e.clip_i, e.dino, "
+            "c.steps, c.smoke_model FROM evaluations e JOIN checkpoints c USING (checkpoint_id) ORDER BY 1, 2",
         )
     except Exception:  # noqa: BLE001 - no evaluation yet
         return
@@ -175,6 +175,32 @@ def cmd_sql(args) -> int:
     return 0
 
 
+def cmd_calibrate_sample(args) -> int:
+    from pbi_assets.partitions import PROJECT
+    from pbi_ml.calibration import sample_for_labelling
+    from pbi_ml.storage import Storage
+
+    out = sample_for_labelling(PROJECT, Storage(PROJECT.data_root), args.out, n=args.n, seed=args.seed)
+    print(f"wrote {out / 'labels.csv'} and {out / 'sheet.html'}")
+    print("open sheet.html, fill the label column of labels.csv (1 = removed cleanly, 0 = not), then:")
+    print(f"  pbi calibrate fit {out / 'labels.csv'} --column clip_removal_sim")
+    return 0
+
+
+def cmd_calibrate_fit(args) -> int:
+    import pandas as pd
+
+    from pbi_ml.calibration import THRESHOLD_FIELDS, plateau_threshold, threshold_curve
+
+    curve = threshold_curve(pd.read_csv(args.labels), args.column)
+    step = max(1, len(curve) // 25)
+    print(curve.iloc[::step].to_string(index=False))
+    threshold = plateau_threshold(curve, tolerance=args.tolerance)
+    print(f"\nplateau threshold for {args.column}: {threshold:.4g}")
+    print(f"set it in pbi.yaml:  stages: {{removal_scores: {{{THRESHOLD_FIELDS[args.column]}: {threshold:.4g}}}}}")
+    return 0
+
+
 def cmd_info(args) -> int:
     from pbi_assets.partitions import PROJECT
 
@@ -203,6 +229,18 @@ def main(argv: list[str] | None = None) -> int:
     sql.add_argument("query")
     sql.add_argument("--max-rows", type=int, default=50)
     sql.set_defaults(func=cmd_sql)
+    calibrate = sub.add_parser("calibrate", help="calibrate removal-filter thresholds on hand-labelled removals")
+    calibrate_sub = calibrate.add_subparsers(dest="step", required=True)
+    sample = calibrate_sub.add_parser("sample", help="write labels.csv + sheet.html for a sample of removals")
+    sample.add_argument("--out", required=True)
+    sample.add_argument("--n", type=int, default=500)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.set_defaults(func=cmd_calibrate_sample)
+    fit = calibrate_sub.add_parser("fit", help="success rate vs threshold from a labelled labels.csv")
+    fit.add_argument("labels")
+    fit.add_argument("--column", required=True)
+    fit.add_argument("--tolerance", type=float, default=0.02)
+    fit.set_defaults(func=cmd_calibrate_fit)
     info = sub.add_parser("info", help="show the project configuration")
     info.set_defaults(func=cmd_info)
     args = parser.parse_args(argv)
