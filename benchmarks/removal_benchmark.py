@@ -16,8 +16,8 @@ elliptical object mask (about 8 % of the image) dilated by 15 px, K = 3 candidat
    Prints objects/s and UNet image-steps/s (objects x K x steps / s; SPEC's anchor: ~76
    image-steps/s, ~2.5 objects/s, for SD 1.5 inpainting on one A100 at batch 16 with
    torch.compile) after one untimed warm-up call (model loading, first-call overheads). Objects are ordered by image
-   size, as a caller should order them: pipeline batches hold one working size and a partial batch
-   is padded to the fixed batch shape (the padding images are reported, not counted).
+   size, as a caller should order them: pipeline batches hold one working size, so mixed sizes
+   make partial batches.
 Ratios are against the opencv objects/s measured in the same run.
 """
 
@@ -139,9 +139,9 @@ def bench_diffusers(args, opencv_rate: float) -> None:
     warm = items[:1]
     inpainter.inpaint([i for i, _, _ in warm], [m for _, m, _ in warm], [c for _, _, c in warm])
     warm_s = time.perf_counter() - start
-    calls_before, padding_before = inpainter.pipeline_calls, inpainter.padding_images
+    calls_before = inpainter.pipeline_calls
     seconds = time_inpainter(inpainter, items, per_call, 1)
-    calls, padding = inpainter.pipeline_calls - calls_before, inpainter.padding_images - padding_before
+    calls = inpainter.pipeline_calls - calls_before
     rate = len(items) / seconds
     image_steps = len(items) * args.candidates * args.steps / seconds
     device = resolve_device(args.device)
@@ -152,7 +152,7 @@ def bench_diffusers(args, opencv_rate: float) -> None:
     )
     print(
         f"        {len(items)} objects in {seconds:.2f} s  ->  {rate:.3f} objects/s, {image_steps:.1f} UNet image-steps/s "
-        f"({calls} pipeline calls, {padding} padding images not counted)"
+        f"({calls} pipeline calls)"
     )
     print(f"        vs opencv: {rate / opencv_rate:.4f}x the objects/s ({opencv_rate / rate:.1f}x slower)")
     print(

@@ -16,19 +16,16 @@ Hub repositories in 2024; the same SD 1.5 inpainting weights are re-hosted as
   output is the raw pipeline image everywhere (the VAE round trip touches pixels outside the
   mask too); the pairs stage blends it into the original through the mask.
 - Seeds: candidate k of every object uses seed `config.seed + k`, through its own
-  `torch.Generator` on the pipeline's device, so an object's candidates do not depend on which
-  other objects share its batch.
+  `torch.Generator` on the pipeline's device, so the noise of an object's candidates does not
+  depend on which other objects share its batch.
 - Batching: the (object, candidate) images of one `inpaint` call are grouped by working size and
-  sent to the pipeline exactly `config.batch_size` images at a time (classifier-free guidance
-  doubles the UNet batch); a group's last, partial chunk is padded with repeats of its last image
-  whose outputs are dropped. The fixed batch shape makes results independent of batch
-  composition byte for byte: with per-candidate generators the noise already is, but float
-  kernels pick a different reduction order for a different batch size (on CPU a 1-image call and
-  a 4-image call differ by one grey level here and there), and a resumed run groups objects
-  differently from a clean one. The stage passes `batch_size` objects per call, i.e.
-  K * batch_size images, so padding only happens at size-group ends; a caller that orders its
-  objects by image size keeps it small. On CUDA, bytes repeat run to run only as far as the GPU
-  kernels are deterministic.
+  sent to the pipeline `config.batch_size` images at a time (classifier-free guidance doubles
+  the UNet batch). The same call on the same inputs gives the same bytes (on CUDA as far as the
+  GPU kernels are deterministic). The same object in a *different* batch need not: float
+  kernels pick a different blocking and reduction order for a different batch shape or batch
+  position (on CPU, one grey level here and there). So byte-identical resumption is the
+  caller's job: the removal stage always calls with the same fixed chunks of objects (see
+  `pbi_ml.stages.removals`).
 """
 
 from __future__ import annotations
@@ -60,8 +57,7 @@ class DiffusersInpainter:
         self.config = config
         self.pipeline = None  # loaded on the first inpaint() call
         self.device: str | None = None
-        self.pipeline_calls = 0  # counters for progress / benchmark reports
-        self.padding_images = 0  # images computed only to keep the batch shape fixed
+        self.pipeline_calls = 0  # a counter for progress / benchmark reports
 
     def candidate_labels(self) -> list[str]:
         return [f"sd seed={self.config.seed + k}" for k in range(self.config.num_candidates)]
@@ -102,14 +98,12 @@ class DiffusersInpainter:
         for jobs in groups.values():
             for start in range(0, len(jobs), size):
                 chunk = jobs[start : start + size]
-                padded = chunk + [chunk[-1]] * (size - len(chunk))  # fixed batch shape: see module docstring
                 self.pipeline_calls += 1
-                self.padding_images += size - len(chunk)
                 outputs = self._run(
-                    [inputs[i][0] for i, _ in padded],
-                    [inputs[i][1] for i, _ in padded],
-                    [negatives[i] for i, _ in padded],
-                    [self.config.seed + k for _, k in padded],
+                    [inputs[i][0] for i, _ in chunk],
+                    [inputs[i][1] for i, _ in chunk],
+                    [negatives[i] for i, _ in chunk],
+                    [self.config.seed + k for _, k in chunk],
                 )
                 for (i, k), out in zip(chunk, outputs):
                     results[i][k] = from_working_size(out, items[i][0].shape[:2])

@@ -4,6 +4,16 @@ Per object, the K inpainted images are PNG files at deterministic paths and a sm
 marks the object finished. A re-run skips objects whose record matches the current removal config
 (a crash loses only the objects in flight); a changed config redoes them. An object whose image or
 mask is broken gets a `failed` record with its reason and the partition goes on.
+
+Fixed chunks: the partition's kept objects, ordered by image size (so one pipeline batch holds one
+working size) and then by annotation id, are cut into chunks of `batch_size` objects, and the
+inpainter is always called with a whole chunk. A chunk with any unfinished object is recomputed
+whole, its already finished objects included (their results are dropped, not rewritten). On
+float kernels an object's pixels can depend on the shape of the batch it was computed in, so
+this is what makes a resumed run byte-identical to an uninterrupted one; the cost is at most
+`batch_size - 1` objects recomputed per interruption. `batch_size` is left out of the config id
+(changing it does not redo finished work), so change it between runs of one partition only if
+byte-identity with an earlier run does not matter.
 """
 
 from __future__ import annotations
@@ -72,38 +82,45 @@ def run_removals(
 
     reporter = ProgressReporter(len(kept), progress)
     reporter.advance(len(records))
-    # same-size images batch together (the diffusers backend pads a batch to a fixed size)
-    todo.sort(key=lambda row: (row["height"], row["width"]))
-    if todo:
+    todo_ids = {row["annotation_id"] for row in todo}
+    ordered = sorted(kept, key=lambda row: (row["height"], row["width"], row["annotation_id"]))
+    chunks = [c for c in batched(ordered, config.batch_size) if any(r["annotation_id"] not in records for r in c)]
+    recomputed = 0
+    if chunks:
         if inpainter is None:
             from pbi_ml.removal import make_inpainter
 
             inpainter = make_inpainter(config)
         labels = inpainter.candidate_labels()
-        for batch in batched(todo, config.batch_size):
-            ready, images, masks, categories = [], [], [], []
-            for row in batch:
-                try:
-                    image = load_rgb(source.images, row["image_file"])
-                    mask = decode_mask(row, source)
-                    if mask.shape != image.shape[:2]:
-                        raise ItemError("mask_size_mismatch", f"mask {mask.shape} vs image {image.shape[:2]}")
-                    if not mask.any():
-                        raise ItemError("invalid_mask", "empty mask")
-                except ItemError as exc:
+    for chunk in chunks:
+        ready, images, masks, categories = [], [], [], []
+        for row in chunk:
+            finished = row["annotation_id"] in records
+            try:
+                image = load_rgb(source.images, row["image_file"])
+                mask = decode_mask(row, source)
+                if mask.shape != image.shape[:2]:
+                    raise ItemError("mask_size_mismatch", f"mask {mask.shape} vs image {image.shape[:2]}")
+                if not mask.any():
+                    raise ItemError("invalid_mask", "empty mask")
+            except ItemError as exc:
+                if not finished:
                     records[row["annotation_id"]] = _write_failed(storage, source, shard, row, exc, config, config_id)
+                continue
+            ready.append(row)
+            images.append(image)
+            masks.append(dilate(mask, config.dilation_px))
+            categories.append(row["category"])
+        if ready:
+            outputs = inpainter.inpaint(images, masks, categories)
+            for row, candidates_k in zip(ready, outputs):
+                if row["annotation_id"] in records:
+                    recomputed += 1  # computed only to keep the chunk whole: see the module docstring
                     continue
-                ready.append(row)
-                images.append(image)
-                masks.append(dilate(mask, config.dilation_px))
-                categories.append(row["category"])
-            if ready:
-                outputs = inpainter.inpaint(images, masks, categories)
-                for row, candidates_k in zip(ready, outputs):
-                    records[row["annotation_id"]] = _write_ok(
-                        storage, source, shard, row, candidates_k, labels, config, config_id
-                    )
-            reporter.advance(len(batch))
+                records[row["annotation_id"]] = _write_ok(
+                    storage, source, shard, row, candidates_k, labels, config, config_id
+                )
+        reporter.advance(sum(1 for r in chunk if r["annotation_id"] in todo_ids))
 
     rows = []
     for row in kept:
@@ -135,6 +152,7 @@ def run_removals(
         "objects_ok": ok_objects,
         "objects_failed": len(kept) - ok_objects,
         "objects_computed_this_run": len(todo),
+        "objects_recomputed_to_keep_chunks_whole": recomputed,
         "candidates": sum(1 for r in rows if r["status"] == "ok"),
     }
     samples = []
