@@ -223,6 +223,15 @@ def test_sd_outputs_original_size_and_distinct_candidates(sd_run, sd_items):
                 assert np.abs(candidates[a].astype(int) - candidates[b].astype(int)).mean() > 1.0, "seeds differ"
 
 
+def test_stages_rerun_fixed_chunks_whole():
+    from pbi_ml.stages.common import chunks_to_run
+
+    items = list(range(10))
+    assert chunks_to_run(items, 4, lambda i: False) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert chunks_to_run(items, 4, lambda i: i not in (5, 9)) == [[4, 5, 6, 7], [8, 9]]
+    assert chunks_to_run(items, 4, lambda i: True) == []
+
+
 def test_sd_stage_resumed_mid_chunk_gives_the_uninterrupted_bytes(sd_config, tmp_path):
     """The removal stage on the demo photos with the diffusers backend: 4 objects per chunk, so a
     pipeline call of 4 images mixes two objects' candidates. Forget one finished object, as if

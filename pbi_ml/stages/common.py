@@ -55,3 +55,16 @@ class ProgressReporter:
 def batched(items: list, size: int):
     for start in range(0, len(items), max(1, size)):
         yield items[start : start + size]
+
+
+def chunks_to_run(items: list, size: int, is_finished) -> list[list]:
+    """The fixed chunks of `items` (cut every `size` in the given, deterministic order) that hold
+    at least one unfinished item.
+
+    Model backends batch, and an item's result can depend on which other items share its batch
+    (float kernels pick their blocking and reduction order by batch shape; batched generation
+    pads to the longest prompt). A stage that runs each of these chunks whole, computing its
+    already finished items again and dropping their results, gives after a crash and a re-run
+    exactly the bytes of an uninterrupted run, at the cost of at most `size - 1` items per crash.
+    """
+    return [chunk for chunk in batched(items, size) if not all(is_finished(item) for item in chunk)]

@@ -3,7 +3,8 @@
 The describer sees the ORIGINAL photo with everything but the object masked out (SPEC: CogVLM with
 "Accurately describe the main characteristics of the <class>..."). Backends: `pixels` (embedded
 default: colour names, size and shape measured under the mask) or `vlm` (transformers
-image-text-to-text). Per-pair records make the stage resumable.
+image-text-to-text). Per-pair records make the stage resumable; the describer always sees the
+same fixed chunks of pairs (`chunks_to_run`), so a resumed run writes the same texts.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import pyarrow as pa
 
 from pbi_ml.errors import ItemError
 from pbi_ml.imageio import load_mask_png, load_rgb_path
-from pbi_ml.stages.common import Progress, ProgressReporter, StageResult, batched, fingerprint
+from pbi_ml.stages.common import Progress, ProgressReporter, StageResult, chunks_to_run, fingerprint
 from pbi_ml.storage import Storage, table_from_records
 
 STAGE = "descriptions"
@@ -53,7 +54,8 @@ def run_descriptions(
     reporter.advance(len(done))
     if todo and describer is None:
         describer = make_describer(config)
-    for batch in batched(todo, config.batch_size):
+    finished = set(done)
+    for batch in chunks_to_run(pairs, config.batch_size, lambda row: row["pair_id"] in finished):
         items, ready = [], []
         for row in batch:
             try:
@@ -66,14 +68,17 @@ def run_descriptions(
                 )
                 ready.append(row)
             except ItemError as exc:
-                done[row["pair_id"]] = _record(storage, source, shard, row, config_id, None, exc.reason)
+                if row["pair_id"] not in finished:
+                    done[row["pair_id"]] = _record(storage, source, shard, row, config_id, None, exc.reason)
         texts = describer.describe(items) if items else []
         for row, text in zip(ready, texts):
+            if row["pair_id"] in finished:
+                continue  # computed only to keep the chunk whole
             text = (text or "").strip()
             done[row["pair_id"]] = _record(
                 storage, source, shard, row, config_id, text or None, None if text else "empty_description"
             )
-        reporter.advance(len(batch))
+        reporter.advance(sum(1 for row in batch if row["pair_id"] not in finished))
 
     rows = []
     for row in pairs:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from pbi_ml.config import SourceConfig
-from pbi_ml.stages.common import Progress, ProgressReporter, StageResult, batched, fingerprint
+from pbi_ml.stages.common import Progress, ProgressReporter, StageResult, chunks_to_run, fingerprint
 from pbi_ml.storage import Storage, table_from_records
 
 STAGE = "instructions"
@@ -82,7 +82,9 @@ def run_instructions(
         writer = writer or make_instruction_writer(config)
         if config.check and checker is None:
             checker = InstructionChecker(config)
-    for batch in batched(todo, config.batch_size):
+    finished = set(done)
+    # fixed chunks, recomputed whole: batched generation pads to the longest prompt of the batch
+    for batch in chunks_to_run(pairs, config.batch_size, lambda row: row["pair_id"] in finished):
         descs = [(descriptions.get(r["pair_id"]) or {}).get("description") for r in batch]
         categories = [r["category"] for r in batch]
         with_desc = [i for i, d in enumerate(descs) if d]
@@ -108,6 +110,8 @@ def run_instructions(
                 for i, result in zip(idx, results):
                     checks[i] = result
         for i, row in enumerate(batch):
+            if row["pair_id"] in finished:
+                continue  # computed only to keep the chunk whole
             template = class_instruction(row["category"])
             if not descs[i]:
                 status, final, similarity = "no_description", template, None
@@ -133,7 +137,7 @@ def run_instructions(
             }
             storage.write_item_record(STAGE, source.name, shard, row["annotation_id"], record)
             done[row["pair_id"]] = record
-        reporter.advance(len(batch))
+        reporter.advance(sum(1 for row in batch if row["pair_id"] not in finished))
 
     rows = []
     for row in pairs:

@@ -7,13 +7,10 @@ mask is broken gets a `failed` record with its reason and the partition goes on.
 
 Fixed chunks: the partition's kept objects, ordered by image size (so one pipeline batch holds one
 working size) and then by annotation id, are cut into chunks of `batch_size` objects, and the
-inpainter is always called with a whole chunk. A chunk with any unfinished object is recomputed
-whole, its already finished objects included (their results are dropped, not rewritten). On
-float kernels an object's pixels can depend on the shape of the batch it was computed in, so
-this is what makes a resumed run byte-identical to an uninterrupted one; the cost is at most
-`batch_size - 1` objects recomputed per interruption. `batch_size` is left out of the config id
-(changing it does not redo finished work), so change it between runs of one partition only if
-byte-identity with an earlier run does not matter.
+inpainter is always called with a whole chunk (`chunks_to_run`): a resumed run gives the bytes of
+an uninterrupted one even though an object's pixels can depend on the batch it was computed in.
+`batch_size` is left out of the config id (changing it does not redo finished work), so change it
+between runs of one partition only if byte-identity with an earlier run does not matter.
 """
 
 from __future__ import annotations
@@ -27,7 +24,7 @@ from pbi_ml.errors import ItemError
 from pbi_ml.imageio import load_rgb, save_png
 from pbi_ml.masks import dilate
 from pbi_ml.sources import decode_mask
-from pbi_ml.stages.common import Progress, ProgressReporter, StageResult, batched, fingerprint
+from pbi_ml.stages.common import Progress, ProgressReporter, StageResult, chunks_to_run, fingerprint
 from pbi_ml.storage import Storage, table_from_records
 
 STAGE = "removals"
@@ -84,7 +81,7 @@ def run_removals(
     reporter.advance(len(records))
     todo_ids = {row["annotation_id"] for row in todo}
     ordered = sorted(kept, key=lambda row: (row["height"], row["width"], row["annotation_id"]))
-    chunks = [c for c in batched(ordered, config.batch_size) if any(r["annotation_id"] not in records for r in c)]
+    chunks = chunks_to_run(ordered, config.batch_size, lambda row: row["annotation_id"] in records)
     recomputed = 0
     if chunks:
         if inpainter is None:

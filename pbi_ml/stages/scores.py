@@ -17,7 +17,7 @@ from pbi_ml.errors import ItemError
 from pbi_ml.imageio import load_rgb, load_rgb_path
 from pbi_ml.masks import dilate
 from pbi_ml.sources import decode_mask
-from pbi_ml.stages.common import Progress, ProgressReporter, StageResult, batched, fingerprint
+from pbi_ml.stages.common import Progress, ProgressReporter, StageResult, chunks_to_run, fingerprint
 from pbi_ml.storage import Storage, table_from_records
 
 STAGE = "removal_scores"
@@ -78,7 +78,9 @@ def run_scores(
 
     reporter = ProgressReporter(len(by_object), progress)
     reporter.advance(len(done))
-    for batch in batched(todo, max(1, config.batch_size // 3)):
+    # fixed chunks of objects, recomputed whole, so a resumed run writes the same floats
+    finished = set(done)
+    for batch in chunks_to_run(list(by_object), max(1, config.batch_size // 3), lambda ann_id: ann_id in finished):
         objects, ids = [], []
         for ann_id in batch:
             rows = sorted(by_object[ann_id], key=lambda r: r["candidate"])
@@ -94,13 +96,16 @@ def run_scores(
                 )
                 check_object(obj)
             except ItemError as exc:
-                failed_objects[ann_id] = exc.reason
+                if ann_id not in finished:
+                    failed_objects[ann_id] = exc.reason
                 continue
             objects.append(obj)
             ids.append(ann_id)
         if objects:
             scored = score_objects(objects, config)
             for ann_id, score_rows in zip(ids, scored):
+                if ann_id in finished:
+                    continue  # computed only to keep the chunk whole
                 rows = sorted(by_object[ann_id], key=lambda r: r["candidate"])
                 merged = [
                     {
@@ -126,7 +131,7 @@ def run_scores(
                     row["scoring_backend"] = config.backend
                 done[ann_id] = decided
                 storage.write_item_record(STAGE, source.name, shard, ann_id, {"config_id": config_id, "rows": decided})
-        reporter.advance(len(batch))
+        reporter.advance(sum(1 for ann_id in batch if ann_id not in finished))
 
     schema = score_schema()
     rows = [row for ann_id in sorted(done, key=_natural) for row in done[ann_id]]
