@@ -430,6 +430,37 @@ def test_index_cache_is_built_once(tmp_path, datasets, monkeypatch):
     assert len(list(storage.index_dir(source.name).glob("*/instances.parquet"))) == 3
 
 
+def test_concurrent_shards_parse_the_annotation_file_once(tmp_path, datasets, monkeypatch):
+    """Two shards of one source starting together (a backfill): one parses, the other waits for
+    the cached index instead of parsing the same file at the same time."""
+    import threading
+    import time
+
+    storage = Storage(tmp_path / "data")
+    source = datasets["coco"]
+    parses = []
+    real_read = index_module.read_source_index
+
+    def slow_counted_read(*args, **kwargs):
+        parses.append(threading.get_ident())
+        time.sleep(0.5)  # hold the build long enough for the other shard to arrive
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(index_module, "read_source_index", slow_counted_read)
+    results = {}
+
+    def run_shard(shard):
+        results[shard] = shard_index(source, shard, 2, storage)
+
+    threads = [threading.Thread(target=run_shard, args=(shard,)) for shard in ("000", "001")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(parses) == 1
+    assert results["000"].num_rows + results["001"].num_rows == real_read(source, 2).num_rows
+
+
 def test_cached_index_bytes_are_deterministic(tmp_path, datasets):
     paths = []
     for run in ("a", "b"):

@@ -13,6 +13,10 @@ where the fingerprint changes whenever an input file (size, mtime), the shard co
 roots or the reader code (`READER_VERSION`) changes. Open Images rows also depend on the image
 and mask files (sizes, areas): replacing those without touching the CSVs needs the cache folder
 deleted. Stale fingerprints stay on disk; delete them to reclaim the space.
+
+The shards of one source are separate Dagster runs, often concurrent (a backfill). The first one
+to need the index builds it under a lock file next to it (`filelock`); the others wait and read
+the result instead of each parsing the same large annotation file at the same time.
 """
 
 from __future__ import annotations
@@ -266,12 +270,19 @@ def index_path(source: SourceConfig, num_shards: int, storage: Storage) -> Path:
 def ensure_source_index(source: SourceConfig, num_shards: int, storage: Storage) -> Path:
     """Build the cached index file if it does not exist yet; return its path.
 
-    Two processes may both build it; each writes a temp file and renames it atomically, and both
-    produce the same bytes, so the race is harmless.
+    One builder at a time per index (a lock file beside it, waited on without a timeout: a
+    builder that dies releases it). The write is atomic (temp file, then rename) in any case,
+    so where the lock does not hold (some network file systems) two builders only repeat work.
     """
+    from filelock import FileLock
+
     path = index_path(source, num_shards, storage)
-    if not path.exists():
-        write_parquet(read_source_index(source, num_shards), path)
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.parent / "build.lock")):
+        if not path.exists():  # another run may have built it while this one waited
+            write_parquet(read_source_index(source, num_shards), path)
     return path
 
 
