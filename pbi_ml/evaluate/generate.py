@@ -79,7 +79,7 @@ def load_edit_pipeline(pipeline_dir: str, config: GenerateConfig):
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     pipeline = StableDiffusionInstructPix2PixPipeline.from_pretrained(
-        pipeline_dir, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+        pipeline_dir, dtype=dtype, safety_checker=None, requires_safety_checker=False
     )
     pipeline.scheduler = _scheduler(pipeline, config.scheduler)
     pipeline.set_progress_bar_config(disable=True)
