@@ -22,6 +22,7 @@ from pbi_ml.instruct import (
     location_phrase,
     make_instruction_writer,
     names_object,
+    object_name_problem,
     ref_instruction,
 )
 from pbi_ml.instruct.llm import PAPER_TURN, build_messages, clean_answer, load_fewshot, plain_prompt
@@ -82,7 +83,10 @@ def test_template_writer_is_deterministic_varied_and_names_the_object():
 
 def test_paper_prompt_and_fewshot_file():
     fewshot = load_fewshot(None)
-    assert fewshot["version"] == "fewshot_v1" and len(fewshot["examples"]) == 5
+    assert fewshot["version"] == "fewshot_v2" and len(fewshot["examples"]) == 5
+    # the examples teach what the instruction check accepts: every answer names its class
+    for example in fewshot["examples"]:
+        assert object_name_problem(example["instruction"], [example["category"]]) is None, example
     assert len({ex["category"] for ex in fewshot["examples"]}) == 5
     messages = build_messages("A brown dog with floppy ears, lying on a rug.", "dog", fewshot["examples"])
     assert [m["role"] for m in messages] == ["user", "assistant"] * 5 + ["user"]
@@ -159,6 +163,33 @@ def test_lexical_name_check():
     assert names_object("add a red double-decker bus", ["double decker bus"])
     assert names_object("add some cherries", ["cherry"])
     assert names_object("add a silver spray can", ["aerosol_can", "spray_can"])
+
+
+@pytest.mark.parametrize(
+    "instruction, category, problem",
+    [
+        ("add a dog bowl", "dog", "names_object_only_as_modifier"),
+        ("add a dog's toy", "dog", "names_object_only_as_modifier"),
+        ("add a dog-shaped balloon", "dog", "names_object_only_as_modifier"),
+        ("add a dog bed", "dog", "names_object_only_as_modifier"),
+        ("add an umbrella stand", "umbrella", "names_object_only_as_modifier"),
+        ("add a cup holder", "cup", "names_object_only_as_modifier"),
+        ("add a bowl of water", "dog", "does_not_name_object"),
+        ("add a dog next to a dog bowl", "dog", None),  # one head occurrence is enough
+        ("add a brown dog", "dog", None),
+        ("add a dog, brown and white", "dog", None),
+        ("add a dog lying on the rug", "dog", None),
+        ("add a bus parked by the road", "bus", None),
+        ("add a cat that is sleeping", "cat", None),
+        ("add two dogs playing", "dog", None),
+        ("add a black laptop computer", "laptop", None),
+        ("add a red double-decker bus with adverts", "double decker bus", None),
+        ("add a baseball bat rack", "baseball bat", "names_object_only_as_modifier"),
+    ],
+)
+def test_the_name_must_head_its_noun_phrase(instruction, category, problem):
+    assert object_name_problem(instruction, [category]) == problem
+    assert names_object(instruction, [category]) is (problem is None)
 
 
 @pytest.fixture(scope="module")
@@ -278,3 +309,19 @@ def test_pixel_descriptions_flow_into_checked_template_instructions(checker):
     instruction = TemplateWriter().rewrite([description], ["cat"], ["demo|1"])[0]
     (result,) = checker.check([instruction], ["cat"], [description], [["cat"]])
     assert result.ok and result.similarity > 0.8
+
+
+def test_instructions_redo_when_the_fewshot_file_changes(tmp_path):
+    from pbi_ml.instruct.base import FEWSHOT_DEFAULT
+    from pbi_ml.stages.instructions import instructions_config_id
+
+    fewshot = tmp_path / "fewshot.json"
+    fewshot.write_bytes(FEWSHOT_DEFAULT.read_bytes())
+    config = InstructConfig(backend="llm", fewshot_file=str(fewshot))
+    before = instructions_config_id(config)
+    assert instructions_config_id(config) == before
+    fewshot.write_text(fewshot.read_text().replace("add a red double-decker bus", "add a red bus"))
+    assert instructions_config_id(config) != before, "same path, new examples: finished rewrites are redone"
+    fewshot.unlink()
+    with pytest.raises(ConfigError, match="fewshot.json"):
+        instructions_config_id(config)

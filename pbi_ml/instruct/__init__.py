@@ -1,7 +1,7 @@
 """Instructions per pair (SPEC stage "instructions"). Importing this loads no torch."""
 
 from pbi_ml.instruct.base import INSTRUCT_BACKENDS, InstructConfig, InstructionWriter, make_instruction_writer
-from pbi_ml.instruct.check import CheckResult, InstructionChecker, names_object
+from pbi_ml.instruct.check import CheckResult, InstructionChecker, names_object, object_name_problem
 from pbi_ml.instruct.refs import load_refs, ref_instruction
 from pbi_ml.instruct.templates import TemplateWriter, class_instruction, clean_category, location_phrase
 
@@ -18,5 +18,6 @@ __all__ = [
     "location_phrase",
     "make_instruction_writer",
     "names_object",
+    "object_name_problem",
     "ref_instruction",
 ]

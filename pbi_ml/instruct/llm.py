@@ -4,7 +4,7 @@ SPEC: Mistral-7B-Instruct with 5 in-context examples; each user turn is, verbati
 "Convert the following sentence into a short image addition instruction: <caption>. Use
 straightforward language and describe only the <class>. Ignore surroundings and background and
 avoid pictorial description." The examples come from a versioned JSON file
-(pbi_ml/instruct/fewshot_v1.json by default): user turn + assistant answer each.
+(pbi_ml/instruct/fewshot_v2.json by default): user turn + assistant answer each.
 
 Loading: transformers AutoTokenizer + AutoModelForCausalLM by Hub id or local directory, or a GGUF
 file inside a directory (`gguf_file`; transformers dequantises it; see pbi_ml/gguf_cache.py to turn
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pbi_ml.config import resolve_device, resolve_dtype
 from pbi_ml.errors import ConfigError
-from pbi_ml.instruct.base import FEWSHOT_V1, InstructConfig
+from pbi_ml.instruct.base import FEWSHOT_DEFAULT, InstructConfig
 from pbi_ml.instruct.templates import clean_category
 
 PAPER_TURN = (
@@ -36,7 +36,7 @@ _QUOTES = "\"'`“”‘’"
 
 def load_fewshot(path: str | Path | None = None) -> dict:
     """The in-context examples file: {"version": str, "examples": [{"caption", "category", "instruction"}]}."""
-    path = Path(path) if path else FEWSHOT_V1
+    path = Path(path) if path else FEWSHOT_DEFAULT
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:

@@ -16,9 +16,12 @@ with probability 0.25.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
 
 from pbi_ml.config import SourceConfig
+from pbi_ml.errors import ConfigError
 from pbi_ml.stages.common import Progress, ProgressReporter, StageResult, chunks_to_run, fingerprint
 from pbi_ml.storage import Storage, table_from_records
 
@@ -44,6 +47,27 @@ INSTRUCTION_SCHEMA = pa.schema(
 )
 
 
+def instructions_config_id(config) -> str:
+    """What the stored instructions depend on: the config, and beyond it the few-shot file's
+    content (llm backend) and the instruction check's rules (CHECK_VERSION)."""
+    import hashlib
+
+    from pbi_ml.instruct.base import FEWSHOT_DEFAULT
+    from pbi_ml.instruct.check import CHECK_VERSION
+
+    parts = [fingerprint(config, exclude=("batch_size", "device"))]
+    if config.backend == "llm":
+        fewshot = Path(config.fewshot_file) if config.fewshot_file else FEWSHOT_DEFAULT
+        try:
+            content = fewshot.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"instructions: fewshot file {fewshot}: {exc}") from None
+        parts.append("fewshot-" + hashlib.blake2b(content, digest_size=4).hexdigest())
+    if config.check:
+        parts.append("check-" + CHECK_VERSION)
+    return "-".join(parts)
+
+
 def run_instructions(
     storage: Storage,
     source: SourceConfig,
@@ -64,7 +88,7 @@ def run_instructions(
     pairs = storage.read_table("pairs", source.name, shard).to_pylist()
     descriptions = {r["pair_id"]: r for r in storage.read_table("descriptions", source.name, shard).to_pylist()}
     refs = load_refs(source.refs) if source.refs else {}
-    config_id = fingerprint(config, exclude=("batch_size", "device"))
+    config_id = instructions_config_id(config)
 
     done: dict[str, dict] = {}
     todo = []
