@@ -51,7 +51,9 @@ THRESHOLD_FIELDS = {
 LABEL_COLUMNS = ["sample_id", "source", "annotation_id", "category", "candidate", "removal_image"]
 
 
-def sample_for_labelling(project: ProjectConfig, storage: Storage, out_dir: str | Path, n: int = 500, seed: int = 0) -> Path:
+def sample_for_labelling(
+    project: ProjectConfig, storage: Storage, out_dir: str | Path, n: int = 500, seed: int = 0
+) -> Path:
     """Write labels.csv and sheet.html for a seeded sample of `n` removal candidates; returns out_dir."""
     scores = read_view(storage, "removal_scores").to_pandas()
     if scores.empty:
@@ -61,7 +63,9 @@ def sample_for_labelling(project: ProjectConfig, storage: Storage, out_dir: str 
     ]
     sample = scores.sample(n=min(n, len(scores)), random_state=seed).merge(candidates, on=["source", "annotation_id"])
     sample = sample.sort_values(["source", "annotation_id", "candidate"]).reset_index(drop=True)
-    sample.insert(0, "sample_id", [f"{s}/{a}/{c}" for s, a, c in zip(sample.source, sample.annotation_id, sample.candidate)])
+    sample.insert(
+        0, "sample_id", [f"{s}/{a}/{c}" for s, a, c in zip(sample.source, sample.annotation_id, sample.candidate)]
+    )
     score_columns = sorted((KEEP_BELOW | KEEP_ABOVE) & set(sample.columns))
     out = Path(out_dir)
     table = sample[LABEL_COLUMNS + score_columns].copy()
@@ -78,7 +82,9 @@ def _sheet(project: ProjectConfig, sample: pd.DataFrame) -> str:
             original = load_rgb(project.source(row.source).images, row.image_file)
             removed = load_rgb_path(row.removal_image)
         except (ItemError, ConfigError) as exc:
-            rows.append(f"<tr><td>{html.escape(row.sample_id)}</td><td colspan=2>unreadable: {html.escape(str(exc))}</td></tr>")
+            rows.append(
+                f"<tr><td>{html.escape(row.sample_id)}</td><td colspan=2>unreadable: {html.escape(str(exc))}</td></tr>"
+            )
             continue
         x0, y0, x1, y1 = crop_box((row.bbox_x, row.bbox_y, row.bbox_w, row.bbox_h), original.shape, pad=0.5)
         cells = [_img(original[y0:y1, x0:x1]), _img(removed[y0:y1, x0:x1])]

@@ -24,7 +24,9 @@ def test_sample_writes_a_labelling_sheet_of_real_removals(demo_run, tmp_path):
 def test_plateau_threshold_finds_where_success_stops_improving():
     # success is certain below 0.1, a coin flip above: the plateau ends at 0.1
     values = [i / 100 for i in range(1, 31)]
-    labels = pd.DataFrame({"stats_boundary_contrast": values, "label": [1 if v <= 0.1 else (i % 2) for i, v in enumerate(values)]})
+    labels = pd.DataFrame(
+        {"stats_boundary_contrast": values, "label": [1 if v <= 0.1 else (i % 2) for i, v in enumerate(values)]}
+    )
     curve = threshold_curve(labels, "stats_boundary_contrast")
     assert curve["success_rate"].iloc[0] == 1.0 and curve["success_rate"].iloc[-1] < 0.8
     assert plateau_threshold(curve, tolerance=0.0, min_kept=5) == 0.1
