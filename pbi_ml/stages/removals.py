@@ -79,9 +79,9 @@ def run_removals(
 
     reporter = ProgressReporter(len(kept), progress)
     reporter.advance(len(records))
-    todo_ids = {row["annotation_id"] for row in todo}
+    finished = set(records)
     ordered = sorted(kept, key=lambda row: (row["height"], row["width"], row["annotation_id"]))
-    chunks = chunks_to_run(ordered, config.batch_size, lambda row: row["annotation_id"] in records)
+    chunks = chunks_to_run(ordered, config.batch_size, lambda row: row["annotation_id"] in finished)
     recomputed = 0
     if chunks:
         if inpainter is None:
@@ -92,7 +92,6 @@ def run_removals(
     for chunk in chunks:
         ready, images, masks, categories = [], [], [], []
         for row in chunk:
-            finished = row["annotation_id"] in records
             try:
                 image = load_rgb(source.images, row["image_file"])
                 mask = decode_mask(row, source)
@@ -101,7 +100,7 @@ def run_removals(
                 if not mask.any():
                     raise ItemError("invalid_mask", "empty mask")
             except ItemError as exc:
-                if not finished:
+                if row["annotation_id"] not in finished:
                     records[row["annotation_id"]] = _write_failed(storage, source, shard, row, exc, config, config_id)
                 continue
             ready.append(row)
@@ -111,13 +110,13 @@ def run_removals(
         if ready:
             outputs = inpainter.inpaint(images, masks, categories)
             for row, candidates_k in zip(ready, outputs):
-                if row["annotation_id"] in records:
+                if row["annotation_id"] in finished:
                     recomputed += 1  # computed only to keep the chunk whole: see the module docstring
                     continue
                 records[row["annotation_id"]] = _write_ok(
                     storage, source, shard, row, candidates_k, labels, config, config_id
                 )
-        reporter.advance(sum(1 for r in chunk if r["annotation_id"] in todo_ids))
+        reporter.advance(sum(1 for row in chunk if row["annotation_id"] not in finished))
 
     rows = []
     for row in kept:

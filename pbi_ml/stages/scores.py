@@ -68,13 +68,10 @@ def run_scores(
     )
 
     done: dict[str, list[dict]] = {}
-    todo = []
-    for ann_id, rows in by_object.items():
+    for ann_id in by_object:
         record = storage.read_item_record(STAGE, source.name, shard, ann_id)
         if record and record.get("config_id") == config_id:
             done[ann_id] = record["rows"]
-        else:
-            todo.append(ann_id)
 
     reporter = ProgressReporter(len(by_object), progress)
     reporter.advance(len(done))
