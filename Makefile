@@ -1,13 +1,14 @@
 # Two commands do everything on a fresh machine with Python 3.10+:
 #   make demo   create .venv if missing, install, run the whole graph on the bundled demo source
-#   make test   create .venv if missing, install, run the test suite and validate the definitions
+#   make test   create .venv if missing, install, lint, run the test suite and validate the definitions
+#   make lint   ruff (lint + format check) and pyright, the checks `make test` runs first
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.pbi-installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install demo test ui validate clean-data
+.PHONY: install demo lint test validate ui clean-data
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +34,18 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 	@echo "  Catalog:      $(BIN)/pbi sql \"SELECT category, object_location, source_image FROM pairs LIMIT 10\""
 	@echo "  DuckDB file:  $$($(BIN)/python -c 'from pbi_ml.config import load_project_config as l; print(l().data_root)')/catalog.duckdb (open read-only)"
 
-test: install $(DAGSTER_HOME)/dagster.yaml
+# PYRIGHT_PYTHON_IGNORE_WARNINGS: don't ask PyPI whether a newer pyright exists (it is pinned; may be offline)
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	PYRIGHT_PYTHON_IGNORE_WARNINGS=1 $(BIN)/pyright
+
+# lint first; pytest, then the definitions check, one after the other (also under make -j)
+test: lint $(DAGSTER_HOME)/dagster.yaml
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	@$(MAKE) --no-print-directory validate
+
+validate: install $(DAGSTER_HOME)/dagster.yaml
 	HF_HUB_OFFLINE=1 $(BIN)/dagster definitions validate -w workspace.yaml
 
 ui: install $(DAGSTER_HOME)/dagster.yaml
