@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from pbi_assets.run_health import PoolWaitReporter, cleanup_dead_runs, process_tags
+
 
 def ensure_dagster_home() -> Path:
     home = Path(os.environ.get("DAGSTER_HOME") or Path.cwd() / ".dagster_home").resolve()
@@ -47,20 +49,39 @@ def run_source(
     source: str, run_config: dict | None = None, shards: list[str] | None = None, log=print, log_level: str = "WARNING"
 ) -> dict:
     """Materialize the partitioned assets for each shard of `source`, then the unpartitioned ones.
+    Runs whose process died are failed first (their pool slots freed); while a step waits for a
+    pool slot, a line every $PBI_POOL_WAIT_LOG_SECONDS (30) says who holds it.
     Returns {"runs": [...], "failed": [...]}."""
     import dagster as dg
 
-    from pbi_assets.definitions import PARTITIONED_ASSETS, UNPARTITIONED_ASSETS, defs
     from pbi_assets.partitions import PROJECT
 
     if source not in PROJECT.source_names:
         raise SystemExit(f"unknown source {source!r}; declared: {', '.join(PROJECT.source_names)}")
     instance = dg.DagsterInstance.get()
+    reap_dead_runs(instance, log=log)
+    with PoolWaitReporter(instance, log=log):
+        return _materialize_all(instance, source, run_config or {}, shards or PROJECT.shard_keys, log, log_level)
+
+
+def reap_dead_runs(instance, log=print) -> list:
+    """Fail the runs whose process died and free the pool slots they hold, one line each (see
+    `pbi_assets.run_health`): call before launching runs (`pbi run`, a backfill)."""
+    cleaned = cleanup_dead_runs(instance)
+    for item in cleaned:
+        log(f"  {item.line()}")
+    return cleaned
+
+
+def _materialize_all(instance, source: str, run_config: dict, shards: list[str], log, log_level: str) -> dict:
+    import dagster as dg
+
+    from pbi_assets.definitions import PARTITIONED_ASSETS, UNPARTITIONED_ASSETS, defs
+
     all_assets = list(defs.assets) + list(defs.asset_checks or [])
     resources = dict(defs.resources)
-    run_config = run_config or {}
     summary = {"runs": [], "failed": []}
-    for shard in shards or PROJECT.shard_keys:
+    for shard in shards:
         key = dg.MultiPartitionKey({"source": source, "shard": shard})
         started = time.monotonic()
         result = dg.materialize(
@@ -71,7 +92,7 @@ def run_source(
             resources=resources,
             run_config=_with_log_level(_ops_subset(run_config, PARTITIONED_ASSETS), log_level),
             raise_on_error=False,
-            tags={"pbi/source": source, "pbi/shard": shard},
+            tags={"pbi/source": source, "pbi/shard": shard, **process_tags()},
         )
         summary["runs"].append(result.run_id)
         status = "ok" if result.success else "FAILED"
@@ -88,7 +109,7 @@ def run_source(
         resources=resources,
         run_config=_with_log_level(_ops_subset(run_config, UNPARTITIONED_ASSETS), log_level),
         raise_on_error=False,
-        tags={"pbi/source": source},
+        tags={"pbi/source": source, **process_tags()},
     )
     summary["runs"].append(result.run_id)
     log(

@@ -64,7 +64,9 @@ def sample_for_labelling(
     sample = scores.sample(n=min(n, len(scores)), random_state=seed).merge(candidates, on=["source", "annotation_id"])
     sample = sample.sort_values(["source", "annotation_id", "candidate"]).reset_index(drop=True)
     sample.insert(
-        0, "sample_id", [f"{s}/{a}/{c}" for s, a, c in zip(sample.source, sample.annotation_id, sample.candidate)]
+        0,
+        "sample_id",
+        [f"{s}/{a}/{c}" for s, a, c in zip(sample.source, sample.annotation_id, sample.candidate, strict=True)],
     )
     score_columns = sorted((KEEP_BELOW | KEEP_ABOVE) & set(sample.columns))
     out = Path(out_dir)

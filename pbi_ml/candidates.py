@@ -69,6 +69,7 @@ def image_problems(index: pa.Table, source: SourceConfig) -> dict[str, str]:
         first.column("image_file").to_pylist(),
         first.column("width_max").to_pylist(),
         first.column("height_max").to_pylist(),
+        strict=True,
     ):
         if rel in sizes and w and h and sizes[rel] != (w, h):
             problems[rel] = "image_size_mismatch"
