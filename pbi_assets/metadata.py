@@ -32,7 +32,9 @@ def thumbnails_markdown(samples: list[tuple[str, np.ndarray]], max_side: int = 1
     parts = []
     for caption, image in samples[:4]:
         b64 = base64.b64encode(thumbnail_png(image, max_side)).decode()
-        parts.append(f'**{caption}**<br/><img src="data:image/png;base64,{b64}"/>')
+        # markdown image syntax: the Dagster UI strips HTML <img> tags from markdown metadata
+        label = caption.replace("[", "(").replace("]", ")")
+        parts.append(f"**{label}**\n\n![{label}](data:image/png;base64,{b64})")
     return dg.MetadataValue.md("\n\n".join(parts) if parts else "_no samples in this partition_")
 
 
@@ -60,3 +62,12 @@ def result_metadata(result, histograms: dict[str, str] | None = None) -> dict:
         if column in result.table.column_names:
             meta[f"histogram_{column}"] = histogram_markdown(result.table.column(column).to_pylist(), title=title)
     return meta
+
+
+def progress_logger(context, what: str):
+    """A stage `progress(done, total)` callback that logs to the Dagster run log."""
+
+    def report(done: int, total: int) -> None:
+        context.log.info(f"{what}: {done}/{total}")
+
+    return report

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from pbi_ml.config import ProjectConfig, load_project_config
+from pbi_ml.config import ProjectConfig, project_config
 
-PROJECT: ProjectConfig = load_project_config()
+PROJECT: ProjectConfig = project_config()  # the same load the PBIProject resource uses
 
 source_shard_partitions = dg.MultiPartitionsDefinition(
     {

@@ -6,7 +6,7 @@ from typing import Any
 
 import dagster as dg
 
-from pbi_ml.config import ProjectConfig, SourceConfig, config_from_dict, load_project_config
+from pbi_ml.config import ProjectConfig, SourceConfig, config_from_dict, project_config
 from pbi_ml.storage import Storage
 
 
@@ -21,7 +21,8 @@ class PBIProject(dg.ConfigurableResource):
     data_root: str = ""
 
     def project(self) -> ProjectConfig:
-        project = load_project_config(self.config_path or None)
+        """pbi.yaml, loaded once per process (the partitions come from the same load)."""
+        project = project_config(self.config_path or None)
         if self.data_root:
             from dataclasses import replace
 

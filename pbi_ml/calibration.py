@@ -28,6 +28,7 @@ from pbi_ml.errors import ConfigError, ItemError
 from pbi_ml.imageio import load_rgb, load_rgb_path, thumbnail_png
 from pbi_ml.masks import crop_box
 from pbi_ml.storage import Storage, atomic_write_bytes
+from pbi_ml.tables import CANDIDATES, REMOVAL_SCORES
 
 # which side of the threshold a candidate must be on to pass
 KEEP_BELOW = {
@@ -55,10 +56,10 @@ def sample_for_labelling(
     project: ProjectConfig, storage: Storage, out_dir: str | Path, n: int = 500, seed: int = 0
 ) -> Path:
     """Write labels.csv and sheet.html for a seeded sample of `n` removal candidates; returns out_dir."""
-    scores = read_view(storage, "removal_scores").to_pandas()
+    scores = read_view(storage, REMOVAL_SCORES.name, where="status = 'ok'").to_pandas()
     if scores.empty:
         raise ValueError("no removal scores yet: materialize removal_scores first")
-    candidates = read_view(storage, "candidates").to_pandas()[
+    candidates = read_view(storage, CANDIDATES.name).to_pandas()[
         ["source", "annotation_id", "image_file", "bbox_x", "bbox_y", "bbox_w", "bbox_h"]
     ]
     sample = scores.sample(n=min(n, len(scores)), random_state=seed).merge(candidates, on=["source", "annotation_id"])

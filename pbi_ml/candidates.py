@@ -27,15 +27,9 @@ from pbi_ml.config import CandidateConfig, SourceConfig
 from pbi_ml.errors import ItemError
 from pbi_ml.imageio import check_image
 from pbi_ml.sources.base import INDEX_SCHEMA
+from pbi_ml.tables import CANDIDATES
 
-CANDIDATE_SCHEMA = pa.schema(
-    list(INDEX_SCHEMA)
-    + [
-        pa.field("area_fraction", pa.float64()),
-        pa.field("kept", pa.bool_()),
-        pa.field("reject_reason", pa.string()),
-    ]
-)
+CANDIDATE_SCHEMA = CANDIDATES.schema
 
 REJECT_REASONS = (
     "path_escapes_root",

@@ -16,85 +16,57 @@ from pathlib import Path
 import pyarrow as pa
 
 from pbi_ml.storage import Storage, atomic_path, write_parquet
-
-# view name -> stage table it reads (views that join several stages are defined in EXTRA_VIEWS)
-BASE_VIEWS = {
-    "source_index": "source_index",
-    "candidates": "candidates",
-    "removals": "removals",
-    "removal_scores": "removal_scores",
-}
+from pbi_ml.tables import ALL_TABLES, DESCRIPTIONS, INSTRUCTIONS, PAIRS, SPLITS, TableSpec
 
 
-def stage_schemas() -> dict[str, pa.Schema]:
-    """The schema of every stage table, keyed by stage name."""
-    from pbi_ml.candidates import CANDIDATE_SCHEMA
-    from pbi_ml.sources.base import INDEX_SCHEMA
-    from pbi_ml.stages.descriptions import DESCRIPTION_SCHEMA
-    from pbi_ml.stages.evaluation import EVALUATION_SCHEMA, SAMPLE_SCHEMA
-    from pbi_ml.stages.instructions import INSTRUCTION_SCHEMA
-    from pbi_ml.stages.pairs import pair_schema
-    from pbi_ml.stages.removals import REMOVAL_SCHEMA
-    from pbi_ml.stages.scores import score_schema
-    from pbi_ml.stages.splits import SPLIT_SCHEMA
-    from pbi_ml.stages.training import CHECKPOINT_SCHEMA
-
-    return {
-        "source_index": INDEX_SCHEMA,
-        "candidates": CANDIDATE_SCHEMA,
-        "removals": REMOVAL_SCHEMA,
-        "removal_scores": score_schema(),
-        "pairs": pair_schema(),
-        "descriptions": DESCRIPTION_SCHEMA,
-        "instructions": INSTRUCTION_SCHEMA,
-        "splits": SPLIT_SCHEMA,
-        "checkpoints": CHECKPOINT_SCHEMA,
-        "evaluations": EVALUATION_SCHEMA,
-        "evaluation_samples": SAMPLE_SCHEMA,
-    }
-
-
-def _scan(storage: Storage, stage: str) -> str:
-    glob = storage.table_glob(stage).replace("'", "''")
+def _scan(storage: Storage, table: TableSpec) -> str:
+    glob = storage.table_glob(table).replace("'", "''")
     return f"read_parquet('{glob}', union_by_name = true)"
 
 
-def view_sql(storage: Storage, schemas: dict[str, pa.Schema]) -> dict[str, str]:
-    """name -> SELECT statement of every catalog view."""
-    views = {name: f"SELECT * FROM {_scan(storage, stage)}" for name, stage in BASE_VIEWS.items()}
-    if "pairs" in schemas:
-        views["pairs"] = _pairs_view(storage, schemas)
-    for stage in schemas:
-        if stage not in BASE_VIEWS and stage != "pairs":
-            views[stage] = f"SELECT * FROM {_scan(storage, stage)}"
+def view_sql(storage: Storage) -> dict[str, str]:
+    """name -> SELECT statement of every catalog view: one per table (the same name), except that
+    `pairs` is joined with descriptions, instructions and splits."""
+    views = {table.name: f"SELECT * FROM {_scan(storage, table)}" for table in ALL_TABLES}
+    views[PAIRS.name] = _pairs_view(storage)
     return views
 
 
-def _pairs_view(storage: Storage, schemas: dict[str, pa.Schema]) -> str:
-    """`pairs`, joined with descriptions, instructions and splits where those stages exist."""
-    select = ["p.*"]
-    joins = []
-    if "descriptions" in schemas:
-        select.append("d.description")
-        joins.append(f"LEFT JOIN {_scan(storage, 'descriptions')} d USING (pair_id)")
-    if "instructions" in schemas:
-        select += ["i.instruction_class", "i.instruction_vlm_llm", "i.instruction_ref", "i.instruction_check"]
-        joins.append(f"LEFT JOIN {_scan(storage, 'instructions')} i USING (pair_id)")
-    if "splits" in schemas:
-        select.append("s.split")
-        joins.append(f"LEFT JOIN {_scan(storage, 'splits')} s USING (pair_id)")
-    return f"SELECT {', '.join(select)} FROM {_scan(storage, 'pairs')} p " + " ".join(joins)
+def _pairs_view(storage: Storage) -> str:
+    """`pairs`, joined with descriptions, instructions and splits."""
+    select = [
+        "p.*",
+        "d.description",
+        "i.instruction_class",
+        "i.instruction_vlm_llm",
+        "i.instruction_ref",
+        "i.instruction_check",
+        "s.split",
+    ]
+    joins = [
+        f"LEFT JOIN (SELECT pair_id, description FROM {_scan(storage, DESCRIPTIONS)}) d USING (pair_id)",
+        f"LEFT JOIN (SELECT pair_id, instruction_class, instruction_vlm_llm, instruction_ref, instruction_check "
+        f"FROM {_scan(storage, INSTRUCTIONS)}) i USING (pair_id)",
+        f"LEFT JOIN (SELECT pair_id, split FROM {_scan(storage, SPLITS)}) s USING (pair_id)",
+    ]
+    return f"SELECT {', '.join(select)} FROM {_scan(storage, PAIRS)} p " + " ".join(joins)
+
+
+def ensure_schema_files(storage: Storage) -> None:
+    """The empty, typed Parquet file of every table, so each view has its columns from the start."""
+    for table in ALL_TABLES:
+        path = storage.schema_path(table)
+        if not path.exists():
+            write_parquet(table.schema.empty_table(), path)
 
 
 def build_catalog(storage: Storage) -> dict[str, int]:
     """(Re)build catalog.duckdb atomically; returns {view: row count}."""
     import duckdb
 
-    schemas = stage_schemas()
-    for stage, schema in schemas.items():
-        empty = storage.root / "tables" / stage / "_schema" / "empty.parquet"
-        write_parquet(schema.empty_table(), empty)
-    views = view_sql(storage, schemas)
+    for table in ALL_TABLES:  # rewritten: a schema may have changed since the last build
+        write_parquet(table.schema.empty_table(), storage.schema_path(table))
+    views = view_sql(storage)
     counts = {}
     with atomic_path(storage.catalog_path) as tmp:
         tmp.unlink()  # duckdb wants to create the file itself
@@ -136,12 +108,8 @@ def read_view(storage: Storage, name: str, where: str = "") -> pa.Table:
     (no catalog file needed, no lock taken)."""
     import duckdb
 
-    schemas = stage_schemas()
-    for stage, schema in schemas.items():
-        empty = storage.root / "tables" / stage / "_schema" / "empty.parquet"
-        if not empty.exists():
-            write_parquet(schema.empty_table(), empty)
-    sql = view_sql(storage, schemas)[name]
+    ensure_schema_files(storage)
+    sql = view_sql(storage)[name]
     con = duckdb.connect()
     try:
         relation = con.sql(f"SELECT * FROM ({sql}) {('WHERE ' + where) if where else ''}")

@@ -20,6 +20,9 @@ SOURCE_FORMATS = ("coco", "lvis", "openimages")
 SOURCE_ROLES = ("train", "test")
 DEMO_SOURCE_NAME = "demo"
 DEFAULT_NUM_SHARDS = 4
+REMOVAL_BACKENDS = ("opencv", "diffusers")
+SCORING_BACKENDS = ("stats", "clip")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,42 @@ def shard_key(shard: int) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Stage configs
+# Stage configs: typed, frozen, validated on construction with messages naming the field
+
+
+def check_fields(config, **rules) -> None:
+    """Validate fields of a config dataclass; raises ConfigError naming the class and the field.
+
+    rules: field=("positive" | "non_negative" | "fraction" | tuple of allowed values)."""
+    name = type(config).__name__
+    for field_name, rule in rules.items():
+        value = getattr(config, field_name)
+        if value is None:
+            continue
+        if rule == "positive":
+            ok, want = _is_number(value) and value > 0, "a number > 0"
+        elif rule == "non_negative":
+            ok, want = _is_number(value) and value >= 0, "a number >= 0"
+        elif rule == "fraction":
+            ok, want = _is_number(value) and 0 <= value <= 1, "a number in [0, 1]"
+        else:
+            ok, want = value in rule, f"one of {tuple(rule)}"
+        if not ok:
+            raise ConfigError(f"{name}.{field_name}: {value!r} is not {want}")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class SourceIndexConfig:
+    """How a source is sharded: `num_shards` partitions per source (from pbi.yaml)."""
+
+    num_shards: int = DEFAULT_NUM_SHARDS
+
+    def __post_init__(self):
+        check_fields(self, num_shards="positive")
 
 
 @dataclass(frozen=True)
@@ -103,6 +141,16 @@ class CandidateConfig:
     drop_crowd: bool = True
     excluded_classes: tuple[str, ...] = ()
     check_images: bool = True  # stat + header-read each image; off for annotation-only benchmarks
+
+    def __post_init__(self):
+        check_fields(
+            self, min_area_fraction="fraction", max_area_fraction="fraction", border_margin_fraction="fraction"
+        )
+        if self.min_area_fraction > self.max_area_fraction:
+            raise ConfigError(
+                f"CandidateConfig.min_area_fraction: {self.min_area_fraction} is above max_area_fraction "
+                f"{self.max_area_fraction}"
+            )
 
 
 @dataclass(frozen=True)
@@ -124,6 +172,20 @@ class RemovalConfig:
     batch_size: int = 4
     device: str = "auto"  # "auto" = cuda if available else cpu
     dtype: str = "auto"  # "auto" = float16 on cuda, float32 on cpu; or float32 / float16 / bfloat16
+
+    def __post_init__(self):
+        check_fields(
+            self,
+            backend=REMOVAL_BACKENDS,
+            num_candidates="positive",
+            dilation_px="non_negative",
+            steps="positive",
+            guidance_scale="non_negative",
+            resolution="positive",
+            seed="non_negative",
+            batch_size="positive",
+            dtype=DTYPES,
+        )
 
 
 @dataclass(frozen=True)
@@ -151,10 +213,28 @@ class ScoringConfig:
     # of the image) score 0.13-0.22 on every candidate; every other object has a candidate >= 0.30
     stats_min_texture_ratio: float = 0.25
 
+    def __post_init__(self):
+        check_fields(
+            self,
+            backend=SCORING_BACKENDS,
+            batch_size="positive",
+            isolation_dilation_px="non_negative",
+            isolation_blur_sigma="non_negative",
+            clip_max_consensus_std="non_negative",
+            clip_min_sim_drop="non_negative",
+            stats_max_consensus_std="non_negative",
+            stats_max_boundary_contrast="non_negative",
+            stats_min_change="non_negative",
+            stats_min_texture_ratio="non_negative",
+        )
+
 
 @dataclass(frozen=True)
 class PairConfig:
     feather_sigma: float = 3.0  # Gaussian feather of the dilated mask, inside the dilated mask only
+
+    def __post_init__(self):
+        check_fields(self, feather_sigma="non_negative")
 
 
 @dataclass(frozen=True)
@@ -166,6 +246,9 @@ class SplitConfig:
 
     test_fraction: float = 0.05
     seed: int = 0
+
+    def __post_init__(self):
+        check_fields(self, test_fraction="fraction")
 
 
 def resolve_device(device: str) -> str:
@@ -222,6 +305,21 @@ def demo_source() -> SourceConfig:
 
 def default_config_path() -> Path:
     return Path(os.environ.get("PBI_CONFIG", "pbi.yaml"))
+
+
+_PROJECT_CACHE: dict[str, ProjectConfig] = {}
+
+
+def project_config(path: str | os.PathLike | None = None) -> ProjectConfig:
+    """The project config, loaded once per process and path (`load_project_config` re-reads).
+
+    The Dagster code location's partitions and its `PBIProject` resource both come from this one
+    load, so they cannot disagree within a process."""
+    config_path = Path(path) if path is not None else default_config_path()
+    key = f"{config_path.resolve()}|{path is not None}|{os.environ.get('PBI_DATA_ROOT', '')}"
+    if key not in _PROJECT_CACHE:
+        _PROJECT_CACHE[key] = load_project_config(path)
+    return _PROJECT_CACHE[key]
 
 
 def load_project_config(path: str | os.PathLike | None = None) -> ProjectConfig:

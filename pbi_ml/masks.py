@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pbi_ml import reasons
 from pbi_ml.errors import ItemError
 
 LOCATION_GRID = (
@@ -91,21 +92,39 @@ def crop_box(
     return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
 
 
+def check_image(image, what: str = "image") -> np.ndarray:
+    """Validate one decoded image: HxWx3 uint8, not empty. Raises ItemError `bad_image`."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or image.shape[0] == 0 or image.shape[1] == 0:
+        raise ItemError(reasons.BAD_IMAGE, f"{what}: expected HxWx3 uint8, got shape {image.shape} dtype {image.dtype}")
+    return np.ascontiguousarray(image)
+
+
 def check_image_and_mask(image, mask) -> tuple[np.ndarray, np.ndarray]:
-    """Validate one (image, mask) item: HxWx3 uint8 image, HxW mask of the same size, not empty.
+    """THE image/mask validator every stage uses: HxWx3 uint8 image, HxW mask of the same size,
+    not empty.
 
     Returns (contiguous image, bool mask). Raises ItemError with reason `bad_image`, `bad_mask`,
     `mask_size_mismatch` or `empty_mask`.
     """
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or image.shape[0] == 0 or image.shape[1] == 0:
-        raise ItemError("bad_image", f"expected HxWx3 uint8, got shape {image.shape} dtype {image.dtype}")
+    image = check_image(image)
     mask = np.asarray(mask)
     if mask.ndim != 2:
-        raise ItemError("bad_mask", f"expected a HxW mask, got shape {mask.shape}")
+        raise ItemError(reasons.BAD_MASK, f"expected a HxW mask, got shape {mask.shape}")
     if mask.shape != image.shape[:2]:
-        raise ItemError("mask_size_mismatch", f"mask {mask.shape} vs image {image.shape[:2]}")
+        raise ItemError(reasons.MASK_SIZE_MISMATCH, f"mask {mask.shape} vs image {image.shape[:2]}")
     mask = mask.astype(bool)
     if not mask.any():
-        raise ItemError("empty_mask", "the mask has no pixels")
-    return np.ascontiguousarray(image), mask
+        raise ItemError(reasons.EMPTY_MASK, "the mask has no pixels")
+    return image, mask
+
+
+def load_image_and_mask(source, row: dict) -> tuple[np.ndarray, np.ndarray]:
+    """An instance's original photo and decoded mask (from its index / candidates row), validated.
+    Raises ItemError with the reason (image_missing, image_unreadable, path_escapes_root,
+    invalid_mask, mask_missing, ... and those of `check_image_and_mask`)."""
+    from pbi_ml.imageio import load_rgb
+    from pbi_ml.sources import decode_mask
+
+    image = load_rgb(source.images, row["image_file"])
+    return check_image_and_mask(image, decode_mask(row, source))

@@ -24,6 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pbi_ml.tables import TableSpec
+
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -39,18 +41,22 @@ class Storage:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).resolve()
 
-    # ---- paths
-    def table_path(self, stage: str, source: str, shard: str) -> Path:
-        return self.root / "tables" / stage / safe_name(source) / f"{shard}.parquet"
+    # ---- paths (stages are named by their TableSpec, never by a string literal)
+    def table_path(self, table: TableSpec, source: str, shard: str) -> Path:
+        return self.root / "tables" / table.name / safe_name(source) / f"{shard}.parquet"
 
-    def table_glob(self, stage: str) -> str:
-        return str(self.root / "tables" / stage / "*" / "*.parquet")
+    def table_glob(self, table: TableSpec) -> str:
+        return str(self.root / "tables" / table.name / "*" / "*.parquet")
 
-    def item_dir(self, stage: str, source: str, shard: str) -> Path:
-        return self.root / "items" / stage / safe_name(source) / shard
+    def schema_path(self, table: TableSpec) -> Path:
+        """An empty, typed Parquet file per table, so its catalog view exists before any partition."""
+        return self.root / "tables" / table.name / "_schema" / "empty.parquet"
 
-    def file_dir(self, stage: str, source: str, shard: str, item: str) -> Path:
-        return self.root / "files" / stage / safe_name(source) / shard / safe_name(item)
+    def item_dir(self, table: TableSpec, source: str, shard: str) -> Path:
+        return self.root / "items" / table.name / safe_name(source) / shard
+
+    def file_dir(self, table: TableSpec, source: str, shard: str, item: str) -> Path:
+        return self.root / "files" / table.name / safe_name(source) / shard / safe_name(item)
 
     def index_dir(self, source: str) -> Path:
         return self.root / "index" / safe_name(source)
@@ -63,19 +69,21 @@ class Storage:
         return self.root / "catalog.duckdb"
 
     # ---- tables
-    def write_table(self, stage: str, source: str, shard: str, table: pa.Table) -> Path:
-        path = self.table_path(stage, source, shard)
-        write_parquet(table, path)
+    def write_table(self, table: TableSpec, source: str, shard: str, data: pa.Table) -> Path:
+        path = self.table_path(table, source, shard)
+        write_parquet(data, path)
         return path
 
-    def read_table(self, stage: str, source: str, shard: str) -> pa.Table:
-        path = self.table_path(stage, source, shard)
+    def read_table(self, table: TableSpec, source: str, shard: str) -> pa.Table:
+        path = self.table_path(table, source, shard)
         if not path.exists():
-            raise FileNotFoundError(f"{path}: stage {stage!r} has not been materialized for {source}/{shard} yet")
+            raise FileNotFoundError(
+                f"{path}: stage {table.name!r} has not been materialized for {source}/{shard} yet"
+            )
         return pq.read_table(path)
 
-    def has_table(self, stage: str, source: str, shard: str) -> bool:
-        return self.table_path(stage, source, shard).exists()
+    def has_table(self, table: TableSpec, source: str, shard: str) -> bool:
+        return self.table_path(table, source, shard).exists()
 
     def sweep_stale_temp_files(self, source: str, shard: str, older_than_s: float = 600.0) -> int:
         """Delete temp files a killed process left in this partition's item and file folders.
@@ -102,11 +110,11 @@ class Storage:
         return removed
 
     # ---- per-item records (resume points of long stages)
-    def item_record_path(self, stage: str, source: str, shard: str, item: str) -> Path:
-        return self.item_dir(stage, source, shard) / f"{safe_name(item)}.json"
+    def item_record_path(self, table: TableSpec, source: str, shard: str, item: str) -> Path:
+        return self.item_dir(table, source, shard) / f"{safe_name(item)}.json"
 
-    def read_item_record(self, stage: str, source: str, shard: str, item: str) -> dict | None:
-        path = self.item_record_path(stage, source, shard, item)
+    def read_item_record(self, table: TableSpec, source: str, shard: str, item: str) -> dict | None:
+        path = self.item_record_path(table, source, shard, item)
         if not path.exists():
             return None
         try:
@@ -114,9 +122,23 @@ class Storage:
         except (OSError, json.JSONDecodeError):
             return None  # a torn record cannot exist (atomic writes), but never trust disk blindly
 
-    def write_item_record(self, stage: str, source: str, shard: str, item: str, record: dict) -> None:
+    def write_item_record(self, table: TableSpec, source: str, shard: str, item: str, record: dict) -> None:
         data = json.dumps(record, sort_keys=True, default=_json_default).encode()
-        atomic_write_bytes(self.item_record_path(stage, source, shard, item), data)
+        atomic_write_bytes(self.item_record_path(table, source, shard, item), data)
+
+
+def file_digest(path: str | os.PathLike) -> str | None:
+    """A short content digest of a file, or None when it cannot be read."""
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=10)
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
 
 
 def _json_default(value: Any):

@@ -8,14 +8,16 @@ import numpy as np
 
 from pbi_ml.errors import ItemError
 from pbi_ml.imageio import load_gray, load_mask_png, load_rgb_path
+from pbi_ml.stages.common import ok_pairs
 from pbi_ml.storage import Storage
+from pbi_ml.tables import CANDIDATES, REMOVAL_SCORES, SPLITS
 
 PAIR_FILE_COLUMNS = ("source_image", "target_image", "mask", "edit_mask")
 
 
 def check_pair_files(storage: Storage, source: str, shard: str) -> tuple[bool, dict]:
     """Every file a pair row names exists and decodes."""
-    rows = storage.read_table("pairs", source, shard).to_pylist()
+    rows = ok_pairs(storage, source, shard)
     bad = []
     for row in rows:
         for column in PAIR_FILE_COLUMNS:
@@ -28,7 +30,7 @@ def check_pair_files(storage: Storage, source: str, shard: str) -> tuple[bool, d
 
 def check_pairs_equal_outside_mask(storage: Storage, source: str, shard: str) -> tuple[bool, dict]:
     """Outside the dilated (edit) mask, the object-removed image equals the original exactly."""
-    rows = storage.read_table("pairs", source, shard).to_pylist()
+    rows = ok_pairs(storage, source, shard)
     bad, max_diff = [], 0
     for row in rows:
         removed = load_rgb_path(row["source_image"])
@@ -47,11 +49,11 @@ def check_pairs_equal_outside_mask(storage: Storage, source: str, shard: str) ->
 
 def check_pairs_from_passing_candidates(storage: Storage, source: str, shard: str) -> tuple[bool, dict]:
     """Every pair comes from a kept instance and from its chosen, passing removal candidate."""
-    pairs = storage.read_table("pairs", source, shard).to_pylist()
-    kept = {r["annotation_id"] for r in storage.read_table("candidates", source, shard).to_pylist() if r["kept"]}
+    pairs = ok_pairs(storage, source, shard)
+    kept = {r["annotation_id"] for r in storage.read_table(CANDIDATES, source, shard).to_pylist() if r["kept"]}
     chosen = {
         (r["annotation_id"], r["candidate"])
-        for r in storage.read_table("removal_scores", source, shard).to_pylist()
+        for r in storage.read_table(REMOVAL_SCORES, source, shard).to_pylist()
         if r["chosen"] and r["passed"]
     }
     bad = [
@@ -68,8 +70,9 @@ def check_catalog_files_exist(storage: Storage) -> tuple[bool, dict]:
 
     frame = query(
         storage,
-        "SELECT source_image AS p FROM pairs UNION ALL SELECT target_image FROM pairs "
-        "UNION ALL SELECT mask FROM pairs UNION ALL SELECT edit_mask FROM pairs "
+        "SELECT source_image AS p FROM pairs WHERE status = 'ok' UNION ALL SELECT target_image FROM pairs "
+        "WHERE status = 'ok' UNION ALL SELECT mask FROM pairs WHERE status = 'ok' "
+        "UNION ALL SELECT edit_mask FROM pairs WHERE status = 'ok' "
         "UNION ALL SELECT removal_image FROM removals WHERE status = 'ok'",
     )
     missing = [p for p in frame["p"].tolist() if not os.path.exists(p)]
@@ -80,7 +83,7 @@ def check_splits_disjoint(storage: Storage) -> tuple[bool, dict]:
     """No image (by image_id) has pairs in both train and test, across all sources."""
     from pbi_ml.catalog import read_view
 
-    rows = read_view(storage, "splits").select(["image_id", "split"]).to_pylist()
+    rows = read_view(storage, SPLITS.name).select(["image_id", "split"]).to_pylist()
     splits: dict[str, set] = {}
     for r in rows:
         splits.setdefault(r["image_id"], set()).add(r["split"])

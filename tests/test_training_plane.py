@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from pipeline_helpers import check_results, metadata_of
 
+from pbi_ml import tables
 from pbi_assets.resources import PBIProject
 from pbi_ml.storage import Storage
 
@@ -51,6 +52,7 @@ def test_location_phrase_is_not_baked_into_stored_instructions(demo):
     texts = [t for (t,) in con.execute("SELECT instruction_vlm_llm FROM instructions").fetchall()]
     locations = [l for (l,) in con.execute("SELECT DISTINCT object_location FROM pairs").fetchall()]
     con.close()
+    assert len(texts) >= 5 and locations, "the demo has instructions and locations to compare"
     assert not [t for t in texts for l in locations if t.endswith(f" at the {l}")]
 
 
@@ -261,9 +263,9 @@ def test_a_pair_whose_images_are_gone_fails_alone_with_its_reason(demo, tmp_path
     storage = Storage(copy)
     shard = max(
         ("000", "001", "002", "003"),
-        key=lambda s: storage.read_table("pairs", "demo", s).num_rows if storage.has_table("pairs", "demo", s) else 0,
+        key=lambda s: storage.read_table(tables.PAIRS, "demo", s).num_rows if storage.has_table(tables.PAIRS, "demo", s) else 0,
     )
-    pairs = storage.read_table("pairs", "demo", shard).to_pylist()
+    pairs = storage.read_table(tables.PAIRS, "demo", shard).to_pylist()
     # the files moved: point the table at the copy, then lose one pair's original photo
     for row in pairs:
         for column in ("source_image", "target_image", "mask", "edit_mask"):
@@ -271,10 +273,12 @@ def test_a_pair_whose_images_are_gone_fails_alone_with_its_reason(demo, tmp_path
     import pyarrow as pa
 
     storage.write_table(
-        "pairs", "demo", shard, pa.Table.from_pylist(pairs, schema=storage.read_table("pairs", "demo", shard).schema)
+        tables.PAIRS, "demo", shard, pa.Table.from_pylist(pairs, schema=storage.read_table(tables.PAIRS, "demo", shard).schema)
     )
     Path(pairs[0]["target_image"]).unlink()
-    result = run_descriptions(storage, "demo", shard, DescribeConfig())
+    from pbi_assets.partitions import PROJECT
+
+    result = run_descriptions(storage, PROJECT.source("demo"), shard, DescribeConfig())
     rows = {r["pair_id"]: r for r in result.table.to_pylist()}
     assert rows[pairs[0]["pair_id"]]["error"] == "image_missing" and rows[pairs[0]["pair_id"]]["description"] is None
     assert all(r["description"] for pid, r in rows.items() if pid != pairs[0]["pair_id"])
@@ -295,7 +299,7 @@ def test_an_empty_llm_answer_falls_back_to_the_class_template_with_the_reason(de
     copy = tmp_path / "copy"
     shutil.copytree(root / "tables", copy / "tables")
     storage = Storage(copy)
-    shard = max(PROJECT.shard_keys, key=lambda s: storage.read_table("pairs", "demo", s).num_rows)
+    shard = max(PROJECT.shard_keys, key=lambda s: storage.read_table(tables.PAIRS, "demo", s).num_rows)
     result = run_instructions(storage, PROJECT.source("demo"), shard, InstructConfig(batch_size=64), writer=SilentLLM())
     rows = result.table.to_pylist()
     assert rows[0]["instruction_check"] == "empty_instruction"

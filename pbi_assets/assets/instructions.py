@@ -3,12 +3,13 @@
 import dagster as dg
 
 from pbi_assets.assets.gpu import GPU_OP_TAGS, GPU_POOL, GPU_TAGS
-from pbi_assets.assets.removal import _progress, pairs
-from pbi_assets.metadata import result_metadata
+from pbi_assets.assets.removal import pairs
+from pbi_assets.metadata import progress_logger, result_metadata
 from pbi_assets.partitions import partition_of, source_shard_partitions
 from pbi_assets.resources import PBIProject
 from pbi_assets.run_config import DescriptionsRunConfig, InstructionsRunConfig, SplitsRunConfig
 from pbi_ml.config import SplitConfig
+from pbi_ml.tables import DESCRIPTIONS, INSTRUCTIONS, SPLITS
 
 
 def _markdown_examples(rows: list[dict], columns: list[str], n: int = 5) -> dg.MetadataValue:
@@ -40,9 +41,13 @@ def descriptions(
     from pbi_ml.stages.descriptions import run_descriptions
 
     part = partition_of(context)
-    stage_config = pbi.stage_config("descriptions", DescribeConfig, config)
+    stage_config = pbi.stage_config(DESCRIPTIONS.name, DescribeConfig, config)
     result = run_descriptions(
-        pbi.storage(), part.source, part.shard, stage_config, progress=_progress(context, "pairs described")
+        pbi.storage(),
+        pbi.source(part.source),
+        part.shard,
+        stage_config,
+        progress=progress_logger(context, "pairs described"),
     )
     meta = result_metadata(result)
     meta["examples"] = _markdown_examples(result.table.to_pylist(), ["category", "description", "error"])
@@ -72,13 +77,13 @@ def instructions(
     from pbi_ml.stages.instructions import run_instructions
 
     part = partition_of(context)
-    stage_config = pbi.stage_config("instructions", InstructConfig, config)
+    stage_config = pbi.stage_config(INSTRUCTIONS.name, InstructConfig, config)
     result = run_instructions(
         pbi.storage(),
         pbi.source(part.source),
         part.shard,
         stage_config,
-        progress=_progress(context, "pairs instructed"),
+        progress=progress_logger(context, "pairs instructed"),
     )
     meta = result_metadata(result, histograms={"instruction_check_similarity": "instruction check similarity (MiniLM)"})
     meta["examples"] = _markdown_examples(
@@ -103,6 +108,6 @@ def splits(context: dg.AssetExecutionContext, pbi: PBIProject, config: SplitsRun
     from pbi_ml.stages.splits import run_splits
 
     part = partition_of(context)
-    stage_config = pbi.stage_config("splits", SplitConfig, config)
-    result = run_splits(pbi.storage(), pbi.project(), part.source, part.shard, stage_config)
+    stage_config = pbi.stage_config(SPLITS.name, SplitConfig, config)
+    result = run_splits(pbi.storage(), pbi.source(part.source), part.shard, stage_config, project=pbi.project())
     return dg.MaterializeResult(metadata=result_metadata(result))

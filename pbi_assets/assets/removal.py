@@ -4,22 +4,15 @@ import dagster as dg
 
 from pbi_assets.assets.gpu import GPU_OP_TAGS, GPU_POOL, GPU_TAGS
 from pbi_assets.assets.sources import candidates
-from pbi_assets.metadata import result_metadata, thumbnails_markdown
+from pbi_assets.metadata import progress_logger, result_metadata
 from pbi_assets.partitions import partition_of, source_shard_partitions
 from pbi_assets.resources import PBIProject
 from pbi_assets.run_config import PairsRunConfig, RemovalRunConfig, ScoringRunConfig
 from pbi_ml.config import PairConfig, RemovalConfig, ScoringConfig
-from pbi_ml.imageio import load_rgb_path
 from pbi_ml.stages.pairs import run_pairs
 from pbi_ml.stages.removals import run_removals
 from pbi_ml.stages.scores import run_scores
-
-
-def _progress(context, what: str):
-    def report(done: int, total: int) -> None:
-        context.log.info(f"{what}: {done}/{total}")
-
-    return report
+from pbi_ml.tables import PAIRS, REMOVAL_SCORES, REMOVALS
 
 
 @dg.asset(
@@ -39,13 +32,13 @@ def _progress(context, what: str):
 )
 def removals(context: dg.AssetExecutionContext, pbi: PBIProject, config: RemovalRunConfig) -> dg.MaterializeResult:
     part = partition_of(context)
-    stage_config = pbi.stage_config("removals", RemovalConfig, config)
+    stage_config = pbi.stage_config(REMOVALS.name, RemovalConfig, config)
     result = run_removals(
         pbi.storage(),
         pbi.source(part.source),
         part.shard,
         stage_config,
-        progress=_progress(context, "objects inpainted"),
+        progress=progress_logger(context, "objects inpainted"),
     )
     meta = result_metadata(result)
     meta["backend"] = stage_config.backend
@@ -71,9 +64,9 @@ def removal_scores(
     context: dg.AssetExecutionContext, pbi: PBIProject, config: ScoringRunConfig
 ) -> dg.MaterializeResult:
     part = partition_of(context)
-    scoring = pbi.stage_config("removal_scores", ScoringConfig, config)
+    scoring = pbi.stage_config(REMOVAL_SCORES.name, ScoringConfig, config)
     result = run_scores(
-        pbi.storage(), pbi.source(part.source), part.shard, scoring, progress=_progress(context, "objects scored")
+        pbi.storage(), pbi.source(part.source), part.shard, scoring, progress=progress_logger(context, "objects scored")
     )
     meta = result_metadata(
         result,
@@ -102,12 +95,9 @@ def removal_scores(
 )
 def pairs(context: dg.AssetExecutionContext, pbi: PBIProject, config: PairsRunConfig) -> dg.MaterializeResult:
     part = partition_of(context)
-    pair_config = pbi.stage_config("pairs", PairConfig, config)
-    result = run_pairs(pbi.storage(), pbi.source(part.source), part.shard, pair_config)
+    pair_config = pbi.stage_config(PAIRS.name, PairConfig, config)
+    result = run_pairs(
+        pbi.storage(), pbi.source(part.source), part.shard, pair_config, progress=progress_logger(context, "pairs made")
+    )
     meta = result_metadata(result, histograms={"area_fraction": "mask area / image area"})
-    samples = []
-    for row in result.table.slice(0, 2).to_pylist():
-        samples.append((f"{row['category']}: without", load_rgb_path(row["source_image"])))
-        samples.append((f"{row['category']}: original", load_rgb_path(row["target_image"])))
-    meta["samples"] = thumbnails_markdown(samples)
     return dg.MaterializeResult(metadata=meta)

@@ -6,9 +6,10 @@ from pbi_assets.metadata import result_metadata
 from pbi_assets.partitions import partition_of, source_shard_partitions
 from pbi_assets.resources import PBIProject
 from pbi_assets.run_config import CandidatesRunConfig
-from pbi_ml.config import CandidateConfig
+from pbi_ml.config import CandidateConfig, SourceIndexConfig
 from pbi_ml.stages.candidates import run_candidates
 from pbi_ml.stages.source_index import run_source_index
+from pbi_ml.tables import CANDIDATES
 
 
 @dg.asset(
@@ -25,7 +26,9 @@ from pbi_ml.stages.source_index import run_source_index
 def source_index(context: dg.AssetExecutionContext, pbi: PBIProject) -> dg.MaterializeResult:
     part = partition_of(context)
     project = pbi.project()
-    result = run_source_index(pbi.storage(), project.source(part.source), part.shard, project.num_shards)
+    result = run_source_index(
+        pbi.storage(), project.source(part.source), part.shard, SourceIndexConfig(num_shards=project.num_shards)
+    )
     return dg.MaterializeResult(metadata=result_metadata(result))
 
 
@@ -43,7 +46,7 @@ def source_index(context: dg.AssetExecutionContext, pbi: PBIProject) -> dg.Mater
 )
 def candidates(context: dg.AssetExecutionContext, pbi: PBIProject, config: CandidatesRunConfig) -> dg.MaterializeResult:
     part = partition_of(context)
-    stage_config = pbi.stage_config("candidates", CandidateConfig, config)
+    stage_config = pbi.stage_config(CANDIDATES.name, CandidateConfig, config)
     result = run_candidates(pbi.storage(), pbi.source(part.source), part.shard, stage_config)
     return dg.MaterializeResult(
         metadata=result_metadata(result, histograms={"area_fraction": "mask area / image area"})

@@ -28,7 +28,7 @@ def exports(context: dg.AssetExecutionContext, pbi: PBIProject, config: ExportsR
     from pbi_ml.stages.exports import run_exports
 
     stage_config = pbi.stage_config("exports", ExportConfig, config)
-    result = run_exports(pbi.storage(), pbi.project(), stage_config)
+    result = run_exports(pbi.storage(), stage_config, project=pbi.project())
     meta = {k: int(v) for k, v in result.counts.items()}
     meta["path"] = dg.MetadataValue.path(str(result.path))
     meta["files"] = dg.MetadataValue.json(result.extra["files"])

@@ -32,21 +32,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 
+from pbi_ml import reasons
 from pbi_ml.config import ScoringConfig
 from pbi_ml.errors import ConfigError, ItemError
+from pbi_ml.masks import check_image, check_image_and_mask
+from pbi_ml.tables import CLIP_COLUMNS, SCORE_COLUMNS, SCORE_FIELDS, STATS_COLUMNS
 
 SCORING_BACKENDS = ("stats", "clip")
-
-STATS_COLUMNS = ["stats_consensus_std", "stats_boundary_contrast", "stats_change", "stats_texture_ratio"]
-CLIP_COLUMNS = ["clip_consensus_std", "clip_removal_sim", "clip_removal_sim_before", "clip_importance_sim"]
-SCORE_COLUMNS = [*STATS_COLUMNS, *CLIP_COLUMNS, "clip_null_reason"]
-SCORE_FIELDS = [
-    *[pa.field(name, pa.float64()) for name in STATS_COLUMNS],
-    *[pa.field(name, pa.float64()) for name in CLIP_COLUMNS],
-    pa.field("clip_null_reason", pa.string()),
-]
 
 STATS_BACKEND_CLIP_REASON = "scoring backend 'stats' has no CLIP weights; set scoring.backend: clip"
 
@@ -66,18 +59,14 @@ class ObjectToScore:
 def check_object(obj: ObjectToScore) -> None:
     """Raise ItemError when an object cannot be scored (no candidates, size mismatch, empty mask)."""
     if not obj.candidates:
-        raise ItemError("no_candidates", obj.category)
+        raise ItemError(reasons.NO_CANDIDATES, obj.category)
+    obj.original, obj.mask = check_image_and_mask(obj.original, obj.mask)
+    obj.original, obj.dilated_mask = check_image_and_mask(obj.original, obj.dilated_mask)
     shape = obj.original.shape
-    if obj.original.ndim != 3 or shape[2] != 3:
-        raise ItemError("bad_image", f"original has shape {shape}")
-    for name, m in (("mask", obj.mask), ("dilated_mask", obj.dilated_mask)):
-        if m.shape != shape[:2]:
-            raise ItemError("mask_size_mismatch", f"{name} {m.shape} vs image {shape[:2]}")
     for k, candidate in enumerate(obj.candidates):
+        candidate = check_image(candidate, f"candidate {k}")
         if candidate.shape != shape:
-            raise ItemError("removal_size_mismatch", f"candidate {k}: {candidate.shape} vs {shape}")
-    if not obj.mask.any():
-        raise ItemError("empty_mask", obj.category)
+            raise ItemError(reasons.REMOVAL_SIZE_MISMATCH, f"candidate {k}: {candidate.shape} vs {shape}")
 
 
 def score_objects(objects: list[ObjectToScore], config: ScoringConfig, embedder=None) -> list[list[dict]]:

@@ -13,6 +13,9 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
+from pbi_ml.storage import Storage
+from pbi_ml.tables import PAIRS
+
 Progress = Callable[[int, int], None]  # (done, total)
 
 
@@ -68,3 +71,8 @@ def chunks_to_run(items: list, size: int, is_finished) -> list[list]:
     exactly the bytes of an uninterrupted run, at the cost of at most `size - 1` items per crash.
     """
     return [chunk for chunk in batched(items, size) if not all(is_finished(item) for item in chunk)]
+
+
+def ok_pairs(storage: Storage, source: str, shard: str) -> list[dict]:
+    """The pairs rows that the stages after `pairs` take: status ok, in the table's order."""
+    return [row for row in storage.read_table(PAIRS, source, shard).to_pylist() if row["status"] == "ok"]

@@ -1,15 +1,29 @@
 """The evaluation stage: generate edits with a checkpoint and score them (MagicBrush protocol).
 
 Benchmarks:
-    pipe_test          our test split (SPEC: the paper's PIPE test = 752 COCO-val pairs)
-    magicbrush_add     a MagicBrush-format parquet (columns source_img, target_img, instruction),
-                       when configured, restricted to the "add" subset: instructions containing the
-                       word "add" or "put" and neither "remove" nor "and" (whole words, any case)
+    pipe_test          our test split (SPEC: the paper's PIPE test = 752 COCO-val pairs); it has
+                       no target captions, so clip_t is null there (the paper reports none either)
+    magicbrush_add     a MagicBrush-format parquet (one row per turn: img_id, turn_index,
+                       source_img, instruction, target_img; the source of turn k is the ground
+                       truth of turn k - 1, MagicBrush's "all turns" / single-turn setting), when
+                       configured, restricted to the "add" subset (`is_magicbrush_add`), with the
+                       target's local caption from `magicbrush_captions` (MagicBrush's
+                       local_captions.json) for CLIP-T
+
+The "add" subset rule (SPEC: instructions containing "add" or "put" and neither "remove" nor
+"and"), read as Python's `in` on the lower-cased instruction: SUBSTRINGS ("adding", "puts",
+"removed" count; so do "ladder", "computer", and "hand" / "stand" exclude), applied to EVERY turn
+(each turn is its own input -> target triple; a session's final turn alone would leave out most
+add edits). The published count is 144 on MagicBrush's test set (535 sessions, 1,053 turns); the
+test set is distributed only as a password-protected zip, so the reading could not be checked
+against it here: the stage reports `magicbrush_turns`, `magicbrush_add_substring` and
+`magicbrush_add_word` (whole words) in its counts so a run on the real file shows which reading
+gives 144, and `magicbrush_add_rule: word` switches the reading.
 
 Inference: SPEC's settings (EulerAncestral, 50 steps, text guidance 7, image guidance 1.5, seed 0).
-Metrics: L1, L2 (MSE) on [0,1] pixels after resizing the output to the ground truth; CLIP-I,
-CLIP-T (CLIP ViT-B/32), DINO (ViT-S/16), CMMD. Metrics whose weights are absent are null with the
-reason. One summary row per (benchmark, checkpoint) and one row per sample.
+Metrics: see `pbi_ml.evaluate.metrics` (each computed as its reference computes it). Metrics whose
+weights are absent are null with the reason. One summary row per (benchmark, checkpoint) and one
+row per sample.
 """
 
 from __future__ import annotations
@@ -19,6 +33,7 @@ import io
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -26,13 +41,15 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pbi_ml.catalog import read_view
+from pbi_ml.errors import ConfigError
 from pbi_ml.imageio import load_rgb_path, save_png
 from pbi_ml.stages.common import StageResult
 from pbi_ml.storage import Storage, table_from_records
+from pbi_ml.tables import EVALUATION_SAMPLES, EVALUATIONS, PAIRS
 
-STAGE = "evaluations"
-SAMPLES_STAGE = "evaluation_samples"
-METRICS = ("l1", "l2", "clip_i", "clip_t", "dino", "cmmd")
+SAMPLE_METRICS = ("l1", "l2", "clip_i", "clip_t", "clip_t_instruction", "dino")
+METRICS = (*SAMPLE_METRICS, "cmmd", "cmmd_all")  # float columns, each with a <metric>_null_reason column
+MAGICBRUSH_ADD_RULES = ("substring", "word")
 
 
 @dataclass(frozen=True)
@@ -40,6 +57,9 @@ class EvaluationConfig:
     instruction_kind: str = "vlm_llm"  # vlm_llm | class | ref: which stored instruction drives the edit
     max_samples: int | None = None
     magicbrush_parquet: str | None = None
+    # MagicBrush's local_captions.json, {img_id: {"<img_id>-output<k>.png": caption}}: CLIP-T's captions
+    magicbrush_captions: str | None = None
+    magicbrush_add_rule: str = "substring"  # or "word": how "contains" is read (see the module docstring)
     num_inference_steps: int = 50
     guidance_scale: float = 7.0
     image_guidance_scale: float = 1.5
@@ -53,6 +73,13 @@ class EvaluationConfig:
     dino_model: str = "facebook/dino-vits16"
     cmmd_clip_model: str = "ViT-L-14-336"
     cmmd_clip_pretrained: str = "openai"
+    cmmd_batch_size: int = 32  # google-research/cmmd: batches of 32, remainder dropped
+
+    def __post_init__(self):
+        if self.magicbrush_add_rule not in MAGICBRUSH_ADD_RULES:
+            raise ConfigError(
+                f"EvaluationConfig.magicbrush_add_rule: {self.magicbrush_add_rule!r} is not one of {MAGICBRUSH_ADD_RULES}"
+            )
 
 
 EVALUATION_SCHEMA = pa.schema(
@@ -62,6 +89,7 @@ EVALUATION_SCHEMA = pa.schema(
         ("n", pa.int64()),
         *[(m, pa.float64()) for m in METRICS],
         *[(f"{m}_null_reason", pa.string()) for m in METRICS],
+        ("cmmd_n", pa.int64()),  # images of each set the reference-style cmmd used
         ("smoke_model", pa.bool_()),
         ("config", pa.string()),
     ]
@@ -72,8 +100,9 @@ SAMPLE_SCHEMA = pa.schema(
         ("benchmark", pa.string()),
         ("sample_id", pa.string()),
         ("instruction", pa.string()),
+        ("caption", pa.string()),  # the target's caption CLIP-T scores against (null: none)
         ("output_image", pa.string()),
-        *[(m, pa.float64()) for m in ("l1", "l2", "clip_i", "clip_t", "dino")],
+        *[(m, pa.float64()) for m in SAMPLE_METRICS],
         ("null_reason", pa.string()),
     ]
 )
@@ -81,9 +110,16 @@ SAMPLE_SCHEMA = pa.schema(
 _WORD = re.compile(r"[a-z]+")
 
 
-def is_magicbrush_add(instruction: str) -> bool:
-    words = set(_WORD.findall((instruction or "").lower()))
-    return bool(words & {"add", "put"}) and not (words & {"remove", "and"})
+def is_magicbrush_add(instruction: str, rule: str = "substring") -> bool:
+    """The MagicBrush "add" subset: the instruction contains "add" or "put" and neither "remove"
+    nor "and", lower-cased; `rule` "substring" (Python's `in`) or "word" (whole words)."""
+    text = (instruction or "").lower()
+    if rule == "word":
+        words = set(_WORD.findall(text))
+        return bool(words & {"add", "put"}) and not (words & {"remove", "and"})
+    if rule != "substring":
+        raise ConfigError(f"magicbrush add rule {rule!r} is not one of {MAGICBRUSH_ADD_RULES}")
+    return ("add" in text or "put" in text) and "remove" not in text and "and" not in text
 
 
 def _subset(config, cls):
@@ -92,7 +128,7 @@ def _subset(config, cls):
 
 
 def pipe_test_samples(storage: Storage, config: EvaluationConfig) -> list[dict]:
-    rows = read_view(storage, "pairs", where="split = 'test'").to_pylist()
+    rows = read_view(storage, PAIRS.name, where="split = 'test'").to_pylist()
     samples = []
     for row in sorted(rows, key=lambda r: r["pair_id"]):
         instruction = row.get(f"instruction_{config.instruction_kind}") or row.get("instruction_class")
@@ -100,6 +136,7 @@ def pipe_test_samples(storage: Storage, config: EvaluationConfig) -> list[dict]:
             {
                 "sample_id": row["pair_id"],
                 "instruction": instruction,
+                "caption": None,  # PIPE test pairs have no caption of the target
                 "input": row["source_image"],
                 "target": row["target_image"],
             }
@@ -107,20 +144,51 @@ def pipe_test_samples(storage: Storage, config: EvaluationConfig) -> list[dict]:
     return samples[: config.max_samples] if config.max_samples else samples
 
 
-def magicbrush_samples(path: str, config: EvaluationConfig) -> list[dict]:
+def load_magicbrush_captions(path: str) -> dict[str, dict[str, str]]:
+    """MagicBrush's local_captions.json: {img_id: {target file name: caption}}."""
+    try:
+        captions = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"magicbrush_captions {path}: not readable JSON: {exc}") from None
+    if not isinstance(captions, dict) or not all(isinstance(v, dict) for v in captions.values()):
+        raise ConfigError(f"magicbrush_captions {path}: expected {{img_id: {{file name: caption}}}}")
+    return captions
+
+
+def magicbrush_caption(captions: dict[str, dict[str, str]], img_id: str, turn_index: int) -> str | None:
+    """The local caption of turn `turn_index`'s target, `<img_id>-output<turn>.png` (the file name
+    MagicBrush's image_eval.py looks up), or None."""
+    per_image = captions.get(str(img_id)) or {}
+    exact = per_image.get(f"{img_id}-output{turn_index}.png")
+    if exact:
+        return exact
+    suffix = f"output{turn_index}.png"
+    return next((c for name, c in sorted(per_image.items()) if name.endswith(suffix) and c), None)
+
+
+def magicbrush_samples(path: str, config: EvaluationConfig, counts: dict | None = None) -> list[dict]:
+    """The "add" subset of a MagicBrush-format parquet, one sample per turn; `counts` (when given)
+    receives the number of turns and the subset's size under both readings of the rule."""
     table = pq.read_table(path)
     missing = {"source_img", "target_img", "instruction"} - set(table.column_names)
     if missing:
         raise ValueError(f"{path}: MagicBrush parquet lacks columns {sorted(missing)}")
+    captions = load_magicbrush_captions(config.magicbrush_captions) if config.magicbrush_captions else None
+    rows = table.to_pylist()
+    if counts is not None:
+        counts["magicbrush_turns"] = len(rows)
+        for rule in MAGICBRUSH_ADD_RULES:
+            counts[f"magicbrush_add_{rule}"] = sum(is_magicbrush_add(r["instruction"], rule) for r in rows)
     samples = []
-    for i, row in enumerate(table.to_pylist()):
-        if not is_magicbrush_add(row["instruction"]):
+    for i, row in enumerate(rows):
+        if not is_magicbrush_add(row["instruction"], config.magicbrush_add_rule):
             continue
-        sample_id = f"{row.get('img_id', i)}-{row.get('turn_index', 0)}"
+        img_id, turn = row.get("img_id", i), row.get("turn_index", 1)
         samples.append(
             {
-                "sample_id": sample_id,
+                "sample_id": f"{img_id}-{turn}",
                 "instruction": row["instruction"],
+                "caption": magicbrush_caption(captions, img_id, turn) if captions is not None else None,
                 "input": row["source_img"],
                 "target": row["target_img"],
             }
@@ -143,8 +211,9 @@ def run_evaluation(storage: Storage, checkpoint: dict, config: EvaluationConfig)
     if config.resolution is None:
         config = dataclasses.replace(config, resolution=64 if checkpoint["smoke_model"] else 512)
     benchmarks = {"pipe_test": pipe_test_samples(storage, config)}
+    subset_counts: dict = {}
     if config.magicbrush_parquet:
-        benchmarks["magicbrush_add"] = magicbrush_samples(config.magicbrush_parquet, config)
+        benchmarks["magicbrush_add"] = magicbrush_samples(config.magicbrush_parquet, config, subset_counts)
     generate_config = _subset(config, GenerateConfig)
     metrics_config = _subset(config, MetricsConfig)
     ckpt_id = checkpoint["checkpoint_id"]
@@ -155,24 +224,31 @@ def run_evaluation(storage: Storage, checkpoint: dict, config: EvaluationConfig)
         inputs = [_decode(s["input"]) for s in samples]
         targets = [_decode(s["target"]) for s in samples]
         instructions = [s["instruction"] for s in samples]
+        captions = [s["caption"] for s in samples]
+        file_names = [f"{_safe(s['sample_id'])}.png" for s in samples]  # CMMD orders the images by these
         outputs = generate_edits(checkpoint["pipeline_dir"], inputs, instructions, generate_config) if samples else []
-        per_sample, summary = compute_metrics(outputs, targets, instructions, metrics_config) if samples else ([], {})
-        out_dir = storage.file_dir("evaluation", ckpt_id, benchmark, "outputs")
+        per_sample, summary = (
+            compute_metrics(outputs, targets, captions, metrics_config, instructions=instructions, sort_keys=file_names)
+            if samples
+            else ([], {})
+        )
+        out_dir = storage.file_dir(EVALUATIONS, ckpt_id, benchmark, "outputs")
         sample_rows = []
-        for s, output, metrics in zip(samples, outputs, per_sample):
-            path = save_png(output, out_dir / f"{_safe(s['sample_id'])}.png")
+        for s, name, output, metrics in zip(samples, file_names, outputs, per_sample, strict=True):
+            path = save_png(output, out_dir / name)
             sample_rows.append(
                 {
                     "checkpoint_id": ckpt_id,
                     "benchmark": benchmark,
                     "sample_id": s["sample_id"],
                     "instruction": s["instruction"],
+                    "caption": s["caption"],
                     "output_image": str(path),
-                    **{m: metrics.get(m) for m in ("l1", "l2", "clip_i", "clip_t", "dino")},
+                    **{m: metrics.get(m) for m in SAMPLE_METRICS},
                     "null_reason": metrics.get("null_reason"),
                 }
             )
-        for inp, out, tgt, s in list(zip(inputs, outputs, targets, samples))[:3]:
+        for inp, out, tgt, s in list(zip(inputs, outputs, targets, samples, strict=True))[:3]:
             grid.append((s["instruction"], inp, out, tgt))
         summary_row = {
             "checkpoint_id": ckpt_id,
@@ -184,12 +260,14 @@ def run_evaluation(storage: Storage, checkpoint: dict, config: EvaluationConfig)
         for m in METRICS:
             summary_row[m] = summary.get(m)
             summary_row[f"{m}_null_reason"] = summary.get(f"{m}_null_reason") if samples else "no samples"
+        summary_row["cmmd_n"] = summary.get("cmmd_n")
         summaries.append(summary_row)
-        storage.write_table(SAMPLES_STAGE, benchmark, ckpt_id, table_from_records(sample_rows, SAMPLE_SCHEMA))
+        storage.write_table(EVALUATION_SAMPLES, benchmark, ckpt_id, table_from_records(sample_rows, SAMPLE_SCHEMA))
         all_sample_rows += sample_rows
-        storage.write_table(STAGE, benchmark, ckpt_id, table_from_records([summary_row], EVALUATION_SCHEMA))
+        storage.write_table(EVALUATIONS, benchmark, ckpt_id, table_from_records([summary_row], EVALUATION_SCHEMA))
     table = table_from_records(summaries, EVALUATION_SCHEMA)
     counts = {f"{r['benchmark']}_n": r["n"] for r in summaries}
+    counts.update(subset_counts)
     return StageResult(table=table, path=None, counts=counts, extra={"grid": grid, "samples": all_sample_rows})
 
 

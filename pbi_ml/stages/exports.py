@@ -7,22 +7,25 @@ from collections import Counter
 from pbi_ml.catalog import read_view
 from pbi_ml.config import ProjectConfig
 from pbi_ml.export import ExportConfig, export_pairs
-from pbi_ml.stages.common import StageResult
+from pbi_ml.stages.common import Progress, StageResult
 from pbi_ml.storage import Storage
+from pbi_ml.tables import CANDIDATES, PAIRS, REMOVAL_SCORES
 
 
 def filter_statistics(storage: Storage) -> dict[str, dict[str, int]]:
     """Outcome counts of the candidate filters and the removal filters, for the dataset card."""
-    candidates = read_view(storage, "candidates").select(["kept", "reject_reason"]).to_pylist()
+    candidates = read_view(storage, CANDIDATES.name).select(["kept", "reject_reason"]).to_pylist()
     scores = (
-        read_view(storage, "removal_scores")
-        .select(["annotation_id", "source", "passed", "chosen", "reject_reason"])
+        read_view(storage, REMOVAL_SCORES.name)
+        .select(["annotation_id", "source", "passed", "chosen", "reject_reason", "status", "error"])
         .to_pylist()
     )
     cand = Counter("kept" if r["kept"] else r["reject_reason"] for r in candidates)
     removal = Counter()
     for r in scores:
-        if not r["passed"]:
+        if r["status"] != "ok":
+            removal[f"object failed: {r['error']}"] += 1
+        elif not r["passed"]:
             for reason in (r["reject_reason"] or "unknown").split("+"):
                 removal[f"candidate rejected: {reason}"] += 1
         if r["chosen"]:
@@ -32,8 +35,11 @@ def filter_statistics(storage: Storage) -> dict[str, dict[str, int]]:
     return {"pre-removal filters (instances)": dict(cand), "removal filters": dict(removal)}
 
 
-def run_exports(storage: Storage, project: ProjectConfig, config: ExportConfig) -> StageResult:
-    pairs = read_view(storage, "pairs")
+def run_exports(
+    storage: Storage, config: ExportConfig, *, project: ProjectConfig, progress: Progress | None = None
+) -> StageResult:
+    """Every ok pair of every partition; `project` names each source's format (for the card)."""
+    pairs = read_view(storage, PAIRS.name, where="status = 'ok'")
     formats = {s.name: s.format for s in project.sources}
     result = export_pairs(pairs, formats, filter_statistics(storage), storage.global_dir("exports"), config)
     counts = {"pairs": pairs.num_rows, "files": len(result.files), **result.counts}

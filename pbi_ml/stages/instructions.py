@@ -11,43 +11,35 @@
                           for the source, else empty
 
 The 3x3 object_location is stored, never baked in: the trainer appends " at the <location>"
-with probability 0.25.
+with probability 0.25. Every ok pair enters (one without a description gets the class template);
+runs through the item-stage mechanism (`item_stage.py`): fixed chunks recomputed whole, because
+batched generation pads to the longest prompt of the batch; a changed description redoes its pair.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow as pa
-
 from pbi_ml.config import SourceConfig
 from pbi_ml.errors import ConfigError
-from pbi_ml.stages.common import Progress, ProgressReporter, StageResult, chunks_to_run, fingerprint
-from pbi_ml.storage import Storage, table_from_records
+from pbi_ml.instruct.base import InstructConfig
+from pbi_ml.stages.common import Progress, StageResult, fingerprint, ok_pairs
+from pbi_ml.stages.item_stage import ItemOutput, ItemStage, StageItem, fingerprint_of, run_item_stage
+from pbi_ml.storage import Storage
+from pbi_ml.tables import DESCRIPTIONS, INSTRUCTIONS
 
-STAGE = "instructions"
-
-INSTRUCTION_SCHEMA = pa.schema(
-    [
-        ("pair_id", pa.string()),
-        ("source", pa.string()),
-        ("shard", pa.string()),
-        ("image_id", pa.string()),
-        ("annotation_id", pa.string()),
-        ("category", pa.string()),
-        ("object_location", pa.string()),
-        ("instruction_class", pa.string()),
-        ("instruction_vlm_llm", pa.string()),
-        ("instruction_vlm_llm_raw", pa.string()),
-        ("instruction_ref", pa.string()),
-        ("instruction_check", pa.string()),  # "passed", or why the rewrite was replaced
-        ("instruction_check_similarity", pa.float64()),
-        ("instruct_backend", pa.string()),
-    ]
+PAIR_FIELDS = ("pair_id", "source", "shard", "image_id", "annotation_id", "category", "object_location")
+INSTRUCTION_FIELDS = (
+    "instruction_class",
+    "instruction_vlm_llm",
+    "instruction_vlm_llm_raw",
+    "instruction_ref",
+    "instruction_check",
+    "instruction_check_similarity",
 )
 
 
-def instructions_config_id(config) -> str:
+def instructions_config_id(config: InstructConfig) -> str:
     """What the stored instructions depend on: the config, and beyond it the few-shot file's
     content (llm backend) and the instruction check's rules (CHECK_VERSION)."""
     import hashlib
@@ -68,129 +60,123 @@ def instructions_config_id(config) -> str:
     return "-".join(parts)
 
 
-def run_instructions(
-    storage: Storage,
-    source: SourceConfig,
-    shard: str,
-    config,
-    writer=None,
-    checker=None,
-    progress: Progress | None = None,
-) -> StageResult:
-    from pbi_ml.instruct import (
-        InstructionChecker,
-        class_instruction,
-        load_refs,
-        make_instruction_writer,
-        ref_instruction,
-    )
+class InstructionStage(ItemStage):
+    table = INSTRUCTIONS
 
-    pairs = storage.read_table("pairs", source.name, shard).to_pylist()
-    descriptions = {r["pair_id"]: r for r in storage.read_table("descriptions", source.name, shard).to_pylist()}
-    refs = load_refs(source.refs) if source.refs else {}
-    config_id = instructions_config_id(config)
+    def __init__(self, storage: Storage, source: SourceConfig, shard: str, config: InstructConfig, writer=None, checker=None):
+        self.storage, self.source, self.shard, self.config = storage, source, shard, config
+        self.batch_size = config.batch_size
+        self.config_id = instructions_config_id(config)
+        self._writer, self._checker = writer, checker
 
-    done: dict[str, dict] = {}
-    todo = []
-    for row in pairs:
-        record = storage.read_item_record(STAGE, source.name, shard, row["annotation_id"])
-        description = (descriptions.get(row["pair_id"]) or {}).get("description")
-        if record and record.get("config_id") == config_id and record.get("description") == description:
-            done[row["pair_id"]] = record
-        else:
-            todo.append(row)
+    def items(self) -> list[StageItem]:
+        from pbi_ml.instruct import load_refs
 
-    reporter = ProgressReporter(len(pairs), progress)
-    reporter.advance(len(done))
-    if todo:
-        writer = writer or make_instruction_writer(config)
-        if config.check and checker is None:
-            checker = InstructionChecker(config)
-    finished = set(done)
-    # fixed chunks, recomputed whole: batched generation pads to the longest prompt of the batch
-    for batch in chunks_to_run(pairs, config.batch_size, lambda row: row["pair_id"] in finished):
-        descs = [(descriptions.get(r["pair_id"]) or {}).get("description") for r in batch]
-        categories = [r["category"] for r in batch]
+        name = self.source.name
+        descriptions = {r["pair_id"]: r["description"] for r in self.storage.read_table(DESCRIPTIONS, name, self.shard).to_pylist()}
+        refs = load_refs(self.source.refs) if self.source.refs else {}
+        items = []
+        for row in ok_pairs(self.storage, name, self.shard):
+            prepared = {
+                **{k: row[k] for k in PAIR_FIELDS},
+                "synonyms": list(row["category_synonyms"] or [row["category"]]),
+                "description": descriptions.get(row["pair_id"]),
+                "refs": list(refs.get(str(row["annotation_id"])) or []),
+            }
+            items.append(StageItem(key=row["pair_id"], row=prepared, upstream=fingerprint_of(prepared)))
+        return items
+
+    def compute(self, prepared: list) -> list:
+        from pbi_ml.instruct import InstructionChecker, class_instruction, make_instruction_writer, ref_instruction
+
+        if self._writer is None:
+            self._writer = make_instruction_writer(self.config)
+        if self.config.check and self._checker is None:
+            self._checker = InstructionChecker(self.config)
+        descs = [row["description"] for row in prepared]
+        categories = [row["category"] for row in prepared]
         with_desc = [i for i, d in enumerate(descs) if d]
-        raw: list[str | None] = [None] * len(batch)
+        raw: list[str | None] = [None] * len(prepared)
         if with_desc:
-            answers = writer.rewrite(
-                [descs[i] for i in with_desc],
-                [categories[i] for i in with_desc],
-                [batch[i]["pair_id"] for i in with_desc],
+            answers = self._writer.rewrite(
+                [descs[i] for i in with_desc], [categories[i] for i in with_desc], [prepared[i]["pair_id"] for i in with_desc]
             )
             for i, answer in zip(with_desc, answers):
                 raw[i] = (answer or "").strip() or None
-        checks: list = [None] * len(batch)
-        if checker is not None:
-            idx = [i for i in range(len(batch)) if raw[i]]
+        checks: list = [None] * len(prepared)
+        if self._checker is not None:
+            idx = [i for i in range(len(prepared)) if raw[i]]
             if idx:
-                results = checker.check(
+                results = self._checker.check(
                     [raw[i] for i in idx],
                     [categories[i] for i in idx],
                     [descs[i] for i in idx],
-                    [list(batch[i]["category_synonyms"] or [categories[i]]) for i in idx],
+                    [prepared[i]["synonyms"] for i in idx],
                 )
                 for i, result in zip(idx, results):
                     checks[i] = result
-        for i, row in enumerate(batch):
-            if row["pair_id"] in finished:
-                continue  # computed only to keep the chunk whole
+        out = []
+        for i, row in enumerate(prepared):
             template = class_instruction(row["category"])
+            check = checks[i]
             if not descs[i]:
                 status, final, similarity = "no_description", template, None
             elif not raw[i]:
                 status, final, similarity = "empty_instruction", template, None
-            elif checks[i] is None:
-                status, final, similarity = "passed" if not config.check else "not_checked", raw[i], None
-            elif checks[i].ok:  # a pass with a reason = passed the lexical test only (no embedding model)
-                status = f"passed:{checks[i].reason}" if checks[i].reason else "passed"
-                final, similarity = raw[i], checks[i].similarity
+            elif check is None:
+                status, final, similarity = "passed" if not self.config.check else "not_checked", raw[i], None
+            elif check.ok:  # a pass with a reason = passed the lexical test only (no embedding model)
+                status = f"passed:{check.reason}" if check.reason else "passed"
+                final, similarity = raw[i], check.similarity
             else:
-                status, final, similarity = checks[i].reason or "rejected", template, checks[i].similarity
-            ref_list = refs.get(str(row["annotation_id"])) or []
-            record = {
-                "config_id": config_id,
-                "description": descs[i],
-                "instruction_class": template,
-                "instruction_vlm_llm": final,
-                "instruction_vlm_llm_raw": raw[i],
-                "instruction_ref": ref_instruction(ref_list[0]) if ref_list else "",
-                "instruction_check": status,
-                "instruction_check_similarity": similarity,
-            }
-            storage.write_item_record(STAGE, source.name, shard, row["annotation_id"], record)
-            done[row["pair_id"]] = record
-        reporter.advance(sum(1 for row in batch if row["pair_id"] not in finished))
+                status, final, similarity = check.reason or "rejected", template, check.similarity
+            out.append(
+                {
+                    "instruction_class": template,
+                    "instruction_vlm_llm": final,
+                    "instruction_vlm_llm_raw": raw[i],
+                    "instruction_ref": ref_instruction(row["refs"][0]) if row["refs"] else "",
+                    "instruction_check": status,
+                    "instruction_check_similarity": similarity,
+                }
+            )
+        return out
 
-    rows = []
-    for row in pairs:
-        record = done[row["pair_id"]]
-        rows.append(
-            {
-                **{
-                    k: row[k]
-                    for k in ("pair_id", "source", "shard", "image_id", "annotation_id", "category", "object_location")
-                },
-                **{
-                    k: record[k]
-                    for k in (
-                        "instruction_class",
-                        "instruction_vlm_llm",
-                        "instruction_vlm_llm_raw",
-                        "instruction_ref",
-                        "instruction_check",
-                        "instruction_check_similarity",
-                    )
-                },
-                "instruct_backend": config.backend,
-            }
-        )
-    table = table_from_records(rows, INSTRUCTION_SCHEMA)
-    path = storage.write_table(STAGE, source.name, shard, table)
-    counts = {"pairs": len(rows), "computed_this_run": len(todo)}
-    for r in rows:
-        key = f"check_{r['instruction_check']}"
-        counts[key] = counts.get(key, 0) + 1
-    counts["with_ref"] = sum(1 for r in rows if r["instruction_ref"])
-    return StageResult(table=table, path=path, counts=counts)
+    def write(self, item: StageItem, result: dict, directory: Path) -> ItemOutput:
+        return ItemOutput(data=result)
+
+    def _base(self, item: StageItem, record: dict) -> dict:
+        return {
+            **{k: item.row[k] for k in PAIR_FIELDS},
+            "instruct_backend": self.config.backend,
+            "status": record["status"],
+            "error": record["error"],
+        }
+
+    def rows(self, item: StageItem, record: dict) -> list[dict]:
+        return [{**self._base(item, record), **{k: record["data"][k] for k in INSTRUCTION_FIELDS}}]
+
+    def failed_rows(self, item: StageItem, record: dict) -> list[dict]:
+        return [self._base(item, record)]
+
+    def counts(self, rows: list[dict]) -> dict:
+        counts = {"pairs": len(rows), "with_ref": sum(1 for r in rows if r.get("instruction_ref"))}
+        for r in rows:
+            key = f"check_{r.get('instruction_check')}"
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+
+def run_instructions(
+    storage: Storage,
+    source: SourceConfig,
+    shard: str,
+    config: InstructConfig,
+    *,
+    progress: Progress | None = None,
+    writer=None,
+    checker=None,
+) -> StageResult:
+    """Write the instructions of one partition; writes tables/instructions/<source>/<shard>.parquet."""
+    stage = InstructionStage(storage, source, shard, config, writer, checker)
+    return run_item_stage(storage, stage, source.name, shard, progress)

@@ -2,47 +2,126 @@
 
 One row per removal candidate with the SPEC's three filters (consensus across candidates, removal
 verification against the class, importance of the edit), `passed`, `reject_reason` and `chosen`
-(at most one per object: the passing candidate with the lowest removal score). Objects are scored
-in batches and recorded one by one, so a crash loses nothing already scored.
+(at most one per object: the passing candidate with the lowest removal score). Every object with
+an ok removal enters; one whose original, mask or removal PNGs cannot be read gets one failed row
+with the reason. Runs through the item-stage mechanism (`item_stage.py`): chunks of `batch_size`
+objects, whatever K is.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-
-import pyarrow as pa
+from pathlib import Path
 
 from pbi_ml.config import ScoringConfig, SourceConfig
-from pbi_ml.errors import ItemError
-from pbi_ml.imageio import load_rgb, load_rgb_path
-from pbi_ml.masks import dilate
-from pbi_ml.sources import decode_mask
-from pbi_ml.stages.common import Progress, ProgressReporter, StageResult, chunks_to_run, fingerprint
-from pbi_ml.storage import Storage, table_from_records
+from pbi_ml.imageio import load_rgb_path
+from pbi_ml.masks import dilate, load_image_and_mask
+from pbi_ml.stages.common import Progress, StageResult, fingerprint
+from pbi_ml.stages.item_stage import ItemOutput, ItemStage, StageItem, fingerprint_of, run_item_stage
+from pbi_ml.stages.removals import INSTANCE_FIELDS, OBJECT_FIELDS, instance_inputs
+from pbi_ml.storage import Storage
+from pbi_ml.tables import CANDIDATES, REMOVAL_SCORES, REMOVALS
 
-STAGE = "removal_scores"
+# what a candidate's scores depend on, from its removals row
+REMOVAL_FIELDS = ("candidate", "method", "removal_image", "dilation_px", "config_id", "output_digest")
+CANDIDATE_FIELDS = ("source", "shard", "image_id", "annotation_id", "category", "candidate", "method", "removal_image")
 
 
-def score_schema() -> pa.Schema:
-    from pbi_ml.scoring import SCORE_FIELDS
+class ScoreStage(ItemStage):
+    table = REMOVAL_SCORES
 
-    return pa.schema(
-        [
-            ("source", pa.string()),
-            ("shard", pa.string()),
-            ("image_id", pa.string()),
-            ("annotation_id", pa.string()),
-            ("category", pa.string()),
-            ("candidate", pa.int32()),
-            ("method", pa.string()),
-            ("removal_image", pa.string()),
-            *SCORE_FIELDS,
-            ("scoring_backend", pa.string()),
-            ("passed", pa.bool_()),
-            ("reject_reason", pa.string()),
-            ("chosen", pa.bool_()),
+    def __init__(self, storage: Storage, source: SourceConfig, shard: str, config: ScoringConfig):
+        self.storage, self.source, self.shard, self.config = storage, source, shard, config
+        self.batch_size = config.batch_size
+        self.config_id = fingerprint(config, exclude=("batch_size", "device"))
+
+    def items(self) -> list[StageItem]:
+        removals = self.storage.read_table(REMOVALS, self.source.name, self.shard).to_pylist()
+        candidates = {
+            r["annotation_id"]: r for r in self.storage.read_table(CANDIDATES, self.source.name, self.shard).to_pylist()
+        }
+        by_object: dict[str, list[dict]] = defaultdict(list)
+        for row in removals:
+            if row["status"] == "ok":
+                by_object[row["annotation_id"]].append(row)
+        items = []
+        for ann_id, rows in by_object.items():  # in the removals table's (fixed) order
+            rows.sort(key=lambda r: r["candidate"])
+            instance = candidates[ann_id]
+            items.append(
+                StageItem(
+                    key=ann_id,
+                    row={"instance": instance, "removals": rows},
+                    upstream=fingerprint_of(
+                        {k: instance.get(k) for k in INSTANCE_FIELDS}, [{k: r[k] for k in REMOVAL_FIELDS} for r in rows]
+                    ),
+                    input_files=(*instance_inputs(self.source, instance), *(r["removal_image"] for r in rows)),
+                )
+            )
+        return items
+
+    def prepare(self, item: StageItem):
+        from pbi_ml.scoring import ObjectToScore, check_object
+
+        instance, rows = item.row["instance"], item.row["removals"]
+        original, mask = load_image_and_mask(self.source, instance)
+        obj = ObjectToScore(
+            original=original,
+            mask=mask,
+            dilated_mask=dilate(mask, rows[0]["dilation_px"]),
+            candidates=[load_rgb_path(r["removal_image"]) for r in rows],
+            category=instance["category"],
+        )
+        check_object(obj)
+        return obj
+
+    def compute(self, prepared: list) -> list:
+        from pbi_ml.scoring import score_objects
+
+        return score_objects(prepared, self.config)
+
+    def write(self, item: StageItem, result: list[dict], directory: Path) -> ItemOutput:
+        from pbi_ml.scoring import decide
+
+        merged = [{**{k: r[k] for k in CANDIDATE_FIELDS}, **s} for r, s in zip(item.row["removals"], result)]
+        decided = decide(merged, self.config)
+        for row in decided:
+            row["scoring_backend"] = self.config.backend
+            row["status"] = "ok"
+            row["error"] = None
+        return ItemOutput(data={"rows": decided})
+
+    def rows(self, item: StageItem, record: dict) -> list[dict]:
+        return record["data"]["rows"]
+
+    def failed_rows(self, item: StageItem, record: dict) -> list[dict]:
+        instance = item.row["instance"]
+        return [
+            {
+                **{k: instance[k] for k in OBJECT_FIELDS},
+                "candidate": -1,
+                "scoring_backend": self.config.backend,
+                "passed": False,
+                "chosen": False,
+                "status": "failed",
+                "error": record["error"],
+            }
         ]
-    )
+
+    def counts(self, rows: list[dict]) -> dict:
+        objects = {r["annotation_id"] for r in rows if r["status"] == "ok"}
+        chosen = sum(1 for r in rows if r.get("chosen"))
+        counts: dict[str, int] = {
+            "objects_scored": len(objects),
+            "objects_with_a_passing_candidate": chosen,
+            "objects_without_a_passing_candidate": len(objects) - chosen,
+            "candidates": sum(1 for r in rows if r["status"] == "ok"),
+        }
+        for r in rows:
+            if r["status"] == "ok" and not r.get("passed"):
+                for reason in (r.get("reject_reason") or "unknown").split("+"):
+                    counts[f"rejected_{reason}"] = counts.get(f"rejected_{reason}", 0) + 1
+        return counts
 
 
 def run_scores(
@@ -50,106 +129,8 @@ def run_scores(
     source: SourceConfig,
     shard: str,
     config: ScoringConfig,
+    *,
     progress: Progress | None = None,
 ) -> StageResult:
-    from pbi_ml.scoring import ObjectToScore, check_object, decide, score_objects
-
-    removals = storage.read_table("removals", source.name, shard).to_pylist()
-    candidates = {r["annotation_id"]: r for r in storage.read_table("candidates", source.name, shard).to_pylist()}
-    by_object: dict[str, list[dict]] = defaultdict(list)
-    failed_objects: dict[str, str] = {}
-    for row in removals:
-        if row["status"] == "ok":
-            by_object[row["annotation_id"]].append(row)
-        else:
-            failed_objects[row["annotation_id"]] = row["error"]
-    config_id = (
-        fingerprint(config, exclude=("batch_size", "device")) + "-" + (removals[0]["config_id"] if removals else "")
-    )
-
-    done: dict[str, list[dict]] = {}
-    for ann_id in by_object:
-        record = storage.read_item_record(STAGE, source.name, shard, ann_id)
-        if record and record.get("config_id") == config_id:
-            done[ann_id] = record["rows"]
-
-    reporter = ProgressReporter(len(by_object), progress)
-    reporter.advance(len(done))
-    # fixed chunks of objects, recomputed whole, so a resumed run writes the same floats
-    finished = set(done)
-    for batch in chunks_to_run(list(by_object), max(1, config.batch_size // 3), lambda ann_id: ann_id in finished):
-        objects, ids = [], []
-        for ann_id in batch:
-            rows = sorted(by_object[ann_id], key=lambda r: r["candidate"])
-            cand_row = candidates[ann_id]
-            try:
-                mask = decode_mask(cand_row, source)
-                obj = ObjectToScore(
-                    original=load_rgb(source.images, cand_row["image_file"]),
-                    mask=mask,
-                    dilated_mask=dilate(mask, rows[0]["dilation_px"]),
-                    candidates=[load_rgb_path(r["removal_image"]) for r in rows],
-                    category=cand_row["category"],
-                )
-                check_object(obj)
-            except ItemError as exc:
-                if ann_id not in finished:
-                    failed_objects[ann_id] = exc.reason
-                continue
-            objects.append(obj)
-            ids.append(ann_id)
-        if objects:
-            scored = score_objects(objects, config)
-            for ann_id, score_rows in zip(ids, scored):
-                if ann_id in finished:
-                    continue  # computed only to keep the chunk whole
-                rows = sorted(by_object[ann_id], key=lambda r: r["candidate"])
-                merged = [
-                    {
-                        **{
-                            k: r[k]
-                            for k in (
-                                "source",
-                                "shard",
-                                "image_id",
-                                "annotation_id",
-                                "category",
-                                "candidate",
-                                "method",
-                                "removal_image",
-                            )
-                        },
-                        **s,
-                    }
-                    for r, s in zip(rows, score_rows)
-                ]
-                decided = decide(merged, config)
-                for row in decided:
-                    row["scoring_backend"] = config.backend
-                done[ann_id] = decided
-                storage.write_item_record(STAGE, source.name, shard, ann_id, {"config_id": config_id, "rows": decided})
-        reporter.advance(sum(1 for ann_id in batch if ann_id not in finished))
-
-    schema = score_schema()
-    rows = [row for ann_id in sorted(done, key=_natural) for row in done[ann_id]]
-    table = table_from_records(rows, schema)
-    path = storage.write_table(STAGE, source.name, shard, table)
-    chosen = sum(1 for r in rows if r.get("chosen"))
-    reasons: dict[str, int] = defaultdict(int)
-    for r in rows:
-        if not r.get("passed"):
-            for reason in (r.get("reject_reason") or "unknown").split("+"):
-                reasons[f"rejected_{reason}"] += 1
-    counts = {
-        "objects_scored": len(done),
-        "objects_with_a_passing_candidate": chosen,
-        "objects_without_a_passing_candidate": len(done) - chosen,
-        "objects_failed": len(failed_objects),
-        "candidates": len(rows),
-        **reasons,
-    }
-    return StageResult(table=table, path=path, counts=counts)
-
-
-def _natural(value: str):
-    return (0, int(value), "") if value.isdigit() else (1, 0, value)
+    """Score the removal candidates of one partition; writes tables/removal_scores/<source>/<shard>.parquet."""
+    return run_item_stage(storage, ScoreStage(storage, source, shard, config), source.name, shard, progress)

@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import pyarrow.compute as pc
 
-from pbi_ml.config import SourceConfig
-from pbi_ml.stages.common import StageResult
+from pbi_ml.config import SourceConfig, SourceIndexConfig
+from pbi_ml.stages.common import Progress, StageResult
 from pbi_ml.storage import Storage
+from pbi_ml.tables import SOURCE_INDEX
 
-STAGE = "source_index"
 
-
-def run_source_index(storage: Storage, source: SourceConfig, shard: str, num_shards: int) -> StageResult:
+def run_source_index(
+    storage: Storage, source: SourceConfig, shard: str, config: SourceIndexConfig, *, progress: Progress | None = None
+) -> StageResult:
     """Parse (or reuse the cached parse of) the source's annotations and keep this shard's rows."""
     from pbi_ml.sources import shard_index
 
-    table = shard_index(source, shard, num_shards, storage)
-    path = storage.write_table(STAGE, source.name, shard, table)
+    table = shard_index(source, shard, config.num_shards, storage)
+    path = storage.write_table(SOURCE_INDEX, source.name, shard, table)
     counts = {
         "images": len(pc.unique(table.column("image_id"))) if table.num_rows else 0,
         "instances": table.num_rows,
         "classes": len(pc.unique(table.column("category"))) if table.num_rows else 0,
         "instances_with_index_error": int(table.column("index_error").is_valid().to_numpy(zero_copy_only=False).sum()),
     }
+    if progress:
+        progress(table.num_rows, table.num_rows)
     return StageResult(table=table, path=path, counts=counts)

@@ -1,34 +1,25 @@
-"""The splits stage: train or test for every pair of the partition."""
+"""The splits stage: train or test for every ok pair of the partition."""
 
 from __future__ import annotations
 
-import pyarrow as pa
-
-from pbi_ml.config import ProjectConfig, SplitConfig
+from pbi_ml.config import ProjectConfig, SourceConfig, SplitConfig
 from pbi_ml.splits import assign_split, test_image_ids
-from pbi_ml.stages.common import StageResult
+from pbi_ml.stages.common import Progress, StageResult, ok_pairs
 from pbi_ml.storage import Storage, table_from_records
-
-STAGE = "splits"
-
-SPLIT_SCHEMA = pa.schema(
-    [
-        ("pair_id", pa.string()),
-        ("source", pa.string()),
-        ("shard", pa.string()),
-        ("image_id", pa.string()),
-        ("annotation_id", pa.string()),
-        ("split", pa.string()),
-        ("split_rule", pa.string()),  # test_source | image_in_a_test_source | hash
-    ]
-)
+from pbi_ml.tables import SPLITS
 
 
 def run_splits(
-    storage: Storage, project: ProjectConfig, source_name: str, shard: str, config: SplitConfig
+    storage: Storage,
+    source: SourceConfig,
+    shard: str,
+    config: SplitConfig,
+    *,
+    project: ProjectConfig,
+    progress: Progress | None = None,
 ) -> StageResult:
-    source = project.source(source_name)
-    pairs = storage.read_table("pairs", source_name, shard).to_pylist()
+    """`project` names the role: test sources, whose images are held out of every other source."""
+    pairs = ok_pairs(storage, source.name, shard)
     held_out = test_image_ids(project, storage) if source.role != "test" else set()
     rows = []
     for row in pairs:
@@ -40,11 +31,13 @@ def run_splits(
                 "split_rule": rule,
             }
         )
-    table = table_from_records(rows, SPLIT_SCHEMA)
-    path = storage.write_table(STAGE, source_name, shard, table)
+    table = table_from_records(rows, SPLITS.schema)
+    path = storage.write_table(SPLITS, source.name, shard, table)
     counts = {
         "pairs": len(rows),
         "train": sum(r["split"] == "train" for r in rows),
         "test": sum(r["split"] == "test" for r in rows),
     }
+    if progress:
+        progress(len(rows), len(rows))
     return StageResult(table=table, path=path, counts=counts)

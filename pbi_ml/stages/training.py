@@ -26,8 +26,8 @@ from pbi_ml.catalog import read_view
 from pbi_ml.config import ConfigError, config_from_dict
 from pbi_ml.stages.common import Progress, StageResult
 from pbi_ml.storage import Storage, atomic_write_bytes, table_from_records
+from pbi_ml.tables import CHECKPOINTS, PAIRS, SPLITS
 
-STAGE = "checkpoints"
 RECIPES = ("smoke", "paper")
 SMOKE_OVERRIDES = {
     "init_model": "tiny",
@@ -39,24 +39,7 @@ SMOKE_OVERRIDES = {
     "checkpoint_every": 10,
 }
 
-CHECKPOINT_SCHEMA = pa.schema(
-    [
-        ("checkpoint_id", pa.string()),
-        ("recipe", pa.string()),
-        ("pipeline_dir", pa.string()),
-        ("smoke_model", pa.bool_()),
-        ("train_pairs", pa.int64()),
-        ("train_examples_sources", pa.string()),
-        ("steps", pa.int64()),
-        ("epochs_completed", pa.float64()),
-        ("final_loss", pa.float64()),
-        ("samples_per_second", pa.float64()),
-        ("wall_time_s", pa.float64()),
-        ("resumed_from_step", pa.int64()),
-        ("loss_curve", pa.string()),  # JSON [[step, loss], ...]
-        ("config", pa.string()),  # JSON of the TrainConfig
-    ]
-)
+CHECKPOINT_SCHEMA = CHECKPOINTS.schema
 
 
 def train_config_for(values: dict):
@@ -76,7 +59,7 @@ def training_examples(storage: Storage) -> list:
     """TrainingExample for every train-split pair of every partition."""
     from pbi_ml.train import TrainingExample
 
-    pairs = read_view(storage, "pairs", where="split = 'train'").to_pylist()
+    pairs = read_view(storage, PAIRS.name, where="split = 'train'").to_pylist()
     examples = []
     for row in sorted(pairs, key=lambda r: r["pair_id"]):
         kinds = tuple(
@@ -95,6 +78,8 @@ def training_examples(storage: Storage) -> list:
                 instructions=kinds,
                 object_location=row["object_location"],
                 key=row["pair_id"],
+                mask=row.get("mask"),
+                edit_mask=row.get("edit_mask"),  # crop: "object" keeps all of it in every crop
             )
         )
     return examples
@@ -122,7 +107,7 @@ def run_training(storage: Storage, values: dict, progress: Progress | None = Non
     if not examples:
         raise ValueError("no train-split pairs with instructions: materialize pairs, instructions and splits first")
     ckpt_id = checkpoint_id(recipe, config, examples)
-    out_dir = storage.global_dir("checkpoints") / ckpt_id
+    out_dir = storage.global_dir(CHECKPOINTS.name) / ckpt_id
     result = train_instruct_pix2pix(examples, config, out_dir, progress=progress)
     row = {
         "checkpoint_id": ckpt_id,
@@ -141,8 +126,8 @@ def run_training(storage: Storage, values: dict, progress: Progress | None = Non
         "config": json.dumps(dataclasses.asdict(config), default=str),
     }
     table = table_from_records([row], CHECKPOINT_SCHEMA)
-    path = storage.write_table(STAGE, recipe, ckpt_id, table)
-    atomic_write_bytes(storage.global_dir("checkpoints") / "LATEST", ckpt_id.encode())
+    path = storage.write_table(CHECKPOINTS, recipe, ckpt_id, table)
+    atomic_write_bytes(storage.global_dir(CHECKPOINTS.name) / "LATEST", ckpt_id.encode())
     counts = {"steps": row["steps"], "train_pairs": row["train_pairs"]}
     return StageResult(
         table=table, path=path, counts=counts, extra={"result": result, "checkpoint_id": ckpt_id, "recipe": recipe}
@@ -151,11 +136,11 @@ def run_training(storage: Storage, values: dict, progress: Progress | None = Non
 
 def latest_checkpoint(storage: Storage) -> dict:
     """The checkpoints-table row of the most recent training run."""
-    marker = storage.global_dir("checkpoints") / "LATEST"
+    marker = storage.global_dir(CHECKPOINTS.name) / "LATEST"
     if not marker.exists():
         raise FileNotFoundError(f"{marker}: no checkpoint yet; materialize `checkpoint` first")
     ckpt_id = marker.read_text().strip()
-    rows = read_view(storage, "checkpoints", where=f"checkpoint_id = '{ckpt_id}'").to_pylist()
+    rows = read_view(storage, CHECKPOINTS.name, where=f"checkpoint_id = '{ckpt_id}'").to_pylist()
     if not rows:
         raise FileNotFoundError(f"checkpoint {ckpt_id} is not in tables/checkpoints")
     return rows[0]
@@ -170,7 +155,7 @@ def last_train_pair_count(storage: Storage) -> int | None:
 
 
 def current_train_pair_count(storage: Storage) -> int:
-    return read_view(storage, "splits", where="split = 'train'").num_rows
+    return read_view(storage, SPLITS.name, where="split = 'train'").num_rows
 
 
 def loss_curve_of(path: Path) -> list:

@@ -1,0 +1,291 @@
+"""The one resumable item-stage mechanism: every per-item stage runs through `run_item_stage`.
+
+A stage (removals, removal_scores, pairs, descriptions, instructions) says only
+
+    items()            the partition's items, in a fixed order: a key, the upstream rows the item
+                       needs, a fingerprint of those rows, and the files preparing it reads
+    prepare(item)      load and validate one item's inputs (raise ItemError: that item fails)
+    compute(prepared)  one batch through the model; per item a result, or an ItemError
+    write(item, result, directory)   the item's output files and data
+    rows(item, record) / failed_rows(item, reason)   the table rows of a finished item
+
+and this module owns everything else, the same way for all of them:
+
+- The item record (items/<table>/<source>/<shard>/<key>.json) marks an item finished. It holds
+  the stage's config id, the item's upstream fingerprint, the status and reason, the digest of
+  every output file, and the stage's data. A finished item is TRUSTED only when its config id
+  and upstream fingerprint still match and
+    ok:      every output file is still there with the digest it was written with (a missing or
+             corrupted file makes the item run again);
+    failed:  the files it failed on are unchanged (size and mtime): fix or regenerate an input
+             and the item is retried.
+  A changed upstream item (re-removed, re-described) so redoes exactly its dependent items.
+- Fixed chunks recomputed whole: the items are cut every `batch_size` items (counted in items,
+  whatever the number of images per item), and a chunk with any unfinished item is computed
+  whole, dropping the results of its finished items. A model's output can depend on what else
+  shares its batch, so this is what makes a resumed run write the bytes of an uninterrupted one
+  (at the cost of at most batch_size - 1 extra items per crash).
+- Every item that enters the stage leaves rows in the table: ok, or failed with a reason code.
+- Progress (done, total) at most every few seconds; metadata samples that never fail the stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pbi_ml.errors import ItemError
+from pbi_ml.stages.common import Progress, ProgressReporter, StageResult, chunks_to_run
+from pbi_ml.storage import Storage, file_digest, table_from_records
+from pbi_ml.tables import TableSpec
+
+RECORD_VERSION = 2  # records written by older code are not trusted (they are recomputed once)
+MAX_SAMPLES = 4  # preview images per stage run (thumbnails in the metadata)
+
+
+def fingerprint_of(*values: Any) -> str:
+    """A short stable digest of JSON-serialisable values (rows, texts, lists)."""
+    blob = json.dumps(values, sort_keys=True, default=str).encode()
+    return hashlib.blake2b(blob, digest_size=8).hexdigest()
+
+
+@dataclass
+class StageItem:
+    """One unit of work. `key` is unique within the partition; `row` carries what the stage
+    needs; `upstream` fingerprints the upstream rows it depends on; `input_files` are the files
+    `prepare` reads (a failed item is retried when one of them changes)."""
+
+    key: str
+    row: dict
+    upstream: str
+    input_files: tuple[str, ...] = ()
+
+
+@dataclass
+class ItemOutput:
+    """What `write` made for one item: output files (name -> path under the data root) and
+    JSON-serialisable data for its rows."""
+
+    files: dict[str, Path] = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+
+
+class ItemStage:
+    """What one per-item stage provides. Subclasses set `table`, `batch_size` and `config_id`."""
+
+    table: TableSpec
+    batch_size: int = 1
+    config_id: str = ""
+
+    def items(self) -> list[StageItem]:
+        raise NotImplementedError
+
+    def prepare(self, item: StageItem) -> Any:
+        return item.row
+
+    def compute(self, prepared: list[Any]) -> list[Any]:
+        return prepared
+
+    def write(self, item: StageItem, result: Any, directory: Path) -> ItemOutput:
+        raise NotImplementedError
+
+    def rows(self, item: StageItem, record: dict) -> list[dict]:
+        raise NotImplementedError
+
+    def failed_rows(self, item: StageItem, record: dict) -> list[dict]:
+        raise NotImplementedError
+
+    def sample(self, item: StageItem, record: dict) -> list[tuple[str, np.ndarray]]:
+        """(caption, image) previews of one finished item for the metadata."""
+        return []
+
+    def counts(self, rows: list[dict]) -> dict[str, int | float]:
+        return {}
+
+
+def input_signature(paths: tuple[str, ...]) -> list:
+    """(path, size, mtime_ns) of each input file; (path, None, None) for a missing one."""
+    signature = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            signature.append([str(path), st.st_size, st.st_mtime_ns])
+        except OSError:
+            signature.append([str(path), None, None])
+    return signature
+
+
+class ItemRecords:
+    """The finished-item records of one stage and partition."""
+
+    def __init__(self, storage: Storage, stage: ItemStage, source: str, shard: str):
+        self.storage = storage
+        self.stage = stage
+        self.source = source
+        self.shard = shard
+
+    def read(self, item: StageItem) -> dict | None:
+        record = self.storage.read_item_record(self.stage.table, self.source, self.shard, item.key)
+        if record is None or record.get("version") != RECORD_VERSION or record.get("key") != item.key:
+            return None  # absent, from older code, or another key that maps to the same file name
+        return record
+
+    def trusted(self, item: StageItem, record: dict | None) -> bool:
+        if record is None:
+            return False
+        if record.get("config_id") != self.stage.config_id or record.get("upstream") != item.upstream:
+            return False
+        if record["status"] == "ok":
+            return self.outputs_intact(record)
+        return record.get("inputs") == input_signature(item.input_files)
+
+    def outputs_intact(self, record: dict) -> bool:
+        root = self.storage.root
+        return all(file_digest(root / f["path"]) == f["digest"] for f in record.get("files", {}).values())
+
+    def write_ok(self, item: StageItem, output: ItemOutput) -> dict:
+        files = {}
+        for name, path in sorted(output.files.items()):
+            path = Path(path)
+            digest = file_digest(path)
+            if digest is None:
+                raise OSError(f"{path}: written but not readable")
+            files[name] = {"path": str(path.relative_to(self.storage.root)), "digest": digest}
+        record = self._base(item, "ok")
+        record.update(
+            files=files,
+            output_digest=fingerprint_of(files) if files else None,
+            data=output.data,
+        )
+        return self._save(item, record)
+
+    def write_failed(self, item: StageItem, exc: ItemError) -> dict:
+        record = self._base(item, "failed")
+        record.update(
+            error=exc.reason,
+            detail=str(exc.detail)[:500],
+            inputs=input_signature(item.input_files),
+            files={},
+            output_digest=None,
+            data={},
+        )
+        return self._save(item, record)
+
+    def _base(self, item: StageItem, status: str) -> dict:
+        return {
+            "version": RECORD_VERSION,
+            "key": item.key,
+            "config_id": self.stage.config_id,
+            "upstream": item.upstream,
+            "status": status,
+            "error": None,
+        }
+
+    def _save(self, item: StageItem, record: dict) -> dict:
+        self.storage.write_item_record(self.stage.table, self.source, self.shard, item.key, record)
+        return record
+
+
+def absolute_files(storage: Storage, record: dict) -> dict[str, str]:
+    """name -> absolute path of a finished record's output files."""
+    return {name: str(storage.root / f["path"]) for name, f in record.get("files", {}).items()}
+
+
+def run_item_stage(
+    storage: Storage,
+    stage: ItemStage,
+    source: str,
+    shard: str,
+    progress: Progress | None = None,
+) -> StageResult:
+    """Run one per-item stage over one partition (see the module docstring); writes its table."""
+    storage.sweep_stale_temp_files(source, shard)
+    items = stage.items()
+    keys = [item.key for item in items]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"{stage.table.name}: item keys are not unique in {source}/{shard}")
+    records = ItemRecords(storage, stage, source, shard)
+
+    done: dict[str, dict] = {}
+    for item in items:
+        record = records.read(item)
+        if records.trusted(item, record):
+            done[item.key] = record  # type: ignore[assignment]
+    finished = set(done)  # a snapshot: what was finished before this run
+
+    reporter = ProgressReporter(len(items), progress)
+    reporter.advance(len(finished))
+    recomputed = 0
+    for chunk in chunks_to_run(items, stage.batch_size, lambda item: item.key in finished):
+        ready, prepared = [], []
+        for item in chunk:
+            try:
+                prepared.append(stage.prepare(item))
+                ready.append(item)
+            except ItemError as exc:
+                if item.key not in finished:
+                    done[item.key] = records.write_failed(item, exc)
+        results = stage.compute(prepared) if prepared else []
+        if len(results) != len(ready):
+            raise RuntimeError(f"{stage.table.name}: compute returned {len(results)} results for {len(ready)} items")
+        for item, result in zip(ready, results):
+            if item.key in finished:
+                recomputed += 1  # computed only to keep the chunk whole
+                continue
+            if isinstance(result, ItemError):
+                done[item.key] = records.write_failed(item, result)
+                continue
+            try:
+                output = stage.write(item, result, storage.file_dir(stage.table, source, shard, item.key))
+            except ItemError as exc:
+                done[item.key] = records.write_failed(item, exc)
+                continue
+            done[item.key] = records.write_ok(item, output)
+        reporter.advance(sum(1 for item in chunk if item.key not in finished))
+
+    rows: list[dict] = []
+    failures: dict[str, int] = {}
+    for item in items:
+        record = done[item.key]
+        if record["status"] == "ok":
+            rows.extend(stage.rows(item, record))
+        else:
+            failures[record["error"]] = failures.get(record["error"], 0) + 1
+            rows.extend(stage.failed_rows(item, record))
+    table = table_from_records(rows, stage.table.schema)
+    path = storage.write_table(stage.table, source, shard, table)
+
+    ok = sum(1 for record in done.values() if record["status"] == "ok")
+    counts: dict[str, int | float] = {
+        "items": len(items),
+        "items_ok": ok,
+        "items_failed": len(items) - ok,
+        "items_computed_this_run": len(items) - len(finished),
+        "items_recomputed_to_keep_chunks_whole": recomputed,
+        **{f"failed_{reason}": n for reason, n in sorted(failures.items())},
+        **stage.counts(rows),
+    }
+    return StageResult(table=table, path=path, counts=counts, samples=_samples(stage, items, done))
+
+
+def _samples(stage: ItemStage, items: list[StageItem], done: dict[str, dict]) -> list[tuple[str, np.ndarray]]:
+    """A few preview images for the metadata. Never fails the stage: an unreadable file (a disk
+    hiccup after the item was verified) just gives no sample."""
+    samples = []
+    for item in items:
+        if len(samples) >= MAX_SAMPLES:
+            break
+        record = done[item.key]
+        if record["status"] != "ok":
+            continue
+        try:
+            samples.extend(stage.sample(item, record))
+        except (ItemError, OSError, ValueError):
+            continue
+    return samples[:MAX_SAMPLES]

@@ -1,0 +1,305 @@
+"""Every stage table, declared once: its name, its Arrow schema and its key columns.
+
+A leaf module: the stages write these tables, the catalog builds a view over each, and neither
+imports the other for it. Nowhere else spells a table name as a string literal.
+
+Item-stage tables (removals, removal_scores, pairs, descriptions, instructions) have one row per
+item that entered the stage (one per removal candidate for removals and removal_scores), with
+`status` "ok" or "failed" and, when failed, `error` = a reason code from `pbi_ml.reasons`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One stage table. `partitioned` tables live at tables/<name>/<source>/<shard>.parquet."""
+
+    name: str
+    schema: pa.Schema
+    key: tuple[str, ...]
+    partitioned: bool = True
+    description: str = ""
+
+
+# the filter-score columns (definitions in pbi_ml/scoring/base.py)
+STATS_COLUMNS = ["stats_consensus_std", "stats_boundary_contrast", "stats_change", "stats_texture_ratio"]
+CLIP_COLUMNS = ["clip_consensus_std", "clip_removal_sim", "clip_removal_sim_before", "clip_importance_sim"]
+SCORE_COLUMNS = [*STATS_COLUMNS, *CLIP_COLUMNS, "clip_null_reason"]
+SCORE_FIELDS = [
+    *[pa.field(name, pa.float64()) for name in STATS_COLUMNS],
+    *[pa.field(name, pa.float64()) for name in CLIP_COLUMNS],
+    pa.field("clip_null_reason", pa.string()),
+]
+
+# the normalised instance index every source reader produces (pbi_ml/sources/base.py)
+INDEX_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),
+        ("shard", pa.string()),  # "000" .. shard_key(num_shards - 1)
+        ("image_id", pa.string()),
+        ("annotation_id", pa.string()),
+        ("category", pa.string()),  # human-readable class name ("cat", "coffee cup")
+        ("category_id", pa.string()),  # the source's own id ("17", "/m/01yrx")
+        ("category_frequency", pa.string()),  # LVIS "r" / "c" / "f"; null elsewhere
+        ("category_synonyms", pa.list_(pa.string())),  # LVIS synonyms; [category] elsewhere
+        ("category_not_exhaustive", pa.bool_()),  # LVIS: class listed in the image's not_exhaustive_category_ids
+        ("image_file", pa.string()),  # relative to the source's images root, as annotated
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("bbox_x", pa.float64()),
+        ("bbox_y", pa.float64()),
+        ("bbox_w", pa.float64()),
+        ("bbox_h", pa.float64()),
+        ("area", pa.float64()),  # mask area in pixels (0 for a degenerate mask)
+        ("iscrowd", pa.bool_()),
+        ("segmentation", pa.string()),  # JSON: [[x,y,...], ...] or {"size": [h, w], "counts": ...}
+        ("mask_file", pa.string()),  # Open Images: relative to the masks root
+        ("index_error", pa.string()),  # null, or why this annotation's mask is unusable
+    ]
+)
+
+_STATUS = [
+    ("status", pa.string()),  # "ok" or "failed"
+    ("error", pa.string()),  # reason code (pbi_ml.reasons) when failed
+]
+
+SOURCE_INDEX = TableSpec(
+    "source_index",
+    INDEX_SCHEMA,
+    key=("source", "annotation_id"),
+    description="every annotated instance of the source, normalised",
+)
+
+CANDIDATES = TableSpec(
+    "candidates",
+    pa.schema(
+        list(INDEX_SCHEMA)
+        + [
+            pa.field("area_fraction", pa.float64()),
+            pa.field("kept", pa.bool_()),
+            pa.field("reject_reason", pa.string()),
+        ]
+    ),
+    key=("source", "annotation_id"),
+    description="every instance, kept or rejected by the pre-removal filters with its reason",
+)
+
+REMOVALS = TableSpec(
+    "removals",
+    pa.schema(
+        [
+            ("source", pa.string()),
+            ("shard", pa.string()),
+            ("image_id", pa.string()),
+            ("annotation_id", pa.string()),
+            ("category", pa.string()),
+            ("candidate", pa.int32()),  # 0..K-1; -1 on the row of an object that failed
+            ("method", pa.string()),  # e.g. "telea r=3", "sd seed=1"
+            ("removal_image", pa.string()),  # absolute path of the inpainted PNG
+            *_STATUS,
+            ("backend", pa.string()),
+            ("dilation_px", pa.int32()),  # the dilation the removal used (scores and pairs reuse it)
+            ("config_id", pa.string()),
+            ("output_digest", pa.string()),  # digest of the object's K PNGs (what downstream depends on)
+        ]
+    ),
+    key=("source", "annotation_id", "candidate"),
+    description="K inpainted candidates per kept object, or one failed row with the reason",
+)
+
+REMOVAL_SCORES = TableSpec(
+    "removal_scores",
+    pa.schema(
+        [
+            ("source", pa.string()),
+            ("shard", pa.string()),
+            ("image_id", pa.string()),
+            ("annotation_id", pa.string()),
+            ("category", pa.string()),
+            ("candidate", pa.int32()),  # -1 on the row of an object that failed
+            ("method", pa.string()),
+            ("removal_image", pa.string()),
+            *SCORE_FIELDS,
+            ("scoring_backend", pa.string()),
+            ("passed", pa.bool_()),
+            ("reject_reason", pa.string()),
+            ("chosen", pa.bool_()),
+            *_STATUS,
+        ]
+    ),
+    key=("source", "annotation_id", "candidate"),
+    description="the filter scores of every removal candidate, passed / reject_reason / chosen",
+)
+
+PAIRS = TableSpec(
+    "pairs",
+    pa.schema(
+        [
+            ("pair_id", pa.string()),
+            ("source", pa.string()),
+            ("shard", pa.string()),
+            ("image_id", pa.string()),
+            ("annotation_id", pa.string()),
+            ("category", pa.string()),
+            ("category_id", pa.string()),
+            ("category_synonyms", pa.list_(pa.string())),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("bbox_x", pa.float64()),
+            ("bbox_y", pa.float64()),
+            ("bbox_w", pa.float64()),
+            ("bbox_h", pa.float64()),
+            ("area_fraction", pa.float64()),
+            ("object_location", pa.string()),
+            ("source_image", pa.string()),  # object removed (model input)
+            ("target_image", pa.string()),  # original photo (model target)
+            ("mask", pa.string()),
+            ("edit_mask", pa.string()),
+            ("candidate", pa.int32()),
+            ("method", pa.string()),
+            ("removal_backend", pa.string()),
+            ("scoring_backend", pa.string()),
+            *SCORE_FIELDS,
+            *_STATUS,
+            ("output_digest", pa.string()),  # digest of the pair's four PNGs
+        ]
+    ),
+    key=("pair_id",),
+    description="one object-removal pair per object with a chosen candidate (or a failed row)",
+)
+
+DESCRIPTIONS = TableSpec(
+    "descriptions",
+    pa.schema(
+        [
+            ("pair_id", pa.string()),
+            ("source", pa.string()),
+            ("shard", pa.string()),
+            ("annotation_id", pa.string()),
+            ("category", pa.string()),
+            ("description", pa.string()),  # null when the pair failed (see error)
+            ("describe_backend", pa.string()),
+            ("describe_model", pa.string()),
+            *_STATUS,
+        ]
+    ),
+    key=("pair_id",),
+    description="what each removed object looks like, one text per ok pair",
+)
+
+INSTRUCTIONS = TableSpec(
+    "instructions",
+    pa.schema(
+        [
+            ("pair_id", pa.string()),
+            ("source", pa.string()),
+            ("shard", pa.string()),
+            ("image_id", pa.string()),
+            ("annotation_id", pa.string()),
+            ("category", pa.string()),
+            ("object_location", pa.string()),
+            ("instruction_class", pa.string()),
+            ("instruction_vlm_llm", pa.string()),
+            ("instruction_vlm_llm_raw", pa.string()),
+            ("instruction_ref", pa.string()),
+            ("instruction_check", pa.string()),  # "passed", or why the rewrite was replaced
+            ("instruction_check_similarity", pa.float64()),
+            ("instruct_backend", pa.string()),
+            *_STATUS,
+        ]
+    ),
+    key=("pair_id",),
+    description="three kinds of 'add' instruction per ok pair",
+)
+
+SPLITS = TableSpec(
+    "splits",
+    pa.schema(
+        [
+            ("pair_id", pa.string()),
+            ("source", pa.string()),
+            ("shard", pa.string()),
+            ("image_id", pa.string()),
+            ("annotation_id", pa.string()),
+            ("split", pa.string()),
+            ("split_rule", pa.string()),  # test_source | image_in_a_test_source | hash
+        ]
+    ),
+    key=("pair_id",),
+    description="train or test for every ok pair",
+)
+
+CHECKPOINTS = TableSpec(
+    "checkpoints",
+    pa.schema(
+        [
+            ("checkpoint_id", pa.string()),
+            ("recipe", pa.string()),
+            ("pipeline_dir", pa.string()),
+            ("smoke_model", pa.bool_()),
+            ("train_pairs", pa.int64()),
+            ("train_examples_sources", pa.string()),
+            ("steps", pa.int64()),
+            ("epochs_completed", pa.float64()),
+            ("final_loss", pa.float64()),
+            ("samples_per_second", pa.float64()),
+            ("wall_time_s", pa.float64()),
+            ("resumed_from_step", pa.int64()),
+            ("loss_curve", pa.string()),  # JSON [[step, loss], ...]
+            ("config", pa.string()),  # JSON of the TrainConfig
+        ]
+    ),
+    key=("checkpoint_id",),
+    partitioned=False,
+    description="one row per trained checkpoint",
+)
+
+
+# the evaluation metrics (definitions in pbi_ml/evaluate/metrics.py)
+EVALUATION_METRICS = ("l1", "l2", "clip_i", "clip_t", "dino", "cmmd")
+SAMPLE_METRICS = ("l1", "l2", "clip_i", "clip_t", "dino")
+
+EVALUATIONS = TableSpec(
+    "evaluations",
+    pa.schema(
+        [
+            ("checkpoint_id", pa.string()),
+            ("benchmark", pa.string()),
+            ("n", pa.int64()),
+            *[(m, pa.float64()) for m in EVALUATION_METRICS],
+            *[(f"{m}_null_reason", pa.string()) for m in EVALUATION_METRICS],
+            ("smoke_model", pa.bool_()),
+            ("config", pa.string()),
+        ]
+    ),
+    key=("checkpoint_id", "benchmark"),
+    partitioned=False,
+    description="one row per checkpoint and benchmark",
+)
+
+EVALUATION_SAMPLES = TableSpec(
+    "evaluation_samples",
+    pa.schema(
+        [
+            ("checkpoint_id", pa.string()),
+            ("benchmark", pa.string()),
+            ("sample_id", pa.string()),
+            ("instruction", pa.string()),
+            ("output_image", pa.string()),
+            *[(m, pa.float64()) for m in SAMPLE_METRICS],
+            ("null_reason", pa.string()),
+        ]
+    ),
+    key=("checkpoint_id", "benchmark", "sample_id"),
+    partitioned=False,
+    description="per-sample metrics of each evaluation",
+)
+
+PARTITIONED_TABLES = (SOURCE_INDEX, CANDIDATES, REMOVALS, REMOVAL_SCORES, PAIRS, DESCRIPTIONS, INSTRUCTIONS, SPLITS)
+ALL_TABLES = (*PARTITIONED_TABLES, CHECKPOINTS, EVALUATIONS, EVALUATION_SAMPLES)
