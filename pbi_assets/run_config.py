@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Optional
 
 import dagster as dg
 from pydantic import Field, create_model
@@ -25,7 +24,7 @@ def stage_run_config(name: str, cls, extra: dict | None = None) -> type[dg.Confi
         if typing.get_origin(hint) is tuple:
             hint = list[str]
         default = f.default if f.default is not dataclasses.MISSING else None
-        fields[f.name] = (Optional[hint], Field(default=None, description=f"default: {default!r}"))
+        fields[f.name] = (hint | None, Field(default=None, description=f"default: {default!r}"))
     return create_model(name, __base__=dg.Config, **fields)
 
 
@@ -45,7 +44,7 @@ def _downstream():
     from pbi_ml.train import TrainConfig
 
     recipe = (
-        Optional[str],
+        str | None,
         Field(default=None, description="smoke (default: tiny CPU model) or paper (SPEC's recipe)"),
     )
     return (

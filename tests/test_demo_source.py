@@ -122,6 +122,6 @@ def test_enough_instances_pass_the_default_filters_and_some_do_not(data):
         mx, my = 0.005 * im["width"], 0.005 * im["height"]
         return x >= mx and y >= my and x + w <= im["width"] - mx and y + h <= im["height"] - my
 
-    kept = [a for a, f in zip(data["annotations"], fractions) if 0.005 <= f <= 0.5 and clear_of_border(a)]
+    kept = [a for a, f in zip(data["annotations"], fractions, strict=True) if 0.005 <= f <= 0.5 and clear_of_border(a)]
     assert len(kept) >= 8
     assert len({a["image_id"] for a in kept}) >= 4

@@ -68,7 +68,7 @@ def test_outputs_have_the_working_size_and_are_deterministic(pipeline_dir, batch
     assert all(o.dtype == np.uint8 for o in first)
     assert all(o.std() > 0 for o in first), "a decoded image, not a constant"
     second = generate_edits(pipeline_dir, photos, INSTRUCTIONS, FAST)
-    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
     other_seed = generate_edits(
         pipeline_dir, photos[:1], INSTRUCTIONS[:1], GenerateConfig(num_inference_steps=2, seed=1)
     )
@@ -79,7 +79,7 @@ def test_results_do_not_depend_on_batching(pipeline_dir, batched):
     photos = _photos()
     one_by_one = generate_edits(pipeline_dir, photos, INSTRUCTIONS, GenerateConfig(num_inference_steps=2, batch_size=1))
     alone = generate_edits(pipeline_dir, photos[1:2], INSTRUCTIONS[1:2], FAST)
-    for a, b in zip(batched, one_by_one):
+    for a, b in zip(batched, one_by_one, strict=True):
         assert np.abs(a.astype(int) - b).max() <= 1
     assert np.abs(alone[0].astype(int) - batched[1]).max() <= 1
 

@@ -78,7 +78,7 @@ def test_template_writer_is_deterministic_varied_and_names_the_object():
     )
     assert out[0].endswith("a cat, the cat is orange with white paws")
     assert "a dog" in out[1] and "a red bus" in out[2]
-    assert all(names_object(t, [c]) for t, c in zip(out, ["cat", "dog", "bus"]))
+    assert all(names_object(t, [c]) for t, c in zip(out, ["cat", "dog", "bus"], strict=True))
 
 
 def test_paper_prompt_and_fewshot_file():

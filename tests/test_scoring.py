@@ -275,7 +275,7 @@ def test_clip_backend_scores(tiny_clip):
     # batched across objects == one object at a time; and the same numbers on a second call
     embedder = ClipEmbedder(config_path, checkpoint, device="cpu", batch_size=3)
     alone = score_objects(objects[:1], config, embedder=embedder)[0]
-    for a, b in zip(alone, cat):
+    for a, b in zip(alone, cat, strict=True):
         for c in CLIP_COLUMNS:
             assert a[c] == pytest.approx(b[c], abs=1e-5)
     assert score_objects(objects, config) == scored

@@ -278,7 +278,7 @@ class InstructionChecker:
         sims = self.similarities(
             [texts[i] for i in todo], [reference_text(categories[i], descriptions[i]) for i in todo]
         )
-        similarity: dict[int, float] = dict(zip(todo, sims)) if sims is not None else {}
+        similarity: dict[int, float] = dict(zip(todo, sims, strict=True)) if sims is not None else {}
         results = []
         for i in range(n):
             if not texts[i]:
@@ -305,4 +305,4 @@ def calibration_report(checker: InstructionChecker | None = None) -> list[tuple[
         [p[0] for p in CALIBRATION_PAIRS], [reference_text(p[1], p[2]) for p in CALIBRATION_PAIRS]
     )
     sims = sims if sims is not None else [None] * len(CALIBRATION_PAIRS)
-    return [(p[0], p[1], p[3], s) for p, s in zip(CALIBRATION_PAIRS, sims)]
+    return [(p[0], p[1], p[3], s) for p, s in zip(CALIBRATION_PAIRS, sims, strict=True)]

@@ -124,7 +124,8 @@ class LLMWriter:
         size = self.config.batch_size
         for start in range(0, len(descriptions), size):
             prompts = [
-                self.prompt(d, c) for d, c in zip(descriptions[start : start + size], categories[start : start + size])
+                self.prompt(d, c)
+                for d, c in zip(descriptions[start : start + size], categories[start : start + size], strict=True)
             ]
             out.extend(clean_answer(text) for text in self._generate(prompts))
         return out

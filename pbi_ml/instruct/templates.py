@@ -216,7 +216,7 @@ class TemplateWriter:
         if not (len(descriptions) == len(categories) == len(keys)):
             raise ValueError("rewrite: descriptions, categories and keys must have the same length")
         out: list[str | None] = []
-        for description, category, key in zip(descriptions, categories, keys):
+        for description, category, key in zip(descriptions, categories, keys, strict=True):
             verb, ending = VERB_TEMPLATES[stable_hash(f"{self.seed}|{key}") % len(VERB_TEMPLATES)]
             phrase = description_noun_phrase(description, category)
             out.append(f"{verb} {phrase}" if "," in phrase else f"{verb} {phrase}{ending}")

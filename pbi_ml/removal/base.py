@@ -58,4 +58,4 @@ def check_batch(
         raise ValueError(
             f"inpaint: {len(images)} images, {len(masks)} masks, {len(categories)} categories; lengths must match"
         )
-    return [check_item(image, mask) for image, mask in zip(images, masks)]
+    return [check_item(image, mask) for image, mask in zip(images, masks, strict=True)]

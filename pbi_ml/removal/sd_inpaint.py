@@ -105,7 +105,7 @@ class DiffusersInpainter:
                     [negatives[i] for i, _ in chunk],
                     [self.config.seed + k for _, k in chunk],
                 )
-                for (i, k), out in zip(chunk, outputs):
+                for (i, k), out in zip(chunk, outputs, strict=True):
                     results[i][k] = from_working_size(out, items[i][0].shape[:2])
         return results
 

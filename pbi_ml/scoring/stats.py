@@ -40,7 +40,7 @@ def stats_scores(obj) -> list[dict]:
 
     consensus = consensus_std([c[crop][dilated_c] for c in obj.candidates])
     rows = []
-    for raw, candidate in zip(obj.candidates, candidates):
+    for raw, candidate in zip(obj.candidates, candidates, strict=True):
         rows.append(
             {
                 "stats_consensus_std": consensus,
