@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pbi_ml import reasons
 from pbi_ml.config import CandidateConfig, SourceConfig
 from pbi_ml.errors import ItemError
 from pbi_ml.imageio import check_image
@@ -31,18 +32,7 @@ from pbi_ml.tables import CANDIDATES
 
 CANDIDATE_SCHEMA = CANDIDATES.schema
 
-REJECT_REASONS = (
-    "path_escapes_root",
-    "image_missing",
-    "image_unreadable",
-    "image_size_mismatch",
-    "invalid_mask",
-    "crowd",
-    "excluded_class",
-    "too_small",
-    "too_large",
-    "touches_border",
-)
+REJECT_REASONS = tuple(reasons.CANDIDATE_REASONS)  # in the order the filters apply
 
 
 def image_problems(index: pa.Table, source: SourceConfig) -> dict[str, str]:

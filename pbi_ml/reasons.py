@@ -54,17 +54,19 @@ ITEM_REASONS: dict[str, str] = {
 }
 
 # ---- candidate reasons (candidates.kept = false, reject_reason = <code>)
+IMAGE_SIZE_MISMATCH = "image_size_mismatch"
 CROWD = "crowd"
 EXCLUDED_CLASS = "excluded_class"
 TOO_SMALL = "too_small"
 TOO_LARGE = "too_large"
 TOUCHES_BORDER = "touches_border"
 
-CANDIDATE_REASONS: dict[str, str] = {
-    INVALID_MASK: ITEM_REASONS[INVALID_MASK],
+CANDIDATE_REASONS: dict[str, str] = {  # in the order the filters apply (the first that applies wins)
+    PATH_ESCAPES_ROOT: ITEM_REASONS[PATH_ESCAPES_ROOT],
     IMAGE_MISSING: ITEM_REASONS[IMAGE_MISSING],
     IMAGE_UNREADABLE: ITEM_REASONS[IMAGE_UNREADABLE],
-    PATH_ESCAPES_ROOT: ITEM_REASONS[PATH_ESCAPES_ROOT],
+    IMAGE_SIZE_MISMATCH: "the image file's size differs from the annotated width/height",
+    INVALID_MASK: ITEM_REASONS[INVALID_MASK],
     CROWD: "a crowd annotation (iscrowd = 1), dropped by `drop_crowd`",
     EXCLUDED_CLASS: "the class is in `excluded_classes`",
     TOO_SMALL: "mask area under `min_area_fraction` of the image",
