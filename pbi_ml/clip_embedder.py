@@ -11,12 +11,26 @@ open_clip pretrained tag ("openai", "laion2b_s34b_b79k"; downloaded through the 
 so set HF_HUB_OFFLINE=1 on machines without internet to fail at once), a path to a local
 checkpoint file (`.safetensors`, or a `torch.save`d state dict, loaded with weights_only=True),
 or None for random weights.
+
+Activation. OpenAI's CLIP weights (and every open_clip tag whose pretrained config says
+`quick_gelu: True`) were trained with QuickGELU, x * sigmoid(1.702 x); open_clip's plain names
+("ViT-B-32", "ViT-L-14", "ViT-L-14-336") build nn.GELU and only warn about the mismatch, which
+silently shifts every embedding. `create_open_clip` (the one place PBI builds an open_clip model)
+builds the activation the tag was trained with: `force_quick_gelu=True` when the tag's pretrained
+config (`open_clip.get_pretrained_cfg(name, tag)["quick_gelu"]`) says so and the model config
+does not, and an ActivationMismatchError (a ConfigError) when the model config forces QuickGELU
+on a tag trained with GELU. Should open_clip still report a QuickGELU mismatch (its warning, or
+a log record in versions that log it), the build fails with an ActivationMismatchError instead
+of continuing. A local checkpoint file carries no tag: its activation is the model config's (use
+a `-quickgelu` name, or `"quick_gelu": true` in a config JSON, for OpenAI weights in a file).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +39,10 @@ from pbi_ml.config import resolve_device
 from pbi_ml.errors import ConfigError
 
 _REGISTERED_CONFIGS: dict[str, dict] = {}  # stem -> content of the config JSONs registered here
+
+
+class ActivationMismatchError(ConfigError):
+    """An open_clip model would be built with another activation than its weights were trained with."""
 
 
 def _open_clip_model_name(model_name: str) -> str:
@@ -56,6 +74,76 @@ def _open_clip_model_name(model_name: str) -> str:
     return stem
 
 
+def tag_quick_gelu(model_name: str, pretrained: str | None) -> bool | None:
+    """Whether open_clip's pretrained tag `pretrained` of `model_name` was trained with QuickGELU;
+    None when `pretrained` is not a tag of that model (None, a checkpoint file, an unknown tag)."""
+    import open_clip
+
+    if not pretrained:
+        return None
+    cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
+    if not cfg:
+        return None
+    return bool(cfg.get("quick_gelu", False))
+
+
+class _OpenClipLog(logging.Filter):
+    """Sits on the root logger (open_clip logs through `logging.warning` / `logging.error`) while a
+    model is built: collects QuickGELU mismatch reports, and drops open_clip's ERROR lines about
+    weights it cannot load (the exception that follows carries the same message)."""
+
+    def __init__(self):
+        super().__init__()
+        self.mismatches: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING and "quickgelu" in message.lower().replace(" ", "").replace("_", ""):
+            self.mismatches.append(message)
+        return record.levelno < logging.ERROR
+
+
+def create_open_clip(model_name: str, pretrained: str | None, device: str, precision: str):
+    """(model in eval mode, evaluation preprocessing, tokenizer) of an open_clip model, built with
+    the activation its pretrained tag was trained with (see the module docstring). Every CLIP model
+    PBI uses (filter scores, CLIP-I / CLIP-T, CMMD) is built here."""
+    import open_clip
+
+    name = _open_clip_model_name(model_name)
+    if pretrained is not None and os.path.isfile(os.path.expanduser(pretrained)):
+        pretrained = os.path.expanduser(pretrained)  # a local checkpoint file (tags are checked first by open_clip)
+    tag_quick = tag_quick_gelu(name, pretrained)
+    model_quick = bool((open_clip.get_model_config(name) or {}).get("quick_gelu", False))
+    if tag_quick is False and model_quick:
+        raise ActivationMismatchError(
+            f"open_clip model {name!r} uses QuickGELU but pretrained tag {pretrained!r} was trained with GELU; "
+            f"use the model name without '-quickgelu'"
+        )
+    force_quick_gelu = bool(tag_quick) and not model_quick
+    log = _OpenClipLog()
+    root = logging.getLogger()
+    root.addFilter(log)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*QuickGELU mismatch.*")
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name,
+                pretrained=pretrained,
+                device=device,
+                precision=precision,
+                force_quick_gelu=force_quick_gelu,
+                weights_only=True,
+            )
+    except UserWarning as exc:
+        raise ActivationMismatchError(f"open_clip {name!r} / {pretrained!r}: {exc}") from None
+    finally:
+        root.removeFilter(log)
+    if log.mismatches:
+        raise ActivationMismatchError(f"open_clip {name!r} / {pretrained!r}: {log.mismatches[0]}")
+    model.eval()
+    return model, preprocess, open_clip.get_tokenizer(name)
+
+
 class ClipEmbedder:
     """open_clip image / text encoder returning L2-normalised float32 numpy embeddings.
 
@@ -85,27 +173,29 @@ class ClipEmbedder:
 
     # -- loading -----------------------------------------------------------------------------
 
-    def load(self) -> "ClipEmbedder":
+    def load(self) -> ClipEmbedder:
         """Load model, preprocessing and tokenizer now (otherwise done on first use)."""
         if self._model is not None:
             return self
-        import open_clip
-
-        name = _open_clip_model_name(self.model_name)
-        pretrained = self.pretrained
-        if pretrained is not None and os.path.isfile(os.path.expanduser(pretrained)):
-            pretrained = os.path.expanduser(pretrained)  # a local checkpoint file (tags are checked first by open_clip)
         device = resolve_device(self.device_request)
         precision = self.precision
         if precision == "auto":
             precision = "fp16" if device.startswith("cuda") else "fp32"
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=pretrained, device=device, precision=precision, weights_only=True
-        )
-        model.eval()
-        self._tokenizer = open_clip.get_tokenizer(name)
-        self._model, self._preprocess, self._device = model, preprocess, device
+        model, preprocess, tokenizer = create_open_clip(self.model_name, self.pretrained, device, precision)
+        self._model, self._preprocess, self._tokenizer, self._device = model, preprocess, tokenizer, device
         return self
+
+    @property
+    def model(self):
+        """The loaded open_clip model (eval mode)."""
+        self.load()
+        return self._model
+
+    @property
+    def image_size(self) -> int:
+        """The square input side of the vision tower (224 for ViT-B/32, 336 for ViT-L/14@336)."""
+        size = self.model.visual.image_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
 
     @property
     def tokenizer(self):
@@ -153,7 +243,7 @@ class ClipEmbedder:
             tokens = self._tokenizer(chunk).to(self._device)
             with torch.inference_mode():
                 features = self._model.encode_text(tokens)
-            self._text_cache.update(zip(chunk, _normalise(features)))
+            self._text_cache.update(zip(chunk, _normalise(features), strict=True))
         return _stack([np.stack([self._text_cache[t] for t in texts])] if texts else [])
 
     def _model_dtype(self):

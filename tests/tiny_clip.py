@@ -17,12 +17,16 @@ TINY_CLIP_CONFIG = {
 }
 
 
-def save_tiny_clip(directory: str | Path, name: str = "pbi-tiny-clip", seed: int = 0) -> tuple[str, str]:
+def save_tiny_clip(
+    directory: str | Path, name: str = "pbi-tiny-clip", seed: int = 0, quick_gelu: bool | None = None
+) -> tuple[str, str]:
     """Write `<name>.json` (an open_clip model config) and `<name>.safetensors` (random weights).
 
     Returns (config_path, checkpoint_path) for `ClipEmbedder(model_name=config_path,
     pretrained=checkpoint_path)`. Use a distinct `name` per config: open_clip keys its config
-    registry by file stem.
+    registry by file stem. `quick_gelu` writes that key into the config (None: leave it out, as
+    open_clip's plain "ViT-B-32" config does). The activation has no weights, so the checkpoint
+    fits either activation.
     """
     import open_clip
     import torch
@@ -31,7 +35,10 @@ def save_tiny_clip(directory: str | Path, name: str = "pbi-tiny-clip", seed: int
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config_path = directory / f"{name}.json"
-    config_path.write_text(json.dumps(TINY_CLIP_CONFIG, indent=2))
+    config = dict(TINY_CLIP_CONFIG)
+    if quick_gelu is not None:
+        config["quick_gelu"] = quick_gelu
+    config_path.write_text(json.dumps(config, indent=2))
     torch.manual_seed(seed)
     model = open_clip.CLIP(
         embed_dim=TINY_CLIP_CONFIG["embed_dim"],
@@ -41,6 +48,30 @@ def save_tiny_clip(directory: str | Path, name: str = "pbi-tiny-clip", seed: int
     checkpoint_path = directory / f"{name}.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(checkpoint_path))
     return str(config_path), str(checkpoint_path)
+
+
+def register_tiny_tag(monkeypatch, config_path: str, tag: str, checkpoint_path: str, quick_gelu: bool) -> None:
+    """Declare an open_clip pretrained TAG for the tiny config (its file stem is the model name),
+    whose weights are the local checkpoint (`"file"`, so nothing is downloaded) and whose pretrained
+    config says `quick_gelu` like open_clip's "openai" tags do. Undone by `monkeypatch`."""
+    from open_clip import pretrained
+
+    stem = Path(config_path).stem
+    tags = dict(pretrained._PRETRAINED.get(stem, {}))
+    tags[tag] = {
+        "file": checkpoint_path,
+        "mean": (0.48145466, 0.4578275, 0.40821073),
+        "std": (0.26862954, 0.26130258, 0.27577711),
+        "interpolation": "bicubic",
+        "resize_mode": "shortest",
+        "quick_gelu": quick_gelu,
+    }
+    monkeypatch.setitem(pretrained._PRETRAINED, stem, tags)
+
+
+def mlp_activations(model) -> set[str]:
+    """Class names of the activation in every transformer block's MLP (both towers)."""
+    return {type(block.mlp.gelu).__name__ for block in model.modules() if hasattr(block, "mlp")}
 
 
 def save_tiny_dino(directory: str | Path, seed: int = 0) -> str:

@@ -1,21 +1,45 @@
-"""Evaluation metrics, MagicBrush protocol (SPEC "evaluation").
+"""Evaluation metrics, computed as the reference implementations compute them (SPEC "evaluation").
 
-    l1, l2    mean absolute / mean squared difference on [0,1] pixels, after resizing the output
-              to the ground truth's size (PIL bicubic). Need no weights: always computed.
-    clip_i    cosine of the CLIP image embeddings (open_clip ViT-B-32, "openai") of output and
-              ground truth.
-    clip_t    cosine of the CLIP image embedding of the output and the CLIP text embedding of the
-              sample's caption (the target caption, or the instruction when that is all there is).
-    dino      cosine of DINO v1 ViT-S/16 CLS embeddings (transformers ViTModel; resize 256
-              bicubic, centre crop 224, ImageNet mean / std).
-    cmmd      Jayasumana et al. 2024 ("Rethinking FID"): the squared MMD between the L2-normalised
-              CLIP ViT-L/14@336 embeddings of the outputs and of the ground truths, Gaussian RBF
-              kernel k(x, y) = exp(-||x - y||^2 / (2 sigma^2)) with sigma = 10, the biased
-              estimator (all pairs, diagonals included, as in the reference code), times 1000.
-              A set-level number (summary only); rounding below 0 is clipped to 0.
+Per sample (MagicBrush's evaluation/image_eval.py, "all turns" setting: one (input, instruction,
+ground truth) triple per row):
+
+    l1, l2              mean absolute / mean squared difference on [0,1] pixels (torch's L1Loss /
+                        MSELoss on ToTensor images there), after resizing the output to the ground
+                        truth's size with PIL bicubic (PIL's default there). Need no weights.
+    clip_i              cosine of the CLIP image embeddings of output and ground truth: OpenAI CLIP
+                        ViT-B/32 (`clip.load("ViT-B/32")` there; open_clip "ViT-B-32" / "openai"
+                        here, built with QuickGELU as those weights were trained) with the model's
+                        own preprocessing (resize shortest side 224 bicubic, centre crop 224, CLIP
+                        normalisation).
+    clip_t              cosine of the CLIP image embedding of the output and the CLIP text
+                        embedding of the ground truth's LOCAL CAPTION (MagicBrush's
+                        `local_captions.json`, the caption of the target image). Null, with the
+                        reason, when the sample has no caption (PIPE test has none).
+    clip_t_instruction  the same cosine against the edit instruction instead. Not a published
+                        metric: kept under its own name so it is never mistaken for CLIP-T.
+    dino                cosine of DINO v1 ViT-S/16 CLS embeddings (`dino_vits16` from torch.hub
+                        there; transformers ViTModel "facebook/dino-vits16" here): resize shortest
+                        side 256 bicubic, centre crop 224, ImageNet mean / std.
+
+Per set (google-research/cmmd, Jayasumana et al. 2024, "Rethinking FID"):
+
+    cmmd                the squared MMD between the CLIP ViT-L/14@336 image embeddings of the
+                        outputs and of the ground truths, Gaussian RBF kernel
+                        k(x, y) = exp(-||x - y||^2 / (2 sigma^2)), sigma = 10, the biased
+                        estimator (all pairs, diagonals included), times 1000, as the reference
+                        computes it: images in sorted file order, centre-cropped to a square and
+                        resized to 336 with PIL bicubic, embedded in batches of 32 with
+                        drop_remainder=True (so only the first floor(N / 32) * 32 images count:
+                        128 of MagicBrush-add's 144), embeddings and kernel sums in float32, the
+                        value not clipped at 0. Null, with the reason, when N < 32.
+    cmmd_n              how many images of each set `cmmd` used.
+    cmmd_all            the same estimator on ALL N images (float32 too): not the reference's
+                        number; useful when N is small or not a multiple of 32.
 
 A model that cannot be loaded (no internet and no local weights, unknown id ...) leaves its
 metrics null with the reason (the exception's first line); nothing is ever estimated in its place.
+A CLIP model whose activation would not match its weights' (see `pbi_ml.clip_embedder`) is an
+error, never a null metric.
 """
 
 from __future__ import annotations
@@ -26,12 +50,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from pbi_ml.config import resolve_device
+from pbi_ml.errors import ConfigError
 
-SAMPLE_METRICS = ("l1", "l2", "clip_i", "clip_t", "dino")
-SUMMARY_METRICS = (*SAMPLE_METRICS, "cmmd")
+SAMPLE_METRICS = ("l1", "l2", "clip_i", "clip_t", "clip_t_instruction", "dino")
+SET_METRICS = ("cmmd", "cmmd_all")
+SUMMARY_METRICS = (*SAMPLE_METRICS, *SET_METRICS)
 
 CMMD_SIGMA = 10.0
 CMMD_SCALE = 1000.0
+CMMD_BATCH_SIZE = 32  # google-research/cmmd's default batch size; the remainder is dropped
+NO_CAPTION = "no target caption (MagicBrush's CLIP-T scores the target's local caption; see clip_t_instruction)"
 
 DINO_RESIZE = 256
 DINO_CROP = 224
@@ -48,9 +76,14 @@ class MetricsConfig:
     dino_model: str = "facebook/dino-vits16"  # Hub id or local directory (transformers ViTModel)
     cmmd_clip_model: str = "ViT-L-14-336"
     cmmd_clip_pretrained: str = "openai"
+    cmmd_batch_size: int = CMMD_BATCH_SIZE  # the reference's; `cmmd` uses floor(N / this) * this images
     device: str = "auto"
     batch_size: int = 16
     enabled: bool = True
+
+    def __post_init__(self):
+        if self.cmmd_batch_size < 1 or self.batch_size < 1:
+            raise ConfigError("MetricsConfig: batch_size and cmmd_batch_size must be >= 1")
 
 
 # --------------------------------------------------------------------------------------------
@@ -74,18 +107,44 @@ def pixel_metrics(output: np.ndarray, ground_truth: np.ndarray) -> dict:
 
 
 def cmmd(x: np.ndarray, y: np.ndarray, sigma: float = CMMD_SIGMA, scale: float = CMMD_SCALE) -> float:
-    """scale * MMD^2(x, y) with a Gaussian RBF kernel of bandwidth sigma (biased estimator), for
-    (N, D) and (M, D) embedding sets."""
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    gamma = 1.0 / (2.0 * sigma**2)
+    """scale * MMD^2(x, y) with a Gaussian RBF kernel of bandwidth sigma (biased estimator) of
+    (N, D) and (M, D) embedding sets, in float32 like google-research/cmmd's distance.mmd (squared
+    norms from the Gram matrices' diagonals, no clipping: rounding can leave a tiny negative value
+    for two equal sets)."""
+    x = np.asarray(x, dtype=np.float32)
+    y = np.asarray(y, dtype=np.float32)
+    gamma = np.float32(1.0 / (2.0 * sigma**2))
+    x_sq = np.diag(x @ x.T)
+    y_sq = np.diag(y @ y.T)
 
-    def mean_kernel(a, b):
-        sq = (a**2).sum(1)[:, None] + (b**2).sum(1)[None, :] - 2.0 * a @ b.T
-        return np.exp(-gamma * np.maximum(sq, 0.0)).mean()
+    def mean_kernel(a, a_sq, b, b_sq):
+        return np.mean(np.exp(-gamma * (np.float32(-2.0) * (a @ b.T) + a_sq[:, None] + b_sq[None, :])))
 
-    value = scale * (mean_kernel(x, x) + mean_kernel(y, y) - 2.0 * mean_kernel(x, y))
-    return float(max(value, 0.0))  # a squared RKHS norm: a negative value is float rounding only
+    k_xx = mean_kernel(x, x_sq, x, x_sq)
+    k_yy = mean_kernel(y, y_sq, y, y_sq)
+    k_xy = mean_kernel(x, x_sq, y, y_sq)
+    return float(np.float32(scale) * (k_xx + k_yy - np.float32(2.0) * k_xy))
+
+
+def cmmd_indices(sort_keys: list[str], batch_size: int = CMMD_BATCH_SIZE) -> list[int]:
+    """Indices of the images the reference's CMMD embeds: the first floor(N / batch_size) *
+    batch_size in sorted key (file name) order, i.e. batches with drop_remainder=True."""
+    order = sorted(range(len(sort_keys)), key=lambda i: sort_keys[i])
+    return order[: len(order) // batch_size * batch_size]
+
+
+def cmmd_square(image: np.ndarray, size: int) -> np.ndarray:
+    """google-research/cmmd's preprocessing: centre crop to a square of the shorter side (offsets
+    (side difference) // 2), then PIL bicubic resize to size x size."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    pil = Image.fromarray(np.ascontiguousarray(image[top : top + side, left : left + side]))
+    if side != size:
+        pil = pil.resize((size, size), resample=Image.Resampling.BICUBIC)
+    return np.asarray(pil)
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,7 +162,7 @@ class DinoEmbedder:
         self._model = None
         self._device = None
 
-    def load(self) -> "DinoEmbedder":
+    def load(self) -> DinoEmbedder:
         if self._model is None:
             import torch
             from transformers import ViTModel
@@ -158,66 +217,85 @@ def compute_metrics(
     ground_truths: list[np.ndarray],
     captions: list[str | None],
     config: MetricsConfig,
+    instructions: list[str | None] | None = None,
+    sort_keys: list[str] | None = None,
 ) -> tuple[list[dict], dict]:
-    """Per-sample rows (l1, l2, clip_i, clip_t, dino, null_reason) and a summary (the mean of each
-    sample metric over the samples that have it, cmmd, n, and `<metric>_null_reason` for every
-    metric that is null)."""
-    if not (len(outputs) == len(ground_truths) == len(captions)):
-        raise ValueError(
-            f"outputs ({len(outputs)}), ground_truths ({len(ground_truths)}) and captions ({len(captions)}) differ in length"
-        )
+    """Per-sample rows and a summary (see the module docstring for each metric).
+
+    `captions`: the ground truth's caption per sample (None: clip_t null with the reason);
+    `instructions`: the edit instruction per sample (clip_t_instruction; None: all null);
+    `sort_keys`: the file name each sample's images are stored under, which orders the images for
+    CMMD's drop-remainder batching (None: the sample order).
+
+    Rows hold SAMPLE_METRICS and `null_reason`; the summary holds n, the mean of each sample
+    metric over the samples that have it, cmmd, cmmd_all, cmmd_n, and `<metric>_null_reason` for
+    every metric that is null."""
     n = len(outputs)
-    rows = [pixel_metrics(o, g) for o, g in zip(outputs, ground_truths)]
+    instructions = list(instructions) if instructions is not None else [None] * n
+    sort_keys = list(sort_keys) if sort_keys is not None else [f"{i:09d}" for i in range(n)]
+    lengths = {len(ground_truths), len(captions), len(instructions), len(sort_keys)}
+    if lengths != {n}:
+        raise ValueError(
+            f"outputs ({n}), ground_truths ({len(ground_truths)}), captions ({len(captions)}), "
+            f"instructions ({len(instructions)}) and sort_keys ({len(sort_keys)}) differ in length"
+        )
+    rows = [pixel_metrics(o, g) for o, g in zip(outputs, ground_truths, strict=True)]
     reasons: list[dict[str, str]] = [{} for _ in range(n)]  # per sample: metric -> reason
-    cmmd_value, cmmd_reason = None, None
     loaded: dict = {}
 
-    def load(kind: str, model: str, pretrained: str | None = None):
+    def load(kind: str, model: str, pretrained: str | None = None, precision: str = "auto"):
         """A loaded embedder, or the reason it could not be loaded (as a str)."""
-        key = (kind, model, pretrained)
+        from pbi_ml.clip_embedder import ActivationMismatchError, ClipEmbedder
+
+        key = (kind, model, pretrained, precision)
         if key not in loaded:
             if not config.enabled:
                 loaded[key] = "model metrics disabled (MetricsConfig.enabled = False)"
             else:
-                # open_clip logs a root-level ERROR before raising when weights are absent; the
-                # failure is expected and recorded as the metric's null reason, so keep it quiet
-                logging.disable(logging.ERROR)
                 try:
-                    if kind == "clip":
-                        from pbi_ml.clip_embedder import ClipEmbedder
-
+                    if kind == "clip":  # (open_clip's own ERROR log lines are dropped by the embedder)
                         loaded[key] = ClipEmbedder(
-                            model, pretrained, device=config.device, batch_size=config.batch_size
+                            model, pretrained, device=config.device, batch_size=config.batch_size, precision=precision
                         ).load()
                     else:
-                        loaded[key] = DinoEmbedder(model, device=config.device, batch_size=config.batch_size).load()
+                        # a failed load is expected offline and recorded as the null reason: keep
+                        # the library's log line about it quiet
+                        logging.disable(logging.ERROR)
+                        try:
+                            loaded[key] = DinoEmbedder(model, device=config.device, batch_size=config.batch_size).load()
+                        finally:
+                            logging.disable(logging.NOTSET)
+                except ActivationMismatchError:
+                    raise  # wrong activation for the weights: a configuration error, never a null metric
                 except Exception as exc:  # offline without weights, unknown id, corrupt file ...
                     loaded[key] = _load_failure(kind, model, pretrained, exc)
-                finally:
-                    logging.disable(logging.NOTSET)
         return loaded[key]
 
-    # CLIP-I / CLIP-T
+    # CLIP-I / CLIP-T / CLIP-T against the instruction
     clip = load("clip", config.clip_model, config.clip_pretrained) if n else "no samples"
     if isinstance(clip, str):
-        for r, why in zip(rows, reasons):
-            r["clip_i"] = r["clip_t"] = None
-            why["clip_i"] = why["clip_t"] = clip
+        for r, why in zip(rows, reasons, strict=True):
+            for m in ("clip_i", "clip_t", "clip_t_instruction"):
+                r[m] = None
+                why[m] = clip
     else:
         out_emb = clip.embed_images(list(outputs))
         gt_emb = clip.embed_images(list(ground_truths))
-        texted = [i for i, c in enumerate(captions) if c]
-        text_emb = dict(zip(texted, clip.embed_texts([captions[i] for i in texted]))) if texted else {}
-        for i, (r, why) in enumerate(zip(rows, reasons)):
+        texts = sorted({t for t in (*captions, *instructions) if t})
+        text_emb = dict(zip(texts, clip.embed_texts(texts), strict=True)) if texts else {}
+        for i, (r, why) in enumerate(zip(rows, reasons, strict=True)):
             r["clip_i"] = _cos(out_emb[i], gt_emb[i])
-            r["clip_t"] = _cos(out_emb[i], text_emb[i]) if i in text_emb else None
-            if i not in text_emb:
-                why["clip_t"] = "no caption"
+            r["clip_t"] = _cos(out_emb[i], text_emb[captions[i]]) if captions[i] else None
+            if not captions[i]:
+                why["clip_t"] = NO_CAPTION
+            r["clip_t_instruction"] = _cos(out_emb[i], text_emb[instructions[i]]) if instructions[i] else None
+            if not instructions[i]:
+                why["clip_t_instruction"] = "no instruction"
 
     # DINO
     dino = load("dino", config.dino_model) if n else "no samples"
     if isinstance(dino, str):
-        for r, why in zip(rows, reasons):
+        for r, why in zip(rows, reasons, strict=True):
             r["dino"] = None
             why["dino"] = dino
     else:
@@ -225,27 +303,37 @@ def compute_metrics(
         for i, r in enumerate(rows):
             r["dino"] = _cos(out_emb[i], gt_emb[i])
 
-    # CMMD
-    cmmd_clip = load("clip", config.cmmd_clip_model, config.cmmd_clip_pretrained) if n else "no samples"
+    # CMMD (float32 embeddings, as the reference)
+    summary: dict = {"n": n, "cmmd": None, "cmmd_all": None, "cmmd_n": None}
+    cmmd_clip = load("clip", config.cmmd_clip_model, config.cmmd_clip_pretrained, "fp32") if n else "no samples"
     if isinstance(cmmd_clip, str):
-        cmmd_reason = cmmd_clip
+        summary["cmmd_null_reason"] = summary["cmmd_all_null_reason"] = cmmd_clip
     else:
-        cmmd_value = cmmd(cmmd_clip.embed_images(list(outputs)), cmmd_clip.embed_images(list(ground_truths)))
+        size = cmmd_clip.image_size
+        out_emb = cmmd_clip.embed_images([cmmd_square(o, size) for o in outputs])
+        gt_emb = cmmd_clip.embed_images([cmmd_square(g, size) for g in ground_truths])
+        summary["cmmd_all"] = cmmd(gt_emb, out_emb)
+        summary["cmmd_all_null_reason"] = None
+        used = cmmd_indices(sort_keys, config.cmmd_batch_size)
+        summary["cmmd_n"] = len(used)
+        if used:
+            summary["cmmd"] = cmmd(gt_emb[used], out_emb[used])
+            summary["cmmd_null_reason"] = None
+        else:
+            summary["cmmd_null_reason"] = (
+                f"{n} images: fewer than one batch of {config.cmmd_batch_size} (the reference CMMD drops "
+                f"the remainder of its batches); see cmmd_all"
+            )
 
-    for r, why in zip(rows, reasons):
+    for r, why in zip(rows, reasons, strict=True):
         r["null_reason"] = _join_reasons(why)
-
-    summary: dict = {"n": n}
     for m in SAMPLE_METRICS:
         values = [r[m] for r in rows if r[m] is not None]
         summary[m] = float(np.mean(values)) if values else None
         if values:
             summary[f"{m}_null_reason"] = None
         else:
-            first = next((why[m] for why in reasons if m in why), "no samples")
-            summary[f"{m}_null_reason"] = first
-    summary["cmmd"] = cmmd_value
-    summary["cmmd_null_reason"] = cmmd_reason
+            summary[f"{m}_null_reason"] = next((why[m] for why in reasons if m in why), "no samples")
     return [{k: r[k] for k in (*SAMPLE_METRICS, "null_reason")} for r in rows], summary
 
 

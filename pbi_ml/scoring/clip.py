@@ -108,10 +108,10 @@ def clip_scores(objects: list, config: ScoringConfig, embedder=None) -> list[lis
     prompts = sorted({REMOVAL_PROMPT.format(category=obj.category) for obj in objects})
 
     image_emb = embedder.embed_images(images)
-    text_emb = dict(zip(prompts, embedder.embed_texts(prompts)))
+    text_emb = dict(zip(prompts, embedder.embed_texts(prompts), strict=True))
 
     out = []
-    for obj, start in zip(objects, layout):
+    for obj, start in zip(objects, layout, strict=True):
         k = len(obj.candidates)
         regions = image_emb[start : start + k]
         region_before = image_emb[start + k]
