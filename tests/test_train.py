@@ -1,5 +1,6 @@
-"""Training the InstructPix2Pix model: the tiny CPU recipe end to end, determinism, resuming,
-conv_in widening, conditioning dropout and the data pipeline, on real photos."""
+"""Training the InstructPix2Pix model: the tiny CPU recipe end to end, determinism, resuming (with
+EMA too), conv_in widening, conditioning dropout and the data pipeline (crops that keep the object,
+location phrases of the crop), on real photos."""
 
 from __future__ import annotations
 
@@ -19,32 +20,41 @@ from PIL import Image
 from skimage import data as skdata
 
 from pbi_ml.errors import ConfigError
+from pbi_ml.masks import object_location
 from pbi_ml.train import TrainConfig, TrainingExample, train_instruct_pix2pix
-from pbi_ml.train.data import PairDataset, epoch_batches, sample_conditioning_dropout
+from pbi_ml.train.data import PairDataset, apply_plan, crop_plan, epoch_batches, mask_box, sample_conditioning_dropout
 
 PHOTOS = [("chelsea", "cat"), ("coffee", "cup"), ("astronaut", "helmet"), ("chelsea", "cat"), ("coffee", "cup")]
 SIZES = [(64, 64), (64, 48), (64, 64), (48, 64), (64, 64)]  # (width, height)
 INPAINT_BOX = (slice(12, 36), slice(14, 40))  # rows, cols of the removed "object"
+EDIT_BOX = (slice(10, 38), slice(12, 42))  # its dilated mask: where source and target may differ
 
 
 def make_examples(root: Path) -> list[TrainingExample]:
-    """Source = the photo with a region inpainted away (cv2), target = the photo itself."""
+    """Source = the photo with a region inpainted away (cv2), target = the photo itself, with the
+    object's mask and its dilated edit mask."""
     root.mkdir(parents=True, exist_ok=True)
     examples = []
     for k, ((name, noun), size) in enumerate(zip(PHOTOS, SIZES, strict=True)):
         target = cv2.resize(getattr(skdata, name)(), size, interpolation=cv2.INTER_AREA)
         mask = np.zeros(target.shape[:2], np.uint8)
         mask[INPAINT_BOX] = 255
+        edit_mask = np.zeros(target.shape[:2], np.uint8)
+        edit_mask[EDIT_BOX] = 255
         source = cv2.inpaint(target, mask, 3, cv2.INPAINT_TELEA)
         Image.fromarray(source).save(root / f"source_{k}.png")
         Image.fromarray(target).save(root / f"target_{k}.png")
+        Image.fromarray(mask).save(root / f"mask_{k}.png")
+        Image.fromarray(edit_mask).save(root / f"edit_mask_{k}.png")
         examples.append(
             TrainingExample(
                 source_image=str(root / f"source_{k}.png"),
                 target_image=str(root / f"target_{k}.png"),
                 instructions=(f"add a {noun}", f"add a small {noun} with soft light"),
-                object_location="top left",
+                object_location="top left",  # deliberately not the box's cell: the phrase is measured in the crop
                 key=f"demo/{k:03d}",
+                mask=str(root / f"mask_{k}.png"),
+                edit_mask=str(root / f"edit_mask_{k}.png"),
             )
         )
     return examples
@@ -147,6 +157,50 @@ def test_killed_run_resumes_to_the_uninterrupted_result(examples, full_run, inte
         train_instruct_pix2pix(examples, dataclasses.replace(SMOKE, learning_rate=1e-3), out)
 
 
+def test_ema_resume_moves_the_ema_to_the_device_after_loading(examples, tmp_path, monkeypatch):
+    """accelerate's load_state maps registered objects to the CPU; the EMA must be moved to the
+    training device AFTER it (on CUDA the next ema.step would fail otherwise)."""
+    from diffusers.training_utils import EMAModel
+    from safetensors.torch import load_file
+
+    config = dataclasses.replace(SMOKE, use_ema=True, ema_decay=0.9, max_steps=2, checkpoint_every=1)
+    full = train_instruct_pix2pix(examples, config, tmp_path / "full")
+
+    events = []
+    real_load, real_to, real_step = EMAModel.load_state_dict, EMAModel.to, EMAModel.step
+
+    def load_state_dict(self, state_dict):
+        events.append("load")
+        return real_load(self, state_dict)
+
+    def to(self, device=None, dtype=None, **kwargs):
+        events.append(f"to:{device}")
+        return real_to(self, device=device, dtype=dtype, **kwargs)
+
+    def step(self, parameters):
+        parameters = list(parameters)
+        events.append(("step", {p.device for p in self.shadow_params}, {p.device for p in parameters}))
+        return real_step(self, parameters)
+
+    monkeypatch.setattr(EMAModel, "load_state_dict", load_state_dict)
+    monkeypatch.setattr(EMAModel, "to", to)
+    monkeypatch.setattr(EMAModel, "step", step)
+    out = tmp_path / "resumed"
+    train_instruct_pix2pix(examples, dataclasses.replace(config, max_steps=1), out)
+    events.clear()
+    resumed = train_instruct_pix2pix(examples, config, out)
+    assert resumed.resumed_from_step == 1 and resumed.steps == 2
+    assert "load" in events
+    load_at = events.index("load")
+    assert any(isinstance(e, str) and e.startswith("to:") for e in events[load_at + 1 :]), events
+    steps = [e for e in events if isinstance(e, tuple)]
+    assert len(steps) == 1 and all(shadow == model for _, shadow, model in steps), steps  # training continued
+    # the EMA state came back whole: the resumed EMA weights equal the uninterrupted run's
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    a, b = load_file(Path(full.pipeline_dir) / weights), load_file(out / "pipeline" / weights)
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+
+
 def test_conv_in_widening_from_a_local_text2image_pipeline(tmp_path):
     import torch
     from diffusers import UNet2DConditionModel
@@ -217,6 +271,7 @@ def test_conditioning_dropout_cases_are_disjoint_at_five_percent_each():
 
 def test_samples_are_aligned_crops_and_deterministic(examples):
     dataset = PairDataset(examples, resolution=32, location_prob=0.25, seed=0)
+    assert dataset.crop == "object" == TrainConfig().crop  # the default
     wide = 1  # 64 x 48 photo: resized to 43 x 32, cropped along x
     source, target, _ = dataset.sample(0, wide)
     assert source.shape == target.shape == (3, 32, 32)
@@ -226,13 +281,128 @@ def test_samples_are_aligned_crops_and_deterministic(examples):
     assert np.abs(source - target).max() > 0.1  # ... and the removed region differs
     again = dataset.sample(0, wide)
     assert np.array_equal(again[0], source) and np.array_equal(again[1], target)
-    crops = {dataset.sample(epoch, wide)[1].tobytes() for epoch in range(12)}
-    assert len(crops) > 1, "random crop positions vary over epochs"
+    for crop in ("object", "random"):
+        varied = PairDataset(examples, resolution=32, location_prob=0.25, seed=0, crop=crop)
+        crops = {varied.sample(epoch, wide)[1].tobytes() for epoch in range(12)}
+        assert len(crops) > 1, f"{crop} crop positions vary over epochs"
 
     texts = [dataset.sample(epoch, 0)[2] for epoch in range(400)]
-    with_location = [t for t in texts if t.endswith(" at the top left")]
+    # example 0 is square (no crop slack): its object sits in the centre cell of what the model sees,
+    # whatever object_location the example was stored with
+    with_location = [t for t in texts if t.endswith(" at the center")]
     assert 0.18 < len(with_location) / len(texts) < 0.32  # SPEC: p = 0.25
-    assert {t.removesuffix(" at the top left") for t in texts} == set(examples[0].instructions)
+    assert {t.removesuffix(" at the center") for t in texts} == set(examples[0].instructions)
+
+
+def _coco_like_pair(root: Path, box: tuple[slice, slice], name: str, size=(640, 480)) -> TrainingExample:
+    """A 4:3 pair (640 x 480, COCO's usual size) with the object in `box` (rows, cols)."""
+    w, h = size
+    photo = cv2.resize(skdata.astronaut(), (w, h), interpolation=cv2.INTER_AREA)
+    mask = np.zeros((h, w), np.uint8)
+    mask[box] = 255
+    edit = cv2.dilate(mask, np.ones((11, 11), np.uint8))
+    source = cv2.inpaint(photo, mask, 3, cv2.INPAINT_TELEA)
+    paths = {}
+    for kind, array in (("source", source), ("target", photo), ("mask", mask), ("edit", edit)):
+        paths[kind] = str(root / f"{name}_{kind}.png")
+        Image.fromarray(array).save(paths[kind])
+    return TrainingExample(
+        paths["source"],
+        paths["target"],
+        ("add a flag",),
+        object_location(mask > 0),
+        name,
+        mask=paths["mask"],
+        edit_mask=paths["edit"],
+    )
+
+
+def _seen_mask(path: str, plan) -> np.ndarray:
+    """The mask as the model sees it: resized and cropped like the images (nearest)."""
+    from PIL import Image as PILImage
+
+    return np.asarray(apply_plan(PILImage.open(path).convert("L"), plan, PILImage.Resampling.NEAREST)) > 127
+
+
+def test_object_crops_keep_the_whole_edit_mask(tmp_path):
+    # objects near the right edge of a 4:3 photo, where a random 256 crop of the 341-wide resize loses them
+    right = _coco_like_pair(tmp_path, (slice(200, 300), slice(560, 620)), "right")
+    left = _coco_like_pair(tmp_path, (slice(100, 200), slice(15, 60)), "left")
+    tall = _coco_like_pair(tmp_path, (slice(20, 80), slice(100, 200)), "tall", size=(480, 640))  # portrait, top
+    wide = _coco_like_pair(tmp_path, (slice(200, 260), slice(20, 620)), "wide")  # wider than any 256 crop
+    examples = [right, left, tall, wide]
+    obj = PairDataset(examples, resolution=256, location_prob=1.0, seed=0, crop="object")
+    rnd = PairDataset(examples, resolution=256, location_prob=1.0, seed=0, crop="random")
+    lost_by_random = 0
+    for index, example in enumerate(examples):
+        with Image.open(example.target_image) as im:
+            size = im.size
+        offsets = set()
+        for epoch in range(30):
+            plan, _, _ = obj.plan(epoch, index, size)
+            whole = np.asarray(Image.open(example.edit_mask).convert("L").resize(plan.size, Image.Resampling.NEAREST))
+            inside = _seen_mask(example.edit_mask, plan)
+            assert inside.shape == (256, 256)
+            assert inside.sum() == (whole > 127).sum() > 0, f"{example.key} epoch {epoch}: edit mask cut by {plan}"
+            offsets.add(plan.box)
+            random_plan, _, _ = rnd.plan(epoch, index, size)
+            lost_by_random += _seen_mask(example.edit_mask, random_plan).sum() < (whole > 127).sum()
+        if example is wide:
+            assert offsets == {(0, 0, 256, 256)}  # too wide for a crop: squashed, nothing cut
+            assert obj.plan(0, index, size)[0].squashed and obj.plan(0, index, size)[0].size == (256, 256)
+        else:
+            assert len(offsets) > 1, f"{example.key}: still a random crop among those that keep the mask"
+    assert lost_by_random > 0, "the random crop does cut these objects (what the object crop prevents)"
+
+    # squash: the whole image, aspect ratio not kept (diffusers' trainer)
+    plan = crop_plan(640, 480, 256, "squash", None, np.random.default_rng(0))
+    assert plan.size == (256, 256) and plan.box == (0, 0, 256, 256) and plan.squashed
+    # no mask known: "object" falls back to squash
+    assert crop_plan(640, 480, 256, "object", None, np.random.default_rng(0)).squashed
+    # the box is rounded outwards: a one-pixel object on the last column stays inside
+    for seed in range(20):
+        plan = crop_plan(640, 480, 256, "object", (639, 0, 640, 1), np.random.default_rng(seed))
+        assert plan.box[2] == plan.size[0] == 341
+    assert mask_box(np.zeros((4, 4), bool)) is None
+    with pytest.raises(ConfigError, match="crop"):
+        TrainConfig(crop="centre")
+
+
+def test_location_phrase_describes_the_object_in_the_crop(tmp_path):
+    # object centred at x = 420 of 640: the full photo's centre column (420 / 640 < 2/3), but in a
+    # 256 crop of the 341-wide resize it lands in the centre or the right column depending on the crop
+    example = _coco_like_pair(tmp_path, (slice(200, 280), slice(400, 440)), "mid")
+    assert example.object_location == "center"
+    dataset = PairDataset([example], resolution=256, location_prob=1.0, seed=0, crop="object")
+    seen = set()
+    for epoch in range(40):
+        plan, location, _ = dataset.plan(epoch, 0, (640, 480))
+        expected = object_location(_seen_mask(example.mask, plan))
+        assert location == expected
+        _, _, text = dataset.sample(epoch, 0)
+        assert text == f"add a flag at the {expected}"
+        seen.add(expected)
+    assert seen == {"center", "right"}, seen
+
+    # squash keeps relative positions: the phrase is the full photo's
+    squash = PairDataset([example], resolution=256, location_prob=1.0, seed=0, crop="squash")
+    assert {squash.sample(epoch, 0)[2] for epoch in range(5)} == {"add a flag at the center"}
+
+    # random crops that cut the object away get no location phrase (never "center" by default)
+    edge = _coco_like_pair(tmp_path, (slice(200, 280), slice(600, 630)), "edge")
+    rnd = PairDataset([edge], resolution=256, location_prob=1.0, seed=0, crop="random")
+    texts = set()
+    for epoch in range(40):
+        plan, location, _ = rnd.plan(epoch, 0, (640, 480))
+        visible = _seen_mask(edge.mask, plan)
+        assert location == (object_location(visible) if visible.any() else None)
+        texts.add(rnd.sample(epoch, 0)[2])
+    assert "add a flag" in texts and any(t.startswith("add a flag at the ") for t in texts)
+
+    # without masks: the stored location, and "object" squashes
+    bare = dataclasses.replace(example, mask=None, edit_mask=None, object_location="top left")
+    plan, location, _ = PairDataset([bare], 256, 1.0, 0).plan(0, 0, (640, 480))
+    assert plan.squashed and location == "top left"
 
 
 def test_epoch_order_covers_every_example_once():

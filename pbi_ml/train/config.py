@@ -1,9 +1,25 @@
 """Training configuration of the InstructPix2Pix-style "add an object" model.
 
-Defaults are the paper's recipe (SPEC.md, row "model"): SD 1.5 init, 256 px random crops, Adam
+Defaults are the paper's recipe (SPEC.md, row "model"): SD 1.5 init, 256 px crops, Adam
 lr 5e-5 without warm-up, gradient clipping at 1, batch 128 per GPU x 8 GPUs x accumulation 4 =
 4096, 60 epochs, conditioning dropout 5 % text / 5 % image / 5 % both, and the location phrase
 appended with probability 0.25.
+
+Crops (`crop`): the model trains on `resolution` x `resolution` squares of each pair.
+
+    object   (default) resize the shorter side to `resolution`, then a random square crop among
+             those that contain the whole edit mask (the dilated object mask: every pixel where
+             source and target differ); when the mask is wider (or taller) than the square can
+             hold, or the pair has no mask, squash instead. The instruction never asks for an
+             object the crop cut away.
+    squash   resize the whole image to resolution x resolution, aspect ratio not kept (what
+             diffusers' train_instruct_pix2pix.py does: `image.resize((resolution, resolution))`).
+    random   resize the shorter side, random square crop anywhere (may cut the object off: on a
+             4:3 COCO photo up to a quarter of the width is lost).
+
+The location phrase (" at the top left") always describes where the object is in the image the
+model sees: the 3x3 grid cell of the object mask's centre inside the crop (see
+`pbi_ml.train.data`).
 
 `init_model="tiny"` is the embedded CPU default: a tiny random SD built from config
 (`pbi_ml.tiny_sd`), no download. Its result is a smoke test of the training code path, not a
@@ -18,6 +34,7 @@ from pbi_ml.errors import ConfigError
 
 TINY_MODEL = "tiny"
 MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
+CROP_CHOICES = ("object", "squash", "random")
 
 # Fields that do not change the training trajectory: a run may resume with other values of these.
 # Every other field must match the checkpoint's, or resuming would silently mix two recipes.
@@ -29,7 +46,8 @@ class TrainConfig:
     """How to train. See the module docstring for the paper's recipe."""
 
     init_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # (ex runwayml/) Hub id / local dir of an SD 1.5 text-to-image pipeline, or "tiny"
-    resolution: int = 256  # shorter side resized to this, then a random square crop of this size (paper: 256)
+    resolution: int = 256  # side of the square training images (paper: 256)
+    crop: str = "object"  # object | squash | random: how a pair becomes a square (module docstring)
     learning_rate: float = 5e-5  # constant, no warm-up
     adam_beta1: float = 0.9  # diffusers' InstructPix2Pix trainer defaults
     adam_beta2: float = 0.999
@@ -58,6 +76,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.resolution < 8:
             raise ConfigError(f"TrainConfig.resolution={self.resolution}: must be >= 8")
+        if self.crop not in CROP_CHOICES:
+            raise ConfigError(f"TrainConfig.crop={self.crop!r} not one of {CROP_CHOICES}")
         if self.train_batch_size < 1 or self.gradient_accumulation_steps < 1:
             raise ConfigError("TrainConfig: train_batch_size and gradient_accumulation_steps must be >= 1")
         if self.max_steps is None and self.num_epochs is None:

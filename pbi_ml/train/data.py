@@ -7,19 +7,29 @@ run can skip exactly the batches its checkpoint already consumed:
     order of epoch e         rng(ORDER, seed, e)            a permutation of the examples
     sample i of epoch e      rng(SAMPLE, seed, e, i)        crop offset, instruction kind, location coin
 
+Crops (`TrainConfig.crop`, see `pbi_ml.train.config`): `crop_plan` decides the resize and the
+square box; "object" draws the box uniformly among those that contain the whole edit mask. The
+location phrase is then recomputed from the object mask as the model sees it (resized and cropped
+like the images): the 3x3 grid cell of its centre of mass (`pbi_ml.masks.object_location`, the
+rule the pairs stage stores `object_location` with); a crop that holds no object pixel ("random"
+only) gets no phrase. A pair without masks keeps its stored `object_location`.
+
 No horizontal flip: flipping would turn "add a dog at the top left" into a picture with the dog at
 the top right, i.e. break the location phrases.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
+from pbi_ml import reasons
 from pbi_ml.errors import ItemError
-from pbi_ml.imageio import load_rgb_path
+from pbi_ml.imageio import load_mask_png, load_rgb_path
+from pbi_ml.masks import object_location
 
 # Purpose tags keep the seed sequences of different uses apart (same length on purpose:
 # NumPy's SeedSequence treats [a, b] and [a, b, 0] alike).
@@ -33,8 +43,10 @@ class TrainingExample:
     source_image: str  # path: object removed (the model's INPUT image)
     target_image: str  # path: the original photo (the model's TARGET)
     instructions: tuple[str, ...]  # the non-empty instruction kinds of this pair; one chosen uniformly per sample
-    object_location: str  # "top left" ... "bottom right" (3x3 grid of the mask centre)
+    object_location: str  # "top left" ... "bottom right" (3x3 grid of the mask centre, full image)
     key: str  # stable id (pair_id)
+    mask: str | None = None  # path: the object's mask (where the location phrase is measured)
+    edit_mask: str | None = None  # path: the dilated mask, every pixel source and target may differ in
 
 
 def _rng(*key: int) -> np.random.Generator:
@@ -85,14 +97,97 @@ def with_location(instruction: str, location: str) -> str:
     return f"{instruction} at the {location}" if location else instruction
 
 
+def shorter_side_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) after resizing (aspect ratio kept) so the shorter side is `size`."""
+    scale = size / min(width, height)
+    return max(size, round(width * scale)), max(size, round(height * scale))
+
+
 def resize_shorter_side(image: Image.Image, size: int) -> Image.Image:
     """Resize (keeping the aspect ratio) so the shorter side is `size` pixels."""
-    w, h = image.size
-    scale = size / min(w, h)
-    new = (max(size, round(w * scale)), max(size, round(h * scale)))
-    if new == (w, h):
+    new = shorter_side_size(image.size[0], image.size[1], size)
+    if new == image.size:
         return image
     return image.resize(new, Image.Resampling.BICUBIC)
+
+
+@dataclass(frozen=True)
+class CropPlan:
+    """How one sample is cut: resize the images to `size` (w, h), then crop `box` (l, t, r, b)."""
+
+    size: tuple[int, int]
+    box: tuple[int, int, int, int]
+    squashed: bool  # True: the whole image squashed to the square (aspect ratio not kept)
+
+
+def _window(length: int, size: int, lo: int, hi: int, rng: np.random.Generator) -> int | None:
+    """Uniform offset of a `size` window on an axis of `length` that contains [lo, hi); None when
+    no window does."""
+    first, last = max(0, hi - size), min(length - size, lo)
+    if first > last:
+        return None
+    return int(rng.integers(first, last + 1))
+
+
+def crop_plan(
+    width: int,
+    height: int,
+    resolution: int,
+    mode: str,
+    keep_box: tuple[int, int, int, int] | None,
+    rng: np.random.Generator,
+) -> CropPlan:
+    """The resize and square crop of one sample (see the module docstring).
+
+    `keep_box` (x0, y0, x1, y1), end-exclusive, in original pixels: what an "object" crop must
+    contain (the edit mask's bounding box); None: no mask known ("object" then squashes)."""
+    square = (0, 0, resolution, resolution)
+    if mode == "squash" or (mode == "object" and keep_box is None):
+        return CropPlan((resolution, resolution), square, True)
+    w, h = shorter_side_size(width, height, resolution)
+    if mode == "random":
+        left = int(rng.integers(0, w - resolution + 1))
+        top = int(rng.integers(0, h - resolution + 1))
+        return CropPlan((w, h), (left, top, left + resolution, top + resolution), False)
+    if mode != "object":
+        raise ValueError(f"unknown crop mode {mode!r}")
+    # the box in resized pixels, rounded outwards: every resized pixel a kept pixel touches
+    x0, y0, x1, y1 = keep_box
+    sx, sy = w / width, h / height
+    bx0, bx1 = max(0, math.floor(x0 * sx)), min(w, math.ceil(x1 * sx))
+    by0, by1 = max(0, math.floor(y0 * sy)), min(h, math.ceil(y1 * sy))
+    left = _window(w, resolution, bx0, bx1, rng)
+    top = _window(h, resolution, by0, by1, rng)
+    if left is None or top is None:  # the edit is larger than the square: keep the whole image
+        return CropPlan((resolution, resolution), square, True)
+    return CropPlan((w, h), (left, top, left + resolution, top + resolution), False)
+
+
+def apply_plan(image: Image.Image, plan: CropPlan, resample=Image.Resampling.BICUBIC) -> Image.Image:
+    """Resize `image` to the plan's size and cut its box."""
+    if image.size != plan.size:
+        image = image.resize(plan.size, resample)
+    if plan.box != (0, 0, *plan.size):
+        image = image.crop(plan.box)
+    return image
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) end-exclusive bounding box of a bool mask; None when empty."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return None
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def location_in_crop(mask: np.ndarray, plan: CropPlan) -> str | None:
+    """The 3x3 grid cell of the object mask's centre in the cropped image; None when the crop
+    holds no object pixel."""
+    seen = apply_plan(Image.fromarray(mask.astype(np.uint8) * 255), plan, Image.Resampling.NEAREST)
+    seen = np.asarray(seen) > 127
+    if not seen.any():
+        return None
+    return object_location(seen)
 
 
 def to_model_range(image: Image.Image) -> np.ndarray:
@@ -109,40 +204,66 @@ class PairDataset:
     `source_pixel_values` / `target_pixel_values` (3 x res x res float32 tensors in [-1, 1]) and
     `instruction` (str).
 
-    Cropping: both images are resized so the shorter side is `resolution`, then the SAME random
-    `resolution` x `resolution` crop is cut from both. (The location phrase refers to the full
-    photo; a crop of the longer side can move the object a little relative to it, as in the paper.)
+    Both images go through the SAME crop plan (`crop_plan`, mode `crop`), so the pair stays
+    aligned; the location phrase describes the object's place in the cropped image.
     """
 
-    def __init__(self, examples: list[TrainingExample], resolution: int, location_prob: float, seed: int):
+    def __init__(
+        self,
+        examples: list[TrainingExample],
+        resolution: int,
+        location_prob: float,
+        seed: int,
+        crop: str = "object",
+    ):
         self.examples = list(examples)
         self.resolution = resolution
         self.location_prob = location_prob
         self.seed = seed
+        self.crop = crop
 
     def __len__(self) -> int:
         return len(self.examples)
 
+    def _mask(self, path: str | None, size: tuple[int, int], example: TrainingExample) -> np.ndarray | None:
+        if not path:
+            return None
+        mask = load_mask_png(path)
+        if mask.shape != (size[1], size[0]):
+            raise ItemError(
+                reasons.MASK_SIZE_MISMATCH, f"{example.key}: mask {mask.shape[::-1]} vs image {size} ({path})"
+            )
+        return mask
+
+    def plan(self, epoch: int, index: int, size: tuple[int, int]) -> tuple[CropPlan, str | None, np.random.Generator]:
+        """(crop plan, location of the object in the crop, the sample's generator after the crop
+        draws) of example `index` in `epoch`, whose images are `size` (width, height)."""
+        example = self.examples[index]
+        rng = _rng(_SAMPLE, self.seed, epoch, index)
+        object_mask = self._mask(example.mask, size, example)
+        edit_mask = self._mask(example.edit_mask, size, example)
+        keep = edit_mask if edit_mask is not None else object_mask
+        plan = crop_plan(
+            size[0], size[1], self.resolution, self.crop, mask_box(keep) if keep is not None else None, rng
+        )
+        where = object_mask if object_mask is not None else edit_mask
+        location = location_in_crop(where, plan) if where is not None else example.object_location
+        return plan, location, rng
+
     def sample(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray, str]:
         """(source CHW float32, target CHW float32, instruction) of example `index` in `epoch`."""
         example = self.examples[index]
-        rng = _rng(_SAMPLE, self.seed, epoch, index)
         source = Image.fromarray(load_rgb_path(example.source_image))
         target = Image.fromarray(load_rgb_path(example.target_image))
         if source.size != target.size:
-            raise ItemError("pair_size_mismatch", f"{example.key}: source {source.size} vs target {target.size}")
-        source = resize_shorter_side(source, self.resolution)
-        target = resize_shorter_side(target, self.resolution)
-        w, h = target.size
-        left = int(rng.integers(0, w - self.resolution + 1))
-        top = int(rng.integers(0, h - self.resolution + 1))
-        box = (left, top, left + self.resolution, top + self.resolution)
+            raise ItemError(reasons.PAIR_SIZE_MISMATCH, f"{example.key}: source {source.size} vs target {target.size}")
+        plan, location, rng = self.plan(epoch, index, target.size)
         if not example.instructions:
-            raise ItemError("no_instruction", example.key)
+            raise ItemError(reasons.NO_INSTRUCTION, example.key)
         instruction = example.instructions[int(rng.integers(0, len(example.instructions)))]
-        if rng.random() < self.location_prob:
-            instruction = with_location(instruction, example.object_location)
-        return to_model_range(source.crop(box)), to_model_range(target.crop(box)), instruction
+        if rng.random() < self.location_prob and location:
+            instruction = with_location(instruction, location)
+        return to_model_range(apply_plan(source, plan)), to_model_range(apply_plan(target, plan)), instruction
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         import torch

@@ -37,9 +37,9 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from pbi_ml.errors import ConfigError
 from pbi_ml.storage import atomic_write_bytes
@@ -177,7 +177,10 @@ def _run_identity(examples: list[TrainingExample], config: TrainConfig) -> dict:
     trajectory = {k: v for k, v in dataclasses.asdict(config).items() if k not in LENGTH_AND_IO_FIELDS}
     data = hashlib.blake2b(
         json.dumps(
-            [(e.key, e.source_image, e.target_image, list(e.instructions), e.object_location) for e in examples]
+            [
+                (e.key, e.source_image, e.target_image, list(e.instructions), e.object_location, e.mask, e.edit_mask)
+                for e in examples
+            ]
         ).encode(),
         digest_size=16,
     ).hexdigest()
@@ -211,12 +214,12 @@ def _save_checkpoint(accelerator, output_dir: Path, step: int, loss_curve, ident
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _write_json(tmp / "loss_curve.json", [[s, l] for s, l in loss_curve])
+        _write_json(tmp / "loss_curve.json", [[s, loss] for s, loss in loss_curve])
         _write_json(tmp / "run.json", identity)
         if final.exists():  # re-saving the same step (a rerun of a finished run)
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _write_json(output_dir / "loss_curve.json", [[s, l] for s, l in loss_curve])
+        _write_json(output_dir / "loss_curve.json", [[s, loss] for s, loss in loss_curve])
         for _, old in list_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -339,15 +342,19 @@ def train_instruct_pix2pix(
             if step > total_steps:
                 raise ConfigError(f"{ckpt}: checkpoint at step {step} is past the requested {total_steps} steps")
             accelerator.load_state(str(ckpt))
+            if ema is not None:
+                # accelerate loads registered objects' state with map_location="cpu": the EMA shadow
+                # comes back on the CPU whatever the device, and the next ema.step on CUDA would fail
+                ema.to(device)
             accelerator.step = step * accum  # micro-batch counter of gradient accumulation (also in the state)
-            loss_curve = [(int(s), float(l)) for s, l in json.loads((ckpt / "loss_curve.json").read_text())]
+            loss_curve = [(int(s), float(loss)) for s, loss in json.loads((ckpt / "loss_curve.json").read_text())]
             resumed_from = global_step = step
 
         with torch.no_grad():
             null_text_embeds = encode_prompts(parts.tokenizer, text_encoder, [""], device)
 
         # ---- train
-        dataset = PairDataset(examples, config.resolution, config.location_prob, config.seed)
+        dataset = PairDataset(examples, config.resolution, config.location_prob, config.seed, crop=config.crop)
         micro = global_step * accum  # index in the flat micro-batch stream
         step_losses: list[float] = []
         samples_seen = 0
@@ -441,7 +448,7 @@ def train_instruct_pix2pix(
             config=dataclasses.asdict(config),
         )
         if accelerator.is_main_process:
-            _write_json(output_dir / "loss_curve.json", [[s, l] for s, l in loss_curve])
+            _write_json(output_dir / "loss_curve.json", [[s, loss] for s, loss in loss_curve])
             summary = dataclasses.asdict(result)
             summary.update(
                 total_steps=total_steps,
