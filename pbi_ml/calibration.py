@@ -80,19 +80,19 @@ def sample_for_labelling(
 
 def _sheet(project: ProjectConfig, sample: pd.DataFrame) -> str:
     rows = []
-    for row in sample.itertuples(index=False):
+    for row in sample.to_dict("records"):
+        sample_id = html.escape(str(row["sample_id"]))
         try:
-            original = load_rgb(project.source(row.source).images, row.image_file)
-            removed = load_rgb_path(row.removal_image)
+            original = load_rgb(project.source(row["source"]).images, row["image_file"])
+            removed = load_rgb_path(row["removal_image"])
         except (ItemError, ConfigError) as exc:
-            rows.append(
-                f"<tr><td>{html.escape(row.sample_id)}</td><td colspan=2>unreadable: {html.escape(str(exc))}</td></tr>"
-            )
+            rows.append(f"<tr><td>{sample_id}</td><td colspan=2>unreadable: {html.escape(str(exc))}</td></tr>")
             continue
-        x0, y0, x1, y1 = crop_box((row.bbox_x, row.bbox_y, row.bbox_w, row.bbox_h), original.shape, pad=0.5)
+        bbox = (row["bbox_x"], row["bbox_y"], row["bbox_w"], row["bbox_h"])
+        x0, y0, x1, y1 = crop_box(bbox, original.shape, pad=0.5)
         cells = [_img(original[y0:y1, x0:x1]), _img(removed[y0:y1, x0:x1])]
         rows.append(
-            f"<tr><td>{html.escape(row.sample_id)}<br/>{html.escape(str(row.category))}</td>"
+            f"<tr><td>{sample_id}<br/>{html.escape(str(row['category']))}</td>"
             + "".join(f"<td>{c}</td>" for c in cells)
             + "</tr>"
         )

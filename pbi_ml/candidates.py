@@ -35,9 +35,10 @@ CANDIDATE_SCHEMA = CANDIDATES.schema
 REJECT_REASONS = tuple(reasons.CANDIDATE_REASONS)  # in the order the filters apply
 
 
-def image_problems(index: pa.Table, source: SourceConfig) -> dict[str, str]:
-    """image_file -> reason, for every distinct image that cannot be used (one header read each)."""
-    problems: dict[str, str] = {}
+def image_problems(index: pa.Table, source: SourceConfig) -> dict[str | None, str]:
+    """image_file -> reason, for every distinct image that cannot be used (one header read each);
+    a null image_file is a key too (its reason: the empty path's)."""
+    problems: dict[str | None, str] = {}
     if index.num_rows == 0:
         return problems
     files = pc.unique(index.column("image_file")).to_pylist()
@@ -81,7 +82,7 @@ def filter_candidates(index: pa.Table, source: SourceConfig, config: CandidateCo
         touches_border = np.zeros(n, dtype=bool)
 
     invalid = index.column("index_error").is_valid().to_numpy(zero_copy_only=False) | (area <= 0) | (image_area <= 0)
-    crowd = index.column("iscrowd").fill_null(False).to_numpy(zero_copy_only=False)
+    crowd = index.column("iscrowd").fill_null(pa.scalar(False)).to_numpy(zero_copy_only=False)
     if config.excluded_classes:
         excluded = pc.is_in(index.column("category"), value_set=pa.array(list(config.excluded_classes))).fill_null(
             False
@@ -91,11 +92,12 @@ def filter_candidates(index: pa.Table, source: SourceConfig, config: CandidateCo
         excluded = np.zeros(n, dtype=bool)
 
     reasons = np.full(n, None, dtype=object)
+    kept = np.ones(n, dtype=bool)  # no reason yet
     if config.check_images:
         problems = image_problems(index, source)
         if problems:
-            image_reason = np.array([problems.get(f) for f in index.column("image_file").to_pylist()], dtype=object)
-            reasons = image_reason
+            reasons = np.array([problems.get(f) for f in index.column("image_file").to_pylist()], dtype=object)
+            kept = np.array([r is None for r in reasons], dtype=bool)
     # first applicable reason wins: fill later reasons only where still empty
     for mask, reason in (
         (invalid, "invalid_mask"),
@@ -105,10 +107,10 @@ def filter_candidates(index: pa.Table, source: SourceConfig, config: CandidateCo
         (area_fraction > config.max_area_fraction, "too_large"),
         (touches_border, "touches_border"),
     ):
-        empty = np.equal(reasons, None)
-        reasons = np.where(empty & mask, reason, reasons)
+        hit = kept & mask
+        reasons[hit] = reason
+        kept &= ~hit
 
-    kept = np.equal(reasons, None)
     table = index.select(INDEX_SCHEMA.names)
     table = table.append_column("area_fraction", pa.array(area_fraction, pa.float64()))
     table = table.append_column("kept", pa.array(kept, pa.bool_()))

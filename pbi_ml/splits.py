@@ -21,7 +21,8 @@ def test_image_ids(project: ProjectConfig, storage) -> set[str]:
     ids: set[str] = set()
     for source in project.sources:
         if source.role == "test":
-            ids.update(load_source_index(source, project.num_shards, storage).column("image_id").to_pylist())
+            column = load_source_index(source, project.num_shards, storage).column("image_id")
+            ids.update(i for i in column.to_pylist() if i is not None)
     return ids
 
 
