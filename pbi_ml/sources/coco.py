@@ -9,13 +9,17 @@ so memory stays near the size of the compact index, not of the parsed JSON. Per 
 - area and bbox come from pycocotools' RLE operations (frPyObjects, merge, area, toBbox) - no
   mask is ever decoded here;
 - an instance whose mask is unusable stays in the index with area 0 and `index_error` set:
-  "empty_segmentation", "degenerate_polygon", "zero_area", "invalid_rle",
-  "segmentation_size_mismatch".
+  "empty_segmentation", "degenerate_polygon", "invalid_polygon", "zero_area", "invalid_rle",
+  "segmentation_size_mismatch" (checks.INDEX_ERRORS says what each means). Polygons and RLEs
+  are checked (checks.py) before pycocotools sees them: it does not validate its input.
 
 The `bbox` and `area` fields of the file are ignored (they are recomputed). Image paths are
 stored as given; the candidate stage checks that they stay inside the images root. A file that
-is not valid JSON, lacks a top-level list, has values of the wrong type, or has an annotation
-pointing at an unknown image or category raises AnnotationFileError naming the file.
+is not valid JSON (or not UTF-8), nests deeper than checks.MAX_JSON_DEPTH, lacks a top-level
+list, has values of the wrong type (a segmentation that is not polygons of numbers nor an RLE,
+an id that is not an integer or a string, ...), an image larger than pycocotools can handle or a
+file name with a NUL character, or has an annotation pointing at an unknown image or category
+raises AnnotationFileError naming the file and the problem.
 
 LVIS (lvis.py) reuses `read_coco_like_file` with its own category and image parsers.
 """
@@ -24,24 +28,28 @@ from __future__ import annotations
 
 import json
 import os
-import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import ijson
 import pyarrow as pa
 
 from pbi_ml.config import SourceConfig
 from pbi_ml.errors import AnnotationFileError
-from pbi_ml.sources.decode import rle_counts_from_string
+from pbi_ml.sources.checks import (
+    POLYGONS_TEXT,
+    compact_json,
+    image_size_problem,
+    json_nesting_problem,
+    polygon_arrays,
+    rle_is_consistent,
+    short_repr,
+)
 from pbi_ml.sources.index import IndexBuilder
 
-# a list of lists of JSON numbers, as json.dumps writes it
-_POLYGONS_TEXT = re.compile(r"\[\[[-+.0-9eE,]*\](?:,\[[-+.0-9eE,]*\])*\]")
 _EXACT_ERROR_LOCATION_MAX_BYTES = 64 * 2**20
-_JSON_SEPARATORS = (",", ":")
-_compact_json = json.JSONEncoder(separators=_JSON_SEPARATORS).encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,16 +88,20 @@ def parse_coco_category(raw: dict, path: Path, position: int) -> tuple[Any, Cate
     key = require_id(raw, "id", path, f"categories[{position}]")
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip():
-        raise AnnotationFileError(path, f"categories[{position}] (id {key}): 'name' missing or not a string")
+        raise AnnotationFileError(
+            path, f"categories[{position}] (id {short_repr(key)}): 'name' missing or not a string"
+        )
     return key, CategoryInfo(name=name, category_id=str(key), synonyms=[name])
 
 
 def parse_coco_image(raw: dict, path: Path, position: int) -> tuple[Any, ImageInfo]:
     key = require_id(raw, "id", path, f"images[{position}]")
+    where = f"images[{position}] (id {short_repr(key)})"
     file_name = raw.get("file_name")
     if not isinstance(file_name, str) or not file_name:
-        raise AnnotationFileError(path, f"images[{position}] (id {key}): 'file_name' missing or not a string")
-    width, height = require_size(raw, path, f"images[{position}] (id {key})")
+        raise AnnotationFileError(path, f"{where}: 'file_name' missing or not a string")
+    require_file_name(file_name, path, where)
+    width, height = require_size(raw, path, where)
     return key, ImageInfo(file_name=file_name, width=width, height=height)
 
 
@@ -99,7 +111,7 @@ def require_id(raw: dict, field: str, path: Path, where: str):
         return value
     if value is None:
         raise AnnotationFileError(path, f"{where}: '{field}' is missing")
-    raise AnnotationFileError(path, f"{where}: '{field}' must be an integer or a string, got {value!r}")
+    raise AnnotationFileError(path, f"{where}: '{field}' must be an integer or a string, got {short_repr(value)}")
 
 
 def require_size(raw: dict, path: Path, where: str) -> tuple[int, int]:
@@ -109,9 +121,17 @@ def require_size(raw: dict, path: Path, where: str) -> tuple[int, int]:
         if type(value) is float and value.is_integer():
             value = int(value)
         if type(value) is not int or value <= 0:
-            raise AnnotationFileError(path, f"{where}: '{field}' must be a positive integer, got {value!r}")
+            raise AnnotationFileError(path, f"{where}: '{field}' must be a positive integer, got {short_repr(value)}")
         size.append(value)
+    problem = image_size_problem(size[1], size[0])
+    if problem:
+        raise AnnotationFileError(path, f"{where}: {problem}")
     return size[0], size[1]
+
+
+def require_file_name(file_name: str, path: Path, where: str) -> None:
+    if "\x00" in file_name:
+        raise AnnotationFileError(path, f"{where}: file name {short_repr(file_name)} contains a NUL character")
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,6 +147,15 @@ def read_coco_like_file(
     """Stream one COCO-like JSON file into `builder` (three passes: categories, images, annotations)."""
     if not path.is_file():
         raise AnnotationFileError(path, "annotation file not found")
+    try:
+        problem = json_nesting_problem(path)  # ijson's memory grows with the square of the depth
+        with open(path, "rb") as f:
+            if f.read(3) == b"\xef\xbb\xbf":
+                problem = "invalid JSON: the file starts with a UTF-8 byte order mark (save it without one)"
+    except OSError as exc:
+        raise AnnotationFileError(path, f"cannot read annotation file: {exc.strerror or exc}") from None
+    if problem:
+        raise AnnotationFileError(path, problem)
 
     categories: dict[Any, CategoryInfo] = _read_keyed_section(path, "categories", "category", parse_category)
     images: dict[Any, ImageInfo] = _read_keyed_section(path, "images", "image", parse_image)
@@ -137,21 +166,23 @@ def read_coco_like_file(
         if type(ann) is not dict:
             raise AnnotationFileError(path, f"annotations[{position}] must be an object, got {_kind(ann)}")
         ann_id = require_id(ann, "id", path, f"annotations[{position}]")
-        image_key = ann.get("image_id")
+        where = f"annotation {short_repr(ann_id)}"
+        # ids are integers or strings: 1.0 or true would find image 1 (equal hashes) under another id
+        image_key = require_id(ann, "image_id", path, where)
         image = images.get(image_key)
         if image is None:
-            raise AnnotationFileError(path, f"annotation {ann_id!r} references unknown image_id {image_key!r}")
-        category_key = ann.get("category_id")
+            raise AnnotationFileError(path, f"{where} references unknown image_id {short_repr(image_key)}")
+        category_key = require_id(ann, "category_id", path, where)
         category = categories.get(category_key)
         if category is None:
-            raise AnnotationFileError(path, f"annotation {ann_id!r} references unknown category_id {category_key!r}")
+            raise AnnotationFileError(path, f"{where} references unknown category_id {short_repr(category_key)}")
         iscrowd = ann.get("iscrowd", 0)
-        if iscrowd not in (0, 1) or type(iscrowd) is float:
-            raise AnnotationFileError(path, f"annotation {ann_id!r}: 'iscrowd' must be 0 or 1, got {iscrowd!r}")
+        if type(iscrowd) not in (int, bool) or iscrowd not in (0, 1):
+            raise AnnotationFileError(path, f"{where}: 'iscrowd' must be 0 or 1, got {short_repr(iscrowd)}")
         try:
             text, rle, error = summarise_segmentation(ann.get("segmentation"), image.height, image.width)
         except ValueError as exc:
-            raise AnnotationFileError(path, f"annotation {ann_id!r}: {exc}") from None
+            raise AnnotationFileError(path, f"{where}: {exc}") from None
         not_exhaustive = False if image.not_exhaustive is None else category_key in image.not_exhaustive
         builder.add(
             image_id=image_key,
@@ -192,15 +223,15 @@ def summarise_segmentation(segmentation, height: int, width: int) -> tuple[str |
 def _summarise_polygons(polygons: list, height: int, width: int):
     import pycocotools.mask as mask_utils
 
-    text = _compact_json(polygons)
-    if not _POLYGONS_TEXT.fullmatch(text):
+    text = compact_json(polygons)
+    if not POLYGONS_TEXT.fullmatch(text):
         raise ValueError("'segmentation' must be a list of polygons [[x1, y1, x2, y2, ...], ...] of numbers")
-    valid = [p for p in polygons if len(p) >= 6 and len(p) % 2 == 0]
-    if not valid:
-        return text, None, "degenerate_polygon"
-    if len(valid) != len(polygons):
-        text = _compact_json(valid)
-    rles = mask_utils.frPyObjects(valid, height, width)
+    arrays, error = polygon_arrays(polygons, height, width)
+    if error:
+        return text, None, error
+    if len(arrays) != len(polygons):  # polygons with fewer than 3 points dropped
+        text = compact_json([p for p in polygons if len(p) >= 6 and len(p) % 2 == 0])
+    rles = mask_utils.frPyObjects(arrays, height, width)
     return text, (rles[0] if len(rles) == 1 else mask_utils.merge(rles)), None
 
 
@@ -209,26 +240,24 @@ def _summarise_rle(segmentation: dict, height: int, width: int):
 
     size, counts = segmentation.get("size"), segmentation.get("counts")
     if type(size) is not list or len(size) != 2 or any(type(v) is not int or v <= 0 for v in size):
-        raise ValueError(f"RLE 'size' must be [height, width] of positive integers, got {size!r}")
-    rle_h, rle_w = size
-    error = None if (rle_h, rle_w) == (height, width) else "segmentation_size_mismatch"
+        raise ValueError(f"RLE 'size' must be [height, width] of positive integers, got {short_repr(size)}")
     if type(counts) is list:
         if any(type(v) is not int or v < 0 for v in counts):
             raise ValueError("uncompressed RLE 'counts' must be non-negative integers")
-        if sum(counts) != rle_h * rle_w:
-            return json.dumps(segmentation, separators=_JSON_SEPARATORS), None, "invalid_rle"
-        rle = mask_utils.frPyObjects(segmentation, rle_h, rle_w)
-        compressed = rle["counts"].decode("ascii")
-    elif type(counts) is str:
-        runs = rle_counts_from_string(counts)
-        if runs is None or sum(runs) != rle_h * rle_w:
-            return json.dumps(segmentation, separators=_JSON_SEPARATORS), None, "invalid_rle"
-        compressed = counts
-        rle = {"size": [rle_h, rle_w], "counts": counts.encode("ascii")}
-    else:
+    elif type(counts) is not str:
         raise ValueError(f"RLE 'counts' must be a list of integers or a string, got {_kind(counts)}")
-    text = json.dumps({"size": [rle_h, rle_w], "counts": compressed}, separators=_JSON_SEPARATORS)
-    return text, rle, error
+    # a bad RLE keeps its text as given and never reaches pycocotools (it would write past its buffer)
+    if size != [height, width]:
+        return compact_json(segmentation), None, "segmentation_size_mismatch"
+    if not rle_is_consistent(size, counts):
+        return compact_json(segmentation), None, "invalid_rle"
+    if type(counts) is list:
+        rle = mask_utils.frPyObjects({"size": size, "counts": counts}, height, width)
+        compressed = rle["counts"].decode("ascii")
+    else:
+        compressed = counts
+        rle = {"size": size, "counts": counts.encode("ascii")}
+    return compact_json({"size": size, "counts": compressed}), rle, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,7 +269,7 @@ def iter_json_items(path: Path, prefix: str) -> Iterator[Any]:
     with open(path, "rb") as f:
         try:
             yield from ijson.items(f, prefix, use_float=True)
-        except ijson.JSONError as exc:
+        except (ijson.JSONError, UnicodeDecodeError) as exc:  # ijson raises the latter for a bad \u escape
             raise AnnotationFileError(path, f"invalid JSON {_json_error_location(path, f, exc)}") from None
 
 
@@ -271,7 +300,7 @@ def require_top_level_list(path: Path, key: str) -> None:
             path, "the top level must be a JSON object with 'images', 'annotations' and 'categories'"
         )
     if key not in kinds:
-        raise AnnotationFileError(path, f"missing top-level key {key!r} (found: {sorted(kinds)})")
+        raise AnnotationFileError(path, f"missing top-level key {key!r} (found: {short_repr(sorted(kinds))})")
     if kinds[key] != "start_array":
         raise AnnotationFileError(
             path, f"top-level {key!r} must be a list, got {_EVENT_KINDS.get(kinds[key], kinds[key])}"
@@ -304,7 +333,7 @@ def _top_level_kinds(path: Path) -> dict[str, str] | None:
                     pending = None
                 elif prefix == "" and event == "map_key":
                     pending = value
-        except ijson.JSONError as exc:
+        except (ijson.JSONError, UnicodeDecodeError) as exc:
             raise AnnotationFileError(path, f"invalid JSON {_json_error_location(path, f, exc)}") from None
     return kinds
 
@@ -317,7 +346,7 @@ def _read_keyed_section(path: Path, section: str, what: str, parse) -> dict:
             raise AnnotationFileError(path, f"{section}[{position}] must be an object, got {_kind(raw)}")
         key, info = parse(raw, path, position)
         if key in items:
-            raise AnnotationFileError(path, f"{what} id {key!r} appears twice")
+            raise AnnotationFileError(path, f"{what} id {short_repr(key)} appears twice")
         items[key] = info
     if not items:
         require_top_level_list(path, section)

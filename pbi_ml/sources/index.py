@@ -33,10 +33,11 @@ import pyarrow.parquet as pq
 from pbi_ml.config import SourceConfig
 from pbi_ml.errors import AnnotationFileError
 from pbi_ml.sources.base import INDEX_SCHEMA, shard_of
+from pbi_ml.sources.checks import short_repr
 from pbi_ml.storage import Storage, write_parquet
 
 # Bump when a reader's output for the same input files changes: it invalidates every cached index.
-READER_VERSION = "1"
+READER_VERSION = "2"
 
 CHUNK_ROWS = 16_384  # rows held as Python objects at a time
 
@@ -154,7 +155,7 @@ class IndexBuilder:
                 a for start in range(0, len(rles), 255) for a in mask_utils.area(rles[start : start + 255]).tolist()
             ]
             boxes = mask_utils.toBbox(rles).tolist()
-            for row, area, (x, y, w, h) in zip(rows, areas, boxes):
+            for row, area, (x, y, w, h) in zip(rows, areas, boxes, strict=True):
                 c["area"][row] = float(area)
                 c["bbox_x"][row], c["bbox_y"][row], c["bbox_w"][row], c["bbox_h"][row] = x, y, w, h
                 if area == 0 and c["index_error"][row] is None:
@@ -202,7 +203,9 @@ def _check_unique_annotation_ids(table: pa.Table, path) -> None:
         return
     counts = pc.value_counts(ids)
     dupes = counts.filter(pc.greater(counts.field("counts"), 1)).field("values").to_pylist()
-    raise AnnotationFileError(path, f"annotation id {dupes[0]!r} is used more than once ({len(dupes)} duplicated ids)")
+    raise AnnotationFileError(
+        path, f"annotation id {short_repr(dupes[0])} is used more than once ({len(dupes)} duplicated ids)"
+    )
 
 
 def empty_index() -> pa.Table:

@@ -28,7 +28,15 @@ import pyarrow as pa
 
 from pbi_ml.config import SourceConfig
 from pbi_ml.errors import AnnotationFileError
-from pbi_ml.sources.coco import CategoryInfo, ImageInfo, read_coco_like_file, require_id, require_size
+from pbi_ml.sources.checks import short_repr
+from pbi_ml.sources.coco import (
+    CategoryInfo,
+    ImageInfo,
+    read_coco_like_file,
+    require_file_name,
+    require_id,
+    require_size,
+)
 from pbi_ml.sources.index import IndexBuilder
 
 LVIS_FREQUENCIES = ("r", "c", "f")
@@ -49,13 +57,15 @@ def readable_name(lvis_name: str) -> str:
 
 def parse_lvis_category(raw: dict, path: Path, position: int) -> tuple[Any, CategoryInfo]:
     key = require_id(raw, "id", path, f"categories[{position}]")
-    where = f"categories[{position}] (id {key})"
+    where = f"categories[{position}] (id {short_repr(key)})"
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip():
         raise AnnotationFileError(path, f"{where}: 'name' missing or not a string")
     frequency = raw.get("frequency")
     if frequency is not None and frequency not in LVIS_FREQUENCIES:
-        raise AnnotationFileError(path, f"{where}: 'frequency' must be one of {LVIS_FREQUENCIES}, got {frequency!r}")
+        raise AnnotationFileError(
+            path, f"{where}: 'frequency' must be one of {LVIS_FREQUENCIES}, got {short_repr(frequency)}"
+        )
     synonyms = raw.get("synonyms")
     if synonyms is None:
         synonyms = [name]
@@ -68,17 +78,18 @@ def parse_lvis_category(raw: dict, path: Path, position: int) -> tuple[Any, Cate
 
 def parse_lvis_image(raw: dict, path: Path, position: int) -> tuple[Any, ImageInfo]:
     key = require_id(raw, "id", path, f"images[{position}]")
-    where = f"images[{position}] (id {key})"
+    where = f"images[{position}] (id {short_repr(key)})"
     width, height = require_size(raw, path, where)
     file_name = raw.get("file_name")
     if file_name is None:
         file_name = file_name_from_coco_url(raw.get("coco_url"))
         if file_name is None:
             raise AnnotationFileError(
-                path, f"{where}: neither 'file_name' nor a usable 'coco_url' ({raw.get('coco_url')!r})"
+                path, f"{where}: neither 'file_name' nor a usable 'coco_url' ({short_repr(raw.get('coco_url'))})"
             )
     elif not isinstance(file_name, str) or not file_name:
         raise AnnotationFileError(path, f"{where}: 'file_name' must be a non-empty string")
+    require_file_name(file_name, path, where)
     for field in ("neg_category_ids", "not_exhaustive_category_ids"):
         ids = raw.get(field, [])
         if type(ids) is not list or not all(type(i) in (int, str) for i in ids):
@@ -91,7 +102,10 @@ def file_name_from_coco_url(url) -> str | None:
     """ "http://images.cocodataset.org/val2017/000000266409.jpg" -> "val2017/000000266409.jpg"."""
     if not isinstance(url, str) or not url:
         return None
-    parts = [p for p in urlparse(url).path.split("/") if p]
+    try:
+        parts = [p for p in urlparse(url).path.split("/") if p]
+    except ValueError:  # "http://[abc/x.jpg": an invalid IPv6 host
+        return None
     if not parts:
         return None
     return "/".join(parts[-2:])

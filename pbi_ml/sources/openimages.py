@@ -16,13 +16,18 @@ no image size, so width/height come from the image header when the image is read
 the mask PNG. Each mask PNG is opened once (PIL) to get its pixel count and box, scaled to the
 image size (Open Images masks may be stored at another resolution than the photo). A missing or
 unreadable mask keeps its row with area 0, the CSV box (when the image size is known) and
-index_error "mask_missing" / "mask_unreadable"; an empty mask gives "zero_area".
+index_error "mask_missing" / "mask_unreadable"; a MaskPath leaving the masks root (absolute,
+`..`) gives "path_escapes_root" and is never opened; an empty mask gives "zero_area".
+A CSV that does not parse, lacks a column, has an empty or NUL-containing MaskPath / ImageID /
+LabelName, a box value that is not a finite number, or a LabelName missing from the class
+descriptions raises AnnotationFileError naming the file and the line.
 `category_not_exhaustive` is null (Open Images gives no such flag), `iscrowd` False.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import os
 from pathlib import Path
 
@@ -30,9 +35,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from pbi_ml import reasons
 from pbi_ml.config import SourceConfig
 from pbi_ml.errors import AnnotationFileError, ItemError
-from pbi_ml.imageio import check_image, load_gray, resolve_inside
+from pbi_ml.imageio import check_image, load_gray
+from pbi_ml.sources.checks import short_repr
+from pbi_ml.sources.decode import resolve_mask
 from pbi_ml.sources.index import IndexBuilder
 
 REQUIRED_COLUMNS = ("MaskPath", "ImageID", "LabelName", "BoxID", "BoxXMin", "BoxXMax", "BoxYMin", "BoxYMax")
@@ -63,14 +71,16 @@ def read_class_descriptions(path: Path) -> dict[str, str]:
                     continue
                 if len(row) != 2 or not row[0].strip():
                     raise AnnotationFileError(
-                        path, f"line {line_number}: expected 'LabelName,DisplayName', got {row!r}"
+                        path, f"line {line_number}: expected 'LabelName,DisplayName', got {short_repr(row)}"
                     )
                 label, name = row[0].strip(), row[1].strip()
                 if label in classes and classes[label] != name:
-                    raise AnnotationFileError(path, f"line {line_number}: LabelName {label!r} described twice")
+                    raise AnnotationFileError(
+                        path, f"line {line_number}: LabelName {short_repr(label)} described twice"
+                    )
                 classes[label] = name
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise AnnotationFileError(path, f"not a readable CSV: {exc}") from None
+    except (UnicodeDecodeError, csv.Error, OSError) as exc:
+        raise AnnotationFileError(path, f"not a readable CSV: {str(exc)[:300]}") from None
     if not classes:
         raise AnnotationFileError(path, "no classes in the class descriptions file")
     return classes
@@ -82,14 +92,14 @@ def _read_csv_columns(path: Path) -> dict[str, list]:
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             header = next(csv.reader(f), None)
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise AnnotationFileError(path, f"not a readable CSV: {exc}") from None
+    except (UnicodeDecodeError, csv.Error, OSError) as exc:
+        raise AnnotationFileError(path, f"not a readable CSV: {str(exc)[:300]}") from None
     if not header:
         raise AnnotationFileError(path, "empty file: expected a header with " + ", ".join(REQUIRED_COLUMNS))
     header = [h.strip() for h in header]
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
-        raise AnnotationFileError(path, f"missing required columns {missing}; found {header}")
+        raise AnnotationFileError(path, f"missing required columns {missing}; found {short_repr(header)}")
     types = {c: pa.string() for c in REQUIRED_COLUMNS}
     types.update({c: pa.float64() for c in _BOX_COLUMNS})
     try:
@@ -98,8 +108,8 @@ def _read_csv_columns(path: Path) -> dict[str, list]:
             read_options=pacsv.ReadOptions(column_names=header, skip_rows=1),
             convert_options=pacsv.ConvertOptions(include_columns=list(REQUIRED_COLUMNS), column_types=types),
         )
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise AnnotationFileError(path, f"malformed CSV: {exc}") from None
+    except pa.ArrowException as exc:
+        raise AnnotationFileError(path, f"malformed CSV: {str(exc)[:300]}") from None
     return {name: table.column(name).to_pylist() for name in REQUIRED_COLUMNS}
 
 
@@ -115,19 +125,27 @@ def _read_segmentation_csv(path, source, classes, builder, image_sizes) -> None:
             columns["BoxXMax"],
             columns["BoxYMin"],
             columns["BoxYMax"],
+            strict=True,
         ),
         start=2,
     ):
         if not mask_path or not image_id or not label:
             raise AnnotationFileError(path, f"line {row_number}: MaskPath, ImageID and LabelName must be non-empty")
+        if "\x00" in mask_path or "\x00" in image_id:  # no file can have that name
+            raise AnnotationFileError(path, f"line {row_number}: MaskPath or ImageID contains a NUL character")
+        for column, value in zip(_BOX_COLUMNS, (x0, x1, y0, y1), strict=True):
+            if value is not None and not math.isfinite(value):
+                raise AnnotationFileError(path, f"line {row_number}: {column} is {value}, not a finite number")
         name = classes.get(label)
         if name is None:
-            raise AnnotationFileError(path, f"line {row_number}: LabelName {label!r} is not in the class descriptions")
+            raise AnnotationFileError(
+                path, f"line {row_number}: LabelName {short_repr(label)} is not in the class descriptions"
+            )
         image_file = f"{image_id}.jpg"
         if image_id not in image_sizes:
             try:
                 image_sizes[image_id] = check_image(source.images, image_file)
-            except ItemError:
+            except (ItemError, OSError):  # OSError: a name the file system refuses (too long)
                 image_sizes[image_id] = None
         image_size = image_sizes[image_id]
 
@@ -135,7 +153,7 @@ def _read_segmentation_csv(path, source, classes, builder, image_sizes) -> None:
         area, bbox, size = 0.0, None, image_size
         try:
             mask_file, mask_abs = find_mask(masks_root, mask_path)
-            mask = load_gray(mask_abs) > 127  # PIL opens each mask once
+            mask = _load_mask(mask_abs) > 127  # PIL opens each mask once
             area, bbox, size = _mask_summary(mask, image_size)
             if area == 0:
                 error = "zero_area"
@@ -170,10 +188,21 @@ def find_mask(masks_root: Path, mask_path: str) -> tuple[str, Path]:
     if name:
         candidates.append(f"{name[0]}/{mask_path}")
     for relative in candidates:
-        path = resolve_inside(masks_root, relative)  # raises path_escapes_root
-        if path.is_file():
-            return relative, path
-    raise ItemError("mask_missing", f"{mask_path} not under {masks_root}")
+        try:
+            return relative, resolve_mask(masks_root, relative)  # raises path_escapes_root
+        except ItemError as exc:
+            if exc.reason != reasons.MASK_MISSING:
+                raise
+    raise ItemError(reasons.MASK_MISSING, f"{short_repr(mask_path)} not under {masks_root}")
+
+
+def _load_mask(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        return load_gray(path)  # raises mask_missing / mask_unreadable
+    except Image.DecompressionBombError as exc:  # a header claiming a huge size
+        raise ItemError(reasons.MASK_UNREADABLE, f"{path}: {exc}") from None
 
 
 def _mask_summary(mask: np.ndarray, image_size: tuple[int, int] | None):
