@@ -264,9 +264,27 @@ def test_pbi_run_after_a_kill_minus_9_during_a_gpu_step_completes(tmp_path):
             first.wait()
         log.close()
 
+    # one shard, and a short training and evaluation, keep the test short (this is not about them)
+    quick = tmp_path / "quick.yaml"
+    quick.write_text(
+        yaml.safe_dump(
+            {"ops": {"checkpoint": {"config": {"max_steps": 2}}, "evaluation": {"config": {"num_inference_steps": 2}}}}
+        )
+    )
     started = time.monotonic()
-    second = subprocess.run(  # one shard (and the unpartitioned assets) keeps the test short
-        [sys.executable, "-m", "pbi_assets.cli", "run", "--source", "demo", "--shard", "000"],
+    second = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pbi_assets.cli",
+            "run",
+            "--source",
+            "demo",
+            "--shard",
+            "000",
+            "--run-config",
+            str(quick),
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
