@@ -46,7 +46,7 @@ def histogram_markdown(values, bins: int = 10, title: str = "") -> dg.MetadataVa
     counts, edges = np.histogram(values, bins=bins)
     peak = max(int(counts.max()), 1)
     lines = [f"{title} (n={values.size})", "```"]
-    for c, lo, hi in zip(counts, edges[:-1], edges[1:]):
+    for c, lo, hi in zip(counts, edges[:-1], edges[1:], strict=True):
         lines.append(f"{lo:8.4f} – {hi:8.4f} | {'█' * int(round(30 * c / peak)):<30} {c}")
     lines.append("```")
     return dg.MetadataValue.md("\n".join(lines))

@@ -28,38 +28,42 @@ def stage_run_config(name: str, cls, extra: dict | None = None) -> type[dg.Confi
     return create_model(name, __base__=dg.Config, **fields)
 
 
-CandidatesRunConfig = stage_run_config("CandidatesRunConfig", C.CandidateConfig)
-RemovalRunConfig = stage_run_config("RemovalRunConfig", C.RemovalConfig)
-ScoringRunConfig = stage_run_config("ScoringRunConfig", C.ScoringConfig)
-PairsRunConfig = stage_run_config("PairsRunConfig", C.PairConfig)
-SplitsRunConfig = stage_run_config("SplitsRunConfig", C.SplitConfig)
+if typing.TYPE_CHECKING:
+    # built at import from the dataclasses (below); the type checker sees each as a dg.Config
+    CandidatesRunConfig = RemovalRunConfig = ScoringRunConfig = PairsRunConfig = SplitsRunConfig = dg.Config
+    DescriptionsRunConfig = InstructionsRunConfig = ExportsRunConfig = dg.Config
+    CheckpointRunConfig = EvaluationRunConfig = dg.Config
+else:
+    CandidatesRunConfig = stage_run_config("CandidatesRunConfig", C.CandidateConfig)
+    RemovalRunConfig = stage_run_config("RemovalRunConfig", C.RemovalConfig)
+    ScoringRunConfig = stage_run_config("ScoringRunConfig", C.ScoringConfig)
+    PairsRunConfig = stage_run_config("PairsRunConfig", C.PairConfig)
+    SplitsRunConfig = stage_run_config("SplitsRunConfig", C.SplitConfig)
 
+    def _downstream():
+        # these dataclasses live beside their stage code; importing them loads no torch
+        from pbi_ml.describe import DescribeConfig
+        from pbi_ml.export import ExportConfig
+        from pbi_ml.instruct import InstructConfig
+        from pbi_ml.stages.evaluation import EvaluationConfig
+        from pbi_ml.train import TrainConfig
 
-def _downstream():
-    # these dataclasses live beside their stage code; importing them loads no torch
-    from pbi_ml.describe import DescribeConfig
-    from pbi_ml.export import ExportConfig
-    from pbi_ml.instruct import InstructConfig
-    from pbi_ml.stages.evaluation import EvaluationConfig
-    from pbi_ml.train import TrainConfig
+        recipe = (
+            str | None,
+            Field(default=None, description="smoke (default: tiny CPU model) or paper (SPEC's recipe)"),
+        )
+        return (
+            stage_run_config("DescriptionsRunConfig", DescribeConfig),
+            stage_run_config("InstructionsRunConfig", InstructConfig),
+            stage_run_config("ExportsRunConfig", ExportConfig),
+            stage_run_config("CheckpointRunConfig", TrainConfig, extra={"recipe": recipe}),
+            stage_run_config("EvaluationRunConfig", EvaluationConfig),
+        )
 
-    recipe = (
-        str | None,
-        Field(default=None, description="smoke (default: tiny CPU model) or paper (SPEC's recipe)"),
-    )
-    return (
-        stage_run_config("DescriptionsRunConfig", DescribeConfig),
-        stage_run_config("InstructionsRunConfig", InstructConfig),
-        stage_run_config("ExportsRunConfig", ExportConfig),
-        stage_run_config("CheckpointRunConfig", TrainConfig, extra={"recipe": recipe}),
-        stage_run_config("EvaluationRunConfig", EvaluationConfig),
-    )
-
-
-(
-    DescriptionsRunConfig,
-    InstructionsRunConfig,
-    ExportsRunConfig,
-    CheckpointRunConfig,
-    EvaluationRunConfig,
-) = _downstream()
+    (
+        DescriptionsRunConfig,
+        InstructionsRunConfig,
+        ExportsRunConfig,
+        CheckpointRunConfig,
+        EvaluationRunConfig,
+    ) = _downstream()

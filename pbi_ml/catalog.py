@@ -75,7 +75,8 @@ def build_catalog(storage: Storage) -> dict[str, int]:
             for name, sql in views.items():
                 con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {sql}')
             for name in views:
-                counts[name] = con.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0]
+                row = con.execute(f'SELECT count(*) FROM "{name}"').fetchone()
+                counts[name] = int(row[0]) if row else 0
         finally:
             con.close()
         wal = Path(str(tmp) + ".wal")

@@ -16,9 +16,10 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -77,9 +78,7 @@ class Storage:
     def read_table(self, table: TableSpec, source: str, shard: str) -> pa.Table:
         path = self.table_path(table, source, shard)
         if not path.exists():
-            raise FileNotFoundError(
-                f"{path}: stage {table.name!r} has not been materialized for {source}/{shard} yet"
-            )
+            raise FileNotFoundError(f"{path}: stage {table.name!r} has not been materialized for {source}/{shard} yet")
         return pq.read_table(path)
 
     def has_table(self, table: TableSpec, source: str, shard: str) -> bool:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 
-
 @dataclass(frozen=True)
 class TableSpec:
     """One stage table. `partitioned` tables live at tables/<name>/<source>/<shard>.parquet."""

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from pipeline_helpers import DATA_PLANE, check_results, materialize_partition, materialize_unpartitioned, metadata_of
 
+from pbi_assets.partitions import PROJECT
 from pbi_ml import tables
 from pbi_ml.config import SourceIndexConfig
-from pbi_assets.partitions import PROJECT
 from pbi_ml.imageio import load_mask_png, load_rgb_path
 from pbi_ml.masks import LOCATION_GRID
 from pbi_ml.storage import Storage
@@ -160,7 +160,7 @@ def test_crash_mid_partition_loses_and_duplicates_nothing(tmp_path, demo_root):
     assert result.table.num_rows == clean.num_rows
     assert result.table.column("annotation_id").to_pylist() == clean.column("annotation_id").to_pylist()
     for ours, theirs in zip(
-        result.table.column("removal_image").to_pylist(), clean.column("removal_image").to_pylist()
+        result.table.column("removal_image").to_pylist(), clean.column("removal_image").to_pylist(), strict=True
     ):
         assert Path(ours).read_bytes() == Path(theirs).read_bytes()
 
@@ -246,7 +246,8 @@ def test_sigkill_mid_partition_then_rerun_loses_and_duplicates_nothing(tmp_path)
 
     clean = prepare(tmp_path / "clean")
     shard = max(
-        PROJECT.shard_keys, key=lambda s: clean.read_table(tables.CANDIDATES, "demo", s).filter(pc.field("kept")).num_rows
+        PROJECT.shard_keys,
+        key=lambda s: clean.read_table(tables.CANDIDATES, "demo", s).filter(pc.field("kept")).num_rows,
     )
     expected = run_removals(clean, source, shard, config).table
     total = expected.filter(pc.field("candidate") == 0).num_rows
@@ -275,7 +276,7 @@ def test_sigkill_mid_partition_then_rerun_loses_and_duplicates_nothing(tmp_path)
     assert result.counts["items_computed_this_run"] == total - done_at_kill
     assert result.table.drop_columns(["removal_image"]).equals(expected.drop_columns(["removal_image"]))
     for ours, theirs in zip(
-        result.table.column("removal_image").to_pylist(), expected.column("removal_image").to_pylist()
+        result.table.column("removal_image").to_pylist(), expected.column("removal_image").to_pylist(), strict=True
     ):
         assert Path(ours).read_bytes() == Path(theirs).read_bytes()
 

@@ -138,8 +138,6 @@ def test_vlm_refuses_remote_code_models_unless_flag_set(tmp_path):
         make_describer(DescribeConfig(backend="vlm", model="THUDM/cogvlm-chat-hf"))
 
 
-
-
 def test_vlm_describer_code_path_with_tiny_qwen2_vl(tiny_vlm_dir):
     cat = skimage.data.chelsea()[::4, ::4].copy()
     cup = skimage.data.coffee()[::8, ::8].copy()

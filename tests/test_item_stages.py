@@ -413,7 +413,9 @@ def test_config_precedence_default_then_pbi_yaml_then_run_config(tmp_path):
     from pbi_assets.run_config import RemovalRunConfig
 
     path = tmp_path / "pbi.yaml"
-    path.write_text(yaml.safe_dump({"data_root": str(tmp_path / "d"), "stages": {"removals": {"dilation_px": 7, "steps": 3}}}))
+    path.write_text(
+        yaml.safe_dump({"data_root": str(tmp_path / "d"), "stages": {"removals": {"dilation_px": 7, "steps": 3}}})
+    )
     pbi = PBIProject(config_path=str(path))
     default = RemovalConfig()
     from_yaml = pbi.stage_config(tables.REMOVALS.name, RemovalConfig, None)
@@ -467,9 +469,9 @@ def test_no_table_name_literal_outside_the_registry():
 
 def test_catalog_and_stages_do_not_import_each_other_in_a_cycle():
     catalog = ast.parse((ROOT / "pbi_ml" / "catalog.py").read_text())
-    imported = {
-        n.module for n in ast.walk(catalog) if isinstance(n, ast.ImportFrom) and n.module
-    } | {a.name for n in ast.walk(catalog) if isinstance(n, ast.Import) for a in n.names}
+    imported = {n.module for n in ast.walk(catalog) if isinstance(n, ast.ImportFrom) and n.module} | {
+        a.name for n in ast.walk(catalog) if isinstance(n, ast.Import) for a in n.names
+    }
     assert not [m for m in imported if m.startswith("pbi_ml.stages")], imported
     registry = ast.parse((ROOT / "pbi_ml" / "tables.py").read_text())
     leaf_imports = {n.module for n in ast.walk(registry) if isinstance(n, ast.ImportFrom) and n.module}

@@ -6,7 +6,6 @@ user's Hub ids take. The numbers mean nothing; the wiring is what is tested."""
 from __future__ import annotations
 
 import duckdb
-import pytest
 from pipeline_helpers import materialize_partition, materialize_unpartitioned, metadata_of
 from tiny_clip import save_tiny_clip, save_tiny_dino
 

@@ -18,8 +18,7 @@ import pytest
 import skimage.data
 
 from pbi_ml import tables
-from pbi_ml.config import SourceIndexConfig
-from pbi_ml.config import RemovalConfig
+from pbi_ml.config import RemovalConfig, SourceIndexConfig
 from pbi_ml.errors import ConfigError, ItemError
 from pbi_ml.masks import dilate
 from pbi_ml.removal import REMOVAL_BACKENDS, make_inpainter
@@ -87,7 +86,7 @@ def test_opencv_candidates_on_real_photos():
     items = photo_items()
     results = inpainter.inpaint([i for i, _, _ in items], [m for _, m, _ in items], [c for _, _, c in items])
     assert len(results) == len(items)
-    for (image, mask, _), candidates in zip(items, results):
+    for (image, mask, _), candidates in zip(items, results, strict=True):
         assert len(candidates) == 3
         x0, y0, x1, y1 = inpaint_crop(mask, 9)
         outside_crop = np.ones(mask.shape, bool)
@@ -113,7 +112,7 @@ def test_opencv_crop_gives_the_same_bytes_as_the_whole_image():
         cv2.inpaint(image, mask.astype(np.uint8), 5, cv2.INPAINT_NS),
         cv2.inpaint(image, mask.astype(np.uint8), 9, cv2.INPAINT_TELEA),
     ]
-    for a, b in zip(ours, full):
+    for a, b in zip(ours, full, strict=True):
         assert np.array_equal(a, b)
 
 
@@ -122,8 +121,8 @@ def test_opencv_is_deterministic():
     args = ([i for i, _, _ in items], [m for _, m, _ in items], [c for _, _, c in items])
     first = make_inpainter(RemovalConfig()).inpaint(*args)
     second = make_inpainter(RemovalConfig()).inpaint(*args)
-    for a, b in zip(first, second):
-        for x, y in zip(a, b):
+    for a, b in zip(first, second, strict=True):
+        for x, y in zip(a, b, strict=True):
             assert x.tobytes() == y.tobytes()
 
 
@@ -215,7 +214,7 @@ def test_sd_outputs_original_size_and_distinct_candidates(sd_run, sd_items):
     assert inpainter.name == "diffusers"
     assert inpainter.candidate_labels() == ["sd seed=0", "sd seed=1", "sd seed=2"]
     assert len(results) == len(sd_items)
-    for (image, mask, _), candidates in zip(sd_items, results):
+    for (image, _, _), candidates in zip(sd_items, results, strict=True):
         assert len(candidates) == 3
         for out in candidates:
             assert out.shape == image.shape and out.dtype == np.uint8
@@ -277,7 +276,7 @@ def test_sd_rerun_with_a_fresh_pipeline_gives_identical_bytes(sd_run, sd_config,
     _, results = sd_run
     image, mask, category = sd_items[2]
     again = make_inpainter(sd_config).inpaint([image], [mask], [category])[0]
-    for x, y in zip(again, results[2]):
+    for x, y in zip(again, results[2], strict=True):
         assert x.tobytes() == y.tobytes()
 
 

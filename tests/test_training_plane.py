@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from pipeline_helpers import check_results, metadata_of
 
-from pbi_ml import tables
 from pbi_assets.resources import PBIProject
+from pbi_ml import tables
 from pbi_ml.storage import Storage
 
 
@@ -50,10 +50,10 @@ def test_location_phrase_is_not_baked_into_stored_instructions(demo):
     root, *_ = demo
     con = _con(root)
     texts = [t for (t,) in con.execute("SELECT instruction_vlm_llm FROM instructions").fetchall()]
-    locations = [l for (l,) in con.execute("SELECT DISTINCT object_location FROM pairs").fetchall()]
+    locations = [loc for (loc,) in con.execute("SELECT DISTINCT object_location FROM pairs").fetchall()]
     con.close()
     assert len(texts) >= 5 and locations, "the demo has instructions and locations to compare"
-    assert not [t for t in texts for l in locations if t.endswith(f" at the {l}")]
+    assert not [t for t in texts for loc in locations if t.endswith(f" at the {loc}")]
 
 
 def test_no_image_in_both_splits_and_checks_pass(demo):
@@ -263,7 +263,9 @@ def test_a_pair_whose_images_are_gone_fails_alone_with_its_reason(demo, tmp_path
     storage = Storage(copy)
     shard = max(
         ("000", "001", "002", "003"),
-        key=lambda s: storage.read_table(tables.PAIRS, "demo", s).num_rows if storage.has_table(tables.PAIRS, "demo", s) else 0,
+        key=lambda s: (
+            storage.read_table(tables.PAIRS, "demo", s).num_rows if storage.has_table(tables.PAIRS, "demo", s) else 0
+        ),
     )
     pairs = storage.read_table(tables.PAIRS, "demo", shard).to_pylist()
     # the files moved: point the table at the copy, then lose one pair's original photo
@@ -273,7 +275,10 @@ def test_a_pair_whose_images_are_gone_fails_alone_with_its_reason(demo, tmp_path
     import pyarrow as pa
 
     storage.write_table(
-        tables.PAIRS, "demo", shard, pa.Table.from_pylist(pairs, schema=storage.read_table(tables.PAIRS, "demo", shard).schema)
+        tables.PAIRS,
+        "demo",
+        shard,
+        pa.Table.from_pylist(pairs, schema=storage.read_table(tables.PAIRS, "demo", shard).schema),
     )
     Path(pairs[0]["target_image"]).unlink()
     from pbi_assets.partitions import PROJECT

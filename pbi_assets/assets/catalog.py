@@ -1,5 +1,7 @@
 """The DuckDB catalog: views over every partition's Parquet, rebuilt atomically."""
 
+from typing import Any
+
 import dagster as dg
 
 from pbi_assets.assets.instructions import instructions, splits
@@ -24,7 +26,7 @@ from pbi_ml.catalog import build_catalog
 def catalog(context: dg.AssetExecutionContext, pbi: PBIProject) -> dg.MaterializeResult:
     storage = pbi.storage()
     counts = build_catalog(storage)
-    meta = {f"rows_{view}": int(n) for view, n in counts.items()}
+    meta: dict[str, Any] = {f"rows_{view}": int(n) for view, n in counts.items()}
     meta["path"] = dg.MetadataValue.path(str(storage.catalog_path))
     meta["example_query"] = dg.MetadataValue.md(
         f'```\npbi sql "SELECT category, count(*) FROM pairs GROUP BY 1 ORDER BY 2 DESC"\n```\n'

@@ -1,6 +1,8 @@
 """Exports, the trained checkpoint, and its evaluation (unpartitioned: they read all partitions)."""
 
 import json
+from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
@@ -29,10 +31,11 @@ def exports(context: dg.AssetExecutionContext, pbi: PBIProject, config: ExportsR
 
     stage_config = pbi.stage_config("exports", ExportConfig, config)
     result = run_exports(pbi.storage(), stage_config, project=pbi.project())
-    meta = {k: int(v) for k, v in result.counts.items()}
-    meta["path"] = dg.MetadataValue.path(str(result.path))
+    directory = Path(str(result.path))
+    meta: dict[str, Any] = {k: int(v) for k, v in result.counts.items()}
+    meta["path"] = dg.MetadataValue.path(str(directory))
     meta["files"] = dg.MetadataValue.json(result.extra["files"])
-    meta["dataset_card"] = dg.MetadataValue.md((result.path / "README.md").read_text()[:6000])
+    meta["dataset_card"] = dg.MetadataValue.md((directory / "README.md").read_text()[:6000])
     return dg.MaterializeResult(metadata=meta)
 
 
@@ -74,9 +77,11 @@ def checkpoint(context: dg.AssetExecutionContext, pbi: PBIProject, config: Check
         "wall_time_s": row["wall_time_s"],
         "resumed_from_step": row["resumed_from_step"] if row["resumed_from_step"] is not None else -1,
         "loss_curve": dg.MetadataValue.md(
-            "```\n" + "\n".join(f"step {s:>6}  loss {l:.5f}" for s, l in curve[:: max(1, len(curve) // 40)]) + "\n```"
+            "```\n"
+            + "\n".join(f"step {s:>6}  loss {loss:.5f}" for s, loss in curve[:: max(1, len(curve) // 40)])
+            + "\n```"
         ),
-        "loss_histogram": histogram_markdown([l for _, l in curve], title="training loss"),
+        "loss_histogram": histogram_markdown([loss for _, loss in curve], title="training loss"),
     }
     if row["smoke_model"]:
         meta["warning"] = "SMOKE MODEL: tiny random architecture trained a few steps on CPU; not a useful editor."

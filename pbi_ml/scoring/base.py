@@ -37,7 +37,7 @@ from pbi_ml import reasons
 from pbi_ml.config import ScoringConfig
 from pbi_ml.errors import ConfigError, ItemError
 from pbi_ml.masks import check_image, check_image_and_mask
-from pbi_ml.tables import CLIP_COLUMNS, SCORE_COLUMNS, SCORE_FIELDS, STATS_COLUMNS
+from pbi_ml.tables import CLIP_COLUMNS, SCORE_COLUMNS
 
 SCORING_BACKENDS = ("stats", "clip")
 
@@ -88,8 +88,8 @@ def score_objects(objects: list[ObjectToScore], config: ScoringConfig, embedder=
         from pbi_ml.scoring.clip import clip_scores
 
         clip_rows = clip_scores(objects, config, embedder=embedder)
-        for object_rows, object_clip in zip(rows, clip_rows):
-            for row, clip_row in zip(object_rows, object_clip):
+        for object_rows, object_clip in zip(rows, clip_rows, strict=True):
+            for row, clip_row in zip(object_rows, object_clip, strict=True):
                 row.update(clip_row)
                 row["clip_null_reason"] = None
     else:

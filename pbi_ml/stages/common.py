@@ -6,9 +6,10 @@ import dataclasses
 import hashlib
 import json
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -25,9 +26,9 @@ class StageResult:
 
     table: pa.Table
     path: Path | None
-    counts: dict[str, int | float] = field(default_factory=dict)
+    counts: Mapping[str, float] = field(default_factory=dict)  # ints and floats worth showing
     samples: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (caption, image) previews
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def fingerprint(config, exclude: tuple[str, ...] = ()) -> str:

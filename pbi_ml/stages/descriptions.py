@@ -51,7 +51,9 @@ class DescriptionStage(ItemStage):
         from pbi_ml.describe import DescribeItem
 
         row = item.row
-        return DescribeItem(image=load_rgb_path(row["target_image"]), mask=load_mask_png(row["mask"]), category=row["category"])
+        return DescribeItem(
+            image=load_rgb_path(row["target_image"]), mask=load_mask_png(row["mask"]), category=row["category"]
+        )
 
     def compute(self, prepared: list) -> list:
         if self._describer is None:

@@ -63,7 +63,9 @@ def instructions_config_id(config: InstructConfig) -> str:
 class InstructionStage(ItemStage):
     table = INSTRUCTIONS
 
-    def __init__(self, storage: Storage, source: SourceConfig, shard: str, config: InstructConfig, writer=None, checker=None):
+    def __init__(
+        self, storage: Storage, source: SourceConfig, shard: str, config: InstructConfig, writer=None, checker=None
+    ):
         self.storage, self.source, self.shard, self.config = storage, source, shard, config
         self.batch_size = config.batch_size
         self.config_id = instructions_config_id(config)
@@ -73,7 +75,9 @@ class InstructionStage(ItemStage):
         from pbi_ml.instruct import load_refs
 
         name = self.source.name
-        descriptions = {r["pair_id"]: r["description"] for r in self.storage.read_table(DESCRIPTIONS, name, self.shard).to_pylist()}
+        descriptions = {
+            r["pair_id"]: r["description"] for r in self.storage.read_table(DESCRIPTIONS, name, self.shard).to_pylist()
+        }
         refs = load_refs(self.source.refs) if self.source.refs else {}
         items = []
         for row in ok_pairs(self.storage, name, self.shard):
@@ -99,9 +103,11 @@ class InstructionStage(ItemStage):
         raw: list[str | None] = [None] * len(prepared)
         if with_desc:
             answers = self._writer.rewrite(
-                [descs[i] for i in with_desc], [categories[i] for i in with_desc], [prepared[i]["pair_id"] for i in with_desc]
+                [descs[i] for i in with_desc],
+                [categories[i] for i in with_desc],
+                [prepared[i]["pair_id"] for i in with_desc],
             )
-            for i, answer in zip(with_desc, answers):
+            for i, answer in zip(with_desc, answers, strict=True):
                 raw[i] = (answer or "").strip() or None
         checks: list = [None] * len(prepared)
         if self._checker is not None:
@@ -113,7 +119,7 @@ class InstructionStage(ItemStage):
                     [descs[i] for i in idx],
                     [prepared[i]["synonyms"] for i in idx],
                 )
-                for i, result in zip(idx, results):
+                for i, result in zip(idx, results, strict=True):
                     checks[i] = result
         out = []
         for i, row in enumerate(prepared):

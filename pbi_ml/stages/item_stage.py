@@ -234,7 +234,7 @@ def run_item_stage(
         results = stage.compute(prepared) if prepared else []
         if len(results) != len(ready):
             raise RuntimeError(f"{stage.table.name}: compute returned {len(results)} results for {len(ready)} items")
-        for item, result in zip(ready, results):
+        for item, result in zip(ready, results, strict=True):
             if item.key in finished:
                 recomputed += 1  # computed only to keep the chunk whole
                 continue

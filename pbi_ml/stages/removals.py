@@ -77,7 +77,7 @@ class RemovalStage(ItemStage):
         return image, dilate(mask, self.config.dilation_px), item.row["category"]
 
     def compute(self, prepared: list) -> list:
-        images, masks, categories = (list(x) for x in zip(*prepared))
+        images, masks, categories = (list(x) for x in zip(*prepared, strict=True))
         return self.inpainter.inpaint(images, masks, categories)
 
     def write(self, item: StageItem, result: list[np.ndarray], directory: Path) -> ItemOutput:
@@ -100,7 +100,12 @@ class RemovalStage(ItemStage):
         base = self._base(item, record)
         methods = record["data"]["methods"]
         return [
-            dict(base, candidate=k, method=methods[k], removal_image=str(self.storage.root / record["files"][f"cand{k}"]["path"]))
+            dict(
+                base,
+                candidate=k,
+                method=methods[k],
+                removal_image=str(self.storage.root / record["files"][f"cand{k}"]["path"]),
+            )
             for k in range(len(methods))
         ]
 
@@ -129,7 +134,6 @@ def run_removals(
     inpainter=None,
 ) -> StageResult:
     """Inpaint the kept candidates of one partition; writes tables/removals/<source>/<shard>.parquet."""
-    return run_item_stage(storage, RemovalStage(storage, source, shard, config, inpainter), source.name, shard, progress)
-
-
-
+    return run_item_stage(
+        storage, RemovalStage(storage, source, shard, config, inpainter), source.name, shard, progress
+    )

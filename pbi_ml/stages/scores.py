@@ -83,7 +83,9 @@ class ScoreStage(ItemStage):
     def write(self, item: StageItem, result: list[dict], directory: Path) -> ItemOutput:
         from pbi_ml.scoring import decide
 
-        merged = [{**{k: r[k] for k in CANDIDATE_FIELDS}, **s} for r, s in zip(item.row["removals"], result)]
+        merged = [
+            {**{k: r[k] for k in CANDIDATE_FIELDS}, **s} for r, s in zip(item.row["removals"], result, strict=True)
+        ]
         decided = decide(merged, self.config)
         for row in decided:
             row["scoring_backend"] = self.config.backend

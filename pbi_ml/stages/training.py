@@ -20,8 +20,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import pyarrow as pa
-
 from pbi_ml.catalog import read_view
 from pbi_ml.config import ConfigError, config_from_dict
 from pbi_ml.stages.common import Progress, StageResult
@@ -122,7 +120,7 @@ def run_training(storage: Storage, values: dict, progress: Progress | None = Non
         "samples_per_second": float(result.samples_per_second),
         "wall_time_s": float(result.wall_time_s),
         "resumed_from_step": result.resumed_from_step,
-        "loss_curve": json.dumps([[int(s), float(l)] for s, l in result.loss_curve]),
+        "loss_curve": json.dumps([[int(s), float(loss)] for s, loss in result.loss_curve]),
         "config": json.dumps(dataclasses.asdict(config), default=str),
     }
     table = table_from_records([row], CHECKPOINT_SCHEMA)
