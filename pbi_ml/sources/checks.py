@@ -18,6 +18,7 @@ import math
 import re
 import reprlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -189,6 +190,14 @@ def json_nesting_problem(path: Path, max_depth: int = MAX_JSON_DEPTH) -> str | N
             consumed += len(block)
             if not block:
                 return None
+
+
+def coco_mask() -> Any:
+    """pycocotools.mask, imported on first use; untyped, as its stubs do not describe the polygon
+    (list of arrays) and RLE (dict with a list or bytes counts) inputs it takes."""
+    import pycocotools.mask
+
+    return pycocotools.mask
 
 
 def is_file(path: Path) -> bool:

@@ -40,6 +40,7 @@ from pbi_ml.config import SourceConfig
 from pbi_ml.errors import AnnotationFileError
 from pbi_ml.sources.checks import (
     POLYGONS_TEXT,
+    coco_mask,
     compact_json,
     image_size_problem,
     json_nesting_problem,
@@ -205,7 +206,7 @@ def read_coco_like_file(
         require_top_level_list(path, "annotations")
 
 
-def summarise_segmentation(segmentation, height: int, width: int) -> tuple[str | None, dict | None, str | None]:
+def summarise_segmentation(segmentation, height: int, width: int) -> tuple[str | None, Any, str | None]:
     """(compact JSON text, RLE for area/bbox or None, index_error or None) of one segmentation.
 
     Raises ValueError when the value has the wrong type (a malformed file, not a bad mask).
@@ -220,8 +221,8 @@ def summarise_segmentation(segmentation, height: int, width: int) -> tuple[str |
     raise ValueError(f"'segmentation' must be a list of polygons or an RLE object, got {_kind(segmentation)}")
 
 
-def _summarise_polygons(polygons: list, height: int, width: int):
-    import pycocotools.mask as mask_utils
+def _summarise_polygons(polygons: list, height: int, width: int) -> tuple[str, Any, str | None]:
+    mask_utils = coco_mask()
 
     text = compact_json(polygons)
     if not POLYGONS_TEXT.fullmatch(text):
@@ -235,8 +236,8 @@ def _summarise_polygons(polygons: list, height: int, width: int):
     return text, (rles[0] if len(rles) == 1 else mask_utils.merge(rles)), None
 
 
-def _summarise_rle(segmentation: dict, height: int, width: int):
-    import pycocotools.mask as mask_utils
+def _summarise_rle(segmentation: dict, height: int, width: int) -> tuple[str, Any, str | None]:
+    mask_utils = coco_mask()
 
     size, counts = segmentation.get("size"), segmentation.get("counts")
     if type(size) is not list or len(size) != 2 or any(type(v) is not int or v <= 0 for v in size):
@@ -251,12 +252,12 @@ def _summarise_rle(segmentation: dict, height: int, width: int):
         return compact_json(segmentation), None, "segmentation_size_mismatch"
     if not rle_is_consistent(size, counts):
         return compact_json(segmentation), None, "invalid_rle"
-    if type(counts) is list:
-        rle = mask_utils.frPyObjects({"size": size, "counts": counts}, height, width)
-        compressed = rle["counts"].decode("ascii")
-    else:
+    if isinstance(counts, str):
         compressed = counts
         rle = {"size": size, "counts": counts.encode("ascii")}
+    else:
+        rle = mask_utils.frPyObjects({"size": size, "counts": counts}, height, width)
+        compressed = rle["counts"].decode("ascii")
     return compact_json({"size": size, "counts": compressed}), rle, None
 
 

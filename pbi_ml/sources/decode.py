@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import numbers
+from typing import TypeGuard
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from pbi_ml.config import SourceConfig
 from pbi_ml.errors import ItemError
 from pbi_ml.sources.checks import (
     MAX_IMAGE_PIXELS,
+    coco_mask,
     image_size_problem,
     is_file,
     polygon_arrays,
@@ -56,13 +58,13 @@ def _size_of(row: dict) -> tuple[int, int]:
     return int(height), int(width)
 
 
-def _is_integer(value) -> bool:
+def _is_integer(value) -> TypeGuard[int]:
     """An int or a numpy integer (rows may come from pandas), not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _decode_segmentation(row: dict) -> np.ndarray:
-    import pycocotools.mask as mask_utils
+    mask_utils = coco_mask()
 
     annotation = row.get("annotation_id")
     if row.get("index_error"):
@@ -97,10 +99,10 @@ def _decode_segmentation(row: dict) -> np.ndarray:
             )
         if not rle_is_consistent(size, counts):
             raise ItemError(reasons.INVALID_MASK, f"annotation {annotation}: RLE runs do not cover {height}x{width}")
-        if type(counts) is list:
-            rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
-        else:
+        if isinstance(counts, str):
             rle = {"size": [height, width], "counts": counts.encode("ascii")}
+        else:
+            rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
     else:
         raise ItemError(reasons.INVALID_MASK, f"annotation {annotation}: segmentation is neither polygons nor RLE")
     return mask_utils.decode(rle).astype(bool)
@@ -123,7 +125,7 @@ def _decode_openimages(row: dict, source: SourceConfig) -> np.ndarray:
     if height * width > MAX_IMAGE_PIXELS:
         raise ItemError(reasons.INVALID_MASK, f"annotation {row.get('annotation_id')}: {width} x {height} is too large")
     if gray.shape != (height, width):
-        gray = np.asarray(Image.fromarray(gray).resize((width, height), Image.NEAREST))
+        gray = np.asarray(Image.fromarray(gray).resize((width, height), Image.Resampling.NEAREST))
     return gray > 127
 
 

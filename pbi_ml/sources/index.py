@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from pbi_ml.config import SourceConfig
 from pbi_ml.errors import AnnotationFileError
 from pbi_ml.sources.base import INDEX_SCHEMA, shard_of
-from pbi_ml.sources.checks import short_repr
+from pbi_ml.sources.checks import coco_mask, short_repr
 from pbi_ml.storage import Storage, write_parquet
 
 # Bump when a reader's output for the same input files changes: it invalidates every cached index.
@@ -146,8 +146,7 @@ class IndexBuilder:
         if not c["source"]:
             return
         if self._pending_rles:
-            import pycocotools.mask as mask_utils
-
+            mask_utils = coco_mask()
             rows = [row for row, _ in self._pending_rles]
             rles = [rle for _, rle in self._pending_rles]
             # pycocotools.mask.area fails on lists longer than 255 under numpy 2 (a uint8 size bug)
@@ -163,8 +162,8 @@ class IndexBuilder:
         batch = pa.RecordBatch.from_pydict(c, schema=_BATCH_SCHEMA)
         self._new_chunk()
         shards = batch.column("shard")
-        for shard in pc.unique(shards).to_pylist():
-            part = batch.filter(pc.equal(shards, shard)) if self.num_shards > 1 else batch
+        for shard in map(str, pc.unique(shards).to_pylist()):  # never null: every row has a shard key
+            part = batch.filter(pc.equal(shards, pa.scalar(shard))) if self.num_shards > 1 else batch
             self._shard_batches.setdefault(shard, []).append(part)
         del batch, shards
         pa.default_memory_pool().release_unused()  # let the allocator reuse / return the chunk's memory
@@ -202,7 +201,7 @@ def _check_unique_annotation_ids(table: pa.Table, path) -> None:
     if pc.count_distinct(ids).as_py() == table.num_rows:
         return
     counts = pc.value_counts(ids)
-    dupes = counts.filter(pc.greater(counts.field("counts"), 1)).field("values").to_pylist()
+    dupes = counts.filter(pc.greater(counts.field("counts"), pa.scalar(1))).field("values").to_pylist()
     raise AnnotationFileError(
         path, f"annotation id {short_repr(dupes[0])} is used more than once ({len(dupes)} duplicated ids)"
     )
@@ -298,5 +297,5 @@ def load_source_index(source: SourceConfig, num_shards: int, storage: Storage) -
 def shard_index(source: SourceConfig, shard: str, num_shards: int, storage: Storage) -> pa.Table:
     """The index rows of one shard ("003"); an empty INDEX_SCHEMA table when it has no images."""
     path = ensure_source_index(source, num_shards, storage)
-    table = pq.read_table(path, filters=[("shard", "==", shard)])
+    table = pq.read_table(path, filters=pc.field("shard") == shard)
     return table.cast(INDEX_SCHEMA)

@@ -49,6 +49,8 @@ _BOX_COLUMNS = ("BoxXMin", "BoxXMax", "BoxYMin", "BoxYMax")
 
 def read_openimages_index(source: SourceConfig, num_shards: int) -> pa.Table:
     """The INDEX_SCHEMA table of an Open Images segmentation source."""
+    if not source.class_descriptions or not source.masks:  # SourceConfig requires both for Open Images
+        raise ValueError(f"source {source.name!r}: openimages needs 'masks' and 'class_descriptions'")
     classes = read_class_descriptions(Path(source.class_descriptions))
     builder = IndexBuilder(source.name, num_shards)
     image_sizes: dict[str, tuple[int, int] | None] = {}
@@ -100,7 +102,7 @@ def _read_csv_columns(path: Path) -> dict[str, list]:
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise AnnotationFileError(path, f"missing required columns {missing}; found {short_repr(header)}")
-    types = {c: pa.string() for c in REQUIRED_COLUMNS}
+    types: dict[str, pa.DataType] = {c: pa.string() for c in REQUIRED_COLUMNS}
     types.update({c: pa.float64() for c in _BOX_COLUMNS})
     try:
         table = pacsv.read_csv(
@@ -115,7 +117,7 @@ def _read_csv_columns(path: Path) -> dict[str, list]:
 
 def _read_segmentation_csv(path, source, classes, builder, image_sizes) -> None:
     columns = _read_csv_columns(path)
-    masks_root = Path(source.masks).resolve()
+    masks_root = Path(source.masks or "").resolve()
     for row_number, (mask_path, image_id, label, x0, x1, y0, y1) in enumerate(
         zip(
             columns["MaskPath"],
