@@ -72,8 +72,8 @@ def materialize_gguf(gguf_path: str | Path, cache_dir: str | Path | None = None)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
+    if hasattr(config, "quantization_config"):  # set at load time only for GGUF; not a declared config field
+        delattr(config, "quantization_config")
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     missing = [k for k in missing if k not in _tied_keys(model)]

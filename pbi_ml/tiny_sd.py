@@ -74,7 +74,9 @@ def tiny_sd_components(
     import tempfile
 
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+
+    # diffusers' lazy __init__ re-exports its classes in a form pyright counts as private
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel  # pyright: ignore[reportPrivateImportUsage]
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
@@ -90,12 +92,13 @@ def tiny_sd_components(
         attention_head_dim=8,
         norm_num_groups=32,
     )
+    # AutoencoderKL annotates these as one-element tuples (`tuple[str]`), though it takes any length
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(32, 32),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),  # pyright: ignore[reportArgumentType]
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),  # pyright: ignore[reportArgumentType]
+        block_out_channels=(32, 32),  # pyright: ignore[reportArgumentType]
         latent_channels=4,
         layers_per_block=1,
         norm_num_groups=32,
@@ -130,11 +133,16 @@ def tiny_sd_components(
 
 def save_tiny_inpaint_pipeline(directory: str | Path, seed: int = 0) -> Path:
     """A tiny random StableDiffusionInpaintPipeline saved with save_pretrained (for CPU tests)."""
-    from diffusers import StableDiffusionInpaintPipeline
+    # diffusers' lazy __init__ re-exports its classes in a form pyright counts as private
+    from diffusers import StableDiffusionInpaintPipeline  # pyright: ignore[reportPrivateImportUsage]
 
     parts = tiny_sd_components(unet_in_channels=9, seed=seed)
+    # the pipelines annotate safety_checker / feature_extractor as required, but document and accept None
     pipe = StableDiffusionInpaintPipeline(
-        **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        **parts,
+        safety_checker=None,  # pyright: ignore[reportArgumentType]
+        feature_extractor=None,  # pyright: ignore[reportArgumentType]
+        requires_safety_checker=False,
     )
     pipe.save_pretrained(str(directory), safe_serialization=True)
     return Path(directory)
@@ -142,9 +150,16 @@ def save_tiny_inpaint_pipeline(directory: str | Path, seed: int = 0) -> Path:
 
 def save_tiny_text2image_pipeline(directory: str | Path, seed: int = 0) -> Path:
     """A tiny random StableDiffusionPipeline (the 'SD 1.5' a training run initialises from)."""
-    from diffusers import StableDiffusionPipeline
+    # diffusers' lazy __init__ re-exports its classes in a form pyright counts as private
+    from diffusers import StableDiffusionPipeline  # pyright: ignore[reportPrivateImportUsage]
 
     parts = tiny_sd_components(unet_in_channels=4, seed=seed)
-    pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    # safety_checker / feature_extractor: as in save_tiny_inpaint_pipeline
+    pipe = StableDiffusionPipeline(
+        **parts,
+        safety_checker=None,  # pyright: ignore[reportArgumentType]
+        feature_extractor=None,  # pyright: ignore[reportArgumentType]
+        requires_safety_checker=False,
+    )
     pipe.save_pretrained(str(directory), safe_serialization=True)
     return Path(directory)

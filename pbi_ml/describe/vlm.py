@@ -64,7 +64,9 @@ def _view_for_model(item: DescribeItem):
     w, h = view.size
     if min(w, h) < MIN_VIEW_SIDE:
         scale = MIN_VIEW_SIDE / min(w, h)
-        view = view.resize((max(MIN_VIEW_SIDE, round(w * scale)), max(MIN_VIEW_SIDE, round(h * scale))), Image.BICUBIC)
+        view = view.resize(
+            (max(MIN_VIEW_SIDE, round(w * scale)), max(MIN_VIEW_SIDE, round(h * scale))), Image.Resampling.BICUBIC
+        )
     return view
 
 
@@ -98,7 +100,8 @@ class VLMDescriber:
             if "trust_remote_code" in str(exc):
                 raise ConfigError(f"describe model {config.model!r}: {exc}") from None
             raise
-        self.model.to(self.device).eval()
+        # transformers types PreTrainedModel.to as @wraps(nn.Module.to), which pyright can't bind to the model
+        self.model.to(self.device).eval()  # pyright: ignore[reportArgumentType]
 
     def _load_cogvlm(self, remote: dict) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -129,9 +132,12 @@ class VLMDescriber:
     def _describe_batch(self, items: list[DescribeItem]) -> list[str]:
         import torch
 
+        processor = self.processor
+        if processor is None:  # only CogVLM has none, and it goes through _describe_cogvlm
+            raise RuntimeError("VLMDescriber: no processor for a batch (a CogVLM model is described one by one)")
         images = [_view_for_model(item) for item in items]
         texts = [
-            self.processor.apply_chat_template(
+            processor.apply_chat_template(
                 [
                     {
                         "role": "user",
@@ -143,10 +149,11 @@ class VLMDescriber:
             )
             for item in items
         ]
-        inputs = self.processor(text=texts, images=images, return_tensors="pt", padding=True)
+        inputs = processor(text=texts, images=images, return_tensors="pt", padding=True)
         inputs = {k: _to(v, self.device, self.dtype) for k, v in inputs.items()}
         with torch.inference_mode():
-            generated = self.model.generate(
+            # transformers' generate(self: GenerativePreTrainedModel) protocol rejects its own auto classes
+            generated = self.model.generate(  # pyright: ignore[reportAttributeAccessIssue]
                 **inputs,
                 do_sample=False,
                 max_new_tokens=self.config.max_new_tokens,
@@ -158,7 +165,8 @@ class VLMDescriber:
     def _describe_cogvlm(self, item: DescribeItem) -> list[str]:
         import torch
 
-        built = self.model.build_conversation_input_ids(
+        # CogVLM's remote code defines this method; to typing the model is a transformers class without it
+        built = self.model.build_conversation_input_ids(  # pyright: ignore[reportCallIssue]
             self.tokenizer, query=self.prompt_for(item.category), history=[], images=[_view_for_model(item)]
         )
         inputs = {
@@ -168,7 +176,10 @@ class VLMDescriber:
             "images": [[built["images"][0].to(self.device, self.dtype)]],
         }
         with torch.inference_mode():
-            generated = self.model.generate(**inputs, do_sample=False, max_new_tokens=self.config.max_new_tokens)
+            # generate: as in _describe_batch
+            generated = self.model.generate(  # pyright: ignore[reportAttributeAccessIssue]
+                **inputs, do_sample=False, max_new_tokens=self.config.max_new_tokens
+            )
         new_tokens = generated[:, inputs["input_ids"].shape[1] :]
         return [self.tokenizer.decode(new_tokens[0], skip_special_tokens=True).strip()]
 

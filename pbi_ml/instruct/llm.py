@@ -100,7 +100,9 @@ class LLMWriter:
         self.fewshot = load_fewshot(config.fewshot_file)
         gguf = {"gguf_file": config.gguf_file} if config.gguf_file else {}
         self.tokenizer = AutoTokenizer.from_pretrained(config.model, **gguf)
-        self.model = AutoModelForCausalLM.from_pretrained(config.model, dtype=self.dtype, **gguf).to(self.device).eval()
+        model = AutoModelForCausalLM.from_pretrained(config.model, dtype=self.dtype, **gguf)
+        # transformers types PreTrainedModel.to as @wraps(nn.Module.to), which pyright can't bind to the model
+        self.model = model.to(self.device).eval()  # pyright: ignore[reportArgumentType]
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -140,7 +142,8 @@ class LLMWriter:
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         torch.manual_seed(self.config.seed)
         with torch.inference_mode():
-            generated = self.model.generate(
+            # transformers' generate(self: GenerativePreTrainedModel) protocol rejects its own auto classes
+            generated = self.model.generate(  # pyright: ignore[reportAttributeAccessIssue]
                 **inputs,
                 do_sample=False,
                 max_new_tokens=self.config.max_new_tokens,

@@ -83,7 +83,7 @@ class DiffusersInpainter:
         items = check_batch(images, masks, categories)
         if not items:
             return []
-        self.load()
+        pipeline = self.load()
         k_count = self.config.num_candidates
         inputs = [to_working_size(image, mask, self.config.resolution) for image, mask in items]
         negatives = [self.negative_prompt_for(c) for c in categories]
@@ -93,24 +93,25 @@ class DiffusersInpainter:
         for i, (work_image, _) in enumerate(inputs):
             groups.setdefault(work_image.shape[:2], []).extend((i, k) for k in range(k_count))
 
-        results: list[list[np.ndarray | None]] = [[None] * k_count for _ in items]
+        done: dict[tuple[int, int], np.ndarray] = {}  # (item, candidate) -> image
         size = self.config.batch_size
         for jobs in groups.values():
             for start in range(0, len(jobs), size):
                 chunk = jobs[start : start + size]
                 self.pipeline_calls += 1
                 outputs = self._run(
+                    pipeline,
                     [inputs[i][0] for i, _ in chunk],
                     [inputs[i][1] for i, _ in chunk],
                     [negatives[i] for i, _ in chunk],
                     [self.config.seed + k for _, k in chunk],
                 )
                 for (i, k), out in zip(chunk, outputs, strict=True):
-                    results[i][k] = from_working_size(out, items[i][0].shape[:2])
-        return results
+                    done[i, k] = from_working_size(out, items[i][0].shape[:2])
+        return [[done[i, k] for k in range(k_count)] for i in range(len(items))]
 
     def _run(
-        self, images: list[np.ndarray], masks: list[np.ndarray], negatives: list[str], seeds: list[int]
+        self, pipeline, images: list[np.ndarray], masks: list[np.ndarray], negatives: list[str], seeds: list[int]
     ) -> list[np.ndarray]:
         """One pipeline call on equal-size working images; returns HxWx3 uint8 arrays."""
         import torch
@@ -118,7 +119,7 @@ class DiffusersInpainter:
 
         height, width = images[0].shape[:2]
         generators = [torch.Generator(device=self.device).manual_seed(seed) for seed in seeds]
-        result = self.pipeline(
+        result = pipeline(
             prompt=[self.config.prompt] * len(images),
             negative_prompt=negatives,
             image=[Image.fromarray(image) for image in images],
@@ -130,14 +131,17 @@ class DiffusersInpainter:
             generator=generators,
             output_type="np",
         )
-        return [float_to_uint8(image) for image in result.images]
+        # diffusers annotates __call__ as `Output | tuple`; with return_dict left True it is the Output
+        generated = np.asarray(result.images)  # pyright: ignore[reportAttributeAccessIssue]
+        return [float_to_uint8(image) for image in generated]
 
 
 def load_inpaint_pipeline(model: str, device: str, dtype):
     """`StableDiffusionInpaintPipeline` from a Hub id or a local directory, safety checker off,
     on `device` in `dtype`, progress bars off. A model that cannot be found (e.g. a Hub id not in
     the local cache while HF_HUB_OFFLINE=1) raises ConfigError naming it."""
-    from diffusers import StableDiffusionInpaintPipeline
+    # diffusers' lazy __init__ re-exports its pipelines in a form pyright counts as private
+    from diffusers import StableDiffusionInpaintPipeline  # pyright: ignore[reportPrivateImportUsage]
 
     source = str(Path(model).expanduser()) if Path(model).expanduser().exists() else model
     try:
@@ -179,7 +183,8 @@ def to_working_size(image: np.ndarray, mask: np.ndarray, resolution: int) -> tup
     resized to `working_size`."""
     import cv2
 
-    h, w = working_size(*image.shape[:2], resolution)
+    height, width = image.shape[:2]
+    h, w = working_size(height, width, resolution)
     if (h, w) == image.shape[:2]:
         return image, mask
     shrinking = h * w < image.shape[0] * image.shape[1]
