@@ -325,11 +325,14 @@ def project_config(path: str | os.PathLike | None = None) -> ProjectConfig:
 def load_project_config(path: str | os.PathLike | None = None) -> ProjectConfig:
     """Read `pbi.yaml` (or `$PBI_CONFIG`); `$PBI_DATA_ROOT` overrides `data_root`.
 
-    A missing file is fine: the project then has only the bundled demo source. Relative paths in
-    the file are resolved against the file's folder.
+    A missing ./pbi.yaml is fine: the project then has only the bundled demo source. A file named
+    explicitly (`path`, or `$PBI_CONFIG`) must exist: a typo must not silently run the demo-only
+    project. A file that exists but cannot be read fails, naming it. Relative paths in the file
+    are resolved against the file's folder.
     """
     import yaml
 
+    named = path is not None or bool(os.environ.get("PBI_CONFIG"))
     config_path = Path(path) if path is not None else default_config_path()
     raw: dict[str, Any] = {}
     base = Path.cwd()
@@ -338,11 +341,14 @@ def load_project_config(path: str | os.PathLike | None = None) -> ProjectConfig:
             raw = yaml.safe_load(config_path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{config_path}: not valid YAML: {exc}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{config_path}: cannot be read ({exc.__class__.__name__}: {exc})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{config_path}: top level must be a mapping")
         base = config_path.resolve().parent
-    elif path is not None:
-        raise ConfigError(f"{config_path}: config file not found")
+    elif named:
+        via = "" if path is not None else " (named by $PBI_CONFIG)"
+        raise ConfigError(f"{config_path}: config file not found{via}")
 
     def resolve(p: str) -> str:
         return str((base / os.path.expanduser(p)).resolve())

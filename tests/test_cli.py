@@ -12,8 +12,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _env(tmp_path: Path) -> dict:
     env = dict(os.environ)
+    config = tmp_path / "pbi.yaml"
+    if not config.exists():
+        config.write_text("{}\n")  # nothing declared: the demo source only
     env.update(
-        PBI_CONFIG=str(tmp_path / "absent.yaml"),  # no file: the demo source only
+        PBI_CONFIG=str(config),
         PBI_DATA_ROOT=str(tmp_path / "data"),
         DAGSTER_HOME=str(tmp_path / "home"),
         HF_HUB_OFFLINE="1",

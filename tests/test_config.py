@@ -12,6 +12,21 @@ def test_missing_file_gives_demo_only(tmp_path, monkeypatch):
     assert project.data_root == str((tmp_path / ".pbi-data").resolve())
 
 
+def test_a_named_config_file_must_exist_and_be_readable(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PBI_CONFIG", str(tmp_path / "pbi.yml"))  # a typo of pbi.yaml
+    with pytest.raises(ConfigError, match=r"pbi\.yml: config file not found \(named by \$PBI_CONFIG\)"):
+        load_project_config()
+    with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
+        load_project_config(tmp_path / "nope.yaml")
+    (tmp_path / "dir.yaml").mkdir()  # present but unreadable (root reads any file, not a folder)
+    with pytest.raises(ConfigError, match=r"dir\.yaml: cannot be read"):
+        load_project_config(tmp_path / "dir.yaml")
+    (tmp_path / "bytes.yaml").write_bytes(b"data_root: \xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"bytes\.yaml: cannot be read"):
+        load_project_config(tmp_path / "bytes.yaml")
+
+
 def test_yaml_sources_relative_paths_and_env_override(tmp_path, monkeypatch):
     (tmp_path / "pbi.yaml").write_text(
         "data_root: out\nnum_shards: 3\nsources:\n"
