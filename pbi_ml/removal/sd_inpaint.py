@@ -32,12 +32,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pbi_ml.config import RemovalConfig, resolve_device, resolve_dtype
 from pbi_ml.errors import ConfigError
 from pbi_ml.removal.base import check_batch
+
+if TYPE_CHECKING:
+    # diffusers' lazy __init__ re-exports its pipelines in a form pyright counts as private
+    from diffusers import StableDiffusionInpaintPipeline  # pyright: ignore[reportPrivateImportUsage]
 
 RUNWAYML_ORG = "runwayml"
 SD15_INPAINT_MIRROR = "stable-diffusion-v1-5/stable-diffusion-inpainting"  # the paper's weights, re-hosted
@@ -55,14 +60,14 @@ class DiffusersInpainter:
         if config.resolution < 8:
             raise ConfigError(f"removal: resolution must be >= 8, got {config.resolution}")
         self.config = config
-        self.pipeline = None  # loaded on the first inpaint() call
+        self.pipeline: StableDiffusionInpaintPipeline | None = None  # loaded on the first inpaint() call
         self.device: str | None = None
         self.pipeline_calls = 0  # a counter for progress / benchmark reports
 
     def candidate_labels(self) -> list[str]:
         return [f"sd seed={self.config.seed + k}" for k in range(self.config.num_candidates)]
 
-    def load(self):
+    def load(self) -> StableDiffusionInpaintPipeline:
         """Load the pipeline (once). Called by `inpaint`; call it early to fail fast on a bad model."""
         if self.pipeline is None:
             self.device = resolve_device(self.config.device)
@@ -111,7 +116,12 @@ class DiffusersInpainter:
         return [[done[i, k] for k in range(k_count)] for i in range(len(items))]
 
     def _run(
-        self, pipeline, images: list[np.ndarray], masks: list[np.ndarray], negatives: list[str], seeds: list[int]
+        self,
+        pipeline: StableDiffusionInpaintPipeline,
+        images: list[np.ndarray],
+        masks: list[np.ndarray],
+        negatives: list[str],
+        seeds: list[int],
     ) -> list[np.ndarray]:
         """One pipeline call on equal-size working images; returns HxWx3 uint8 arrays."""
         import torch
@@ -136,11 +146,10 @@ class DiffusersInpainter:
         return [float_to_uint8(image) for image in generated]
 
 
-def load_inpaint_pipeline(model: str, device: str, dtype):
+def load_inpaint_pipeline(model: str, device: str, dtype) -> StableDiffusionInpaintPipeline:
     """`StableDiffusionInpaintPipeline` from a Hub id or a local directory, safety checker off,
     on `device` in `dtype`, progress bars off. A model that cannot be found (e.g. a Hub id not in
     the local cache while HF_HUB_OFFLINE=1) raises ConfigError naming it."""
-    # diffusers' lazy __init__ re-exports its pipelines in a form pyright counts as private
     from diffusers import StableDiffusionInpaintPipeline  # pyright: ignore[reportPrivateImportUsage]
 
     source = str(Path(model).expanduser()) if Path(model).expanduser().exists() else model
