@@ -496,6 +496,173 @@ def test_fixtures_are_deterministic(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
+# inputs the fuzzed readers (test_fuzz_readers.py) found crashing, hanging or silently accepted
+
+_IMAGE = {"id": 1, "file_name": "a.jpg", "width": 10, "height": 10}
+_TRIANGLE = [[1, 1, 5, 1, 5, 5]]
+_DEEP = "[" * 10_000 + "]" * 10_000
+
+
+def _document(image=_IMAGE, **annotation) -> bytes:
+    annotation = {"id": 1, "image_id": 1, "category_id": 1, "segmentation": _TRIANGLE, **annotation}
+    return json.dumps({"images": [image], "annotations": [annotation], "categories": [{"id": 1, "name": "a"}]}).encode()
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        (_document(image_id=[1]), "annotation 1: 'image_id' must be an integer or a string, got [1]"),  # TypeError
+        (_document(category_id={"a": 1}), "'category_id' must be an integer or a string"),  # TypeError
+        (_document(image_id=1.0), "'image_id' must be an integer or a string, got 1.0"),  # matched image 1
+        (_document(image_id=True), "'image_id' must be an integer or a string, got True"),  # matched image 1
+        (_document(dict(_IMAGE, width=2**40)), "1099511627776 x 10 pixels is more than"),  # ArrowInvalid
+        (_document(dict(_IMAGE, width=1e300)), "pixels is more than pycocotools can handle"),  # OverflowError
+        (_document(dict(_IMAGE, file_name="a\x00b")), "file name 'a\\x00b' contains a NUL character"),
+        (_document(segmentation="__deep__").replace(b'"__deep__"', _DEEP.encode()), "nested more than 64"),
+        (b"[" * 50_000, "JSON nested more than 64 levels deep"),  # MemoryError in ijson
+        (_document(dict(_IMAGE, file_name="\\udc00")).replace(b"\\\\udc00", b"\\udc00"), "invalid JSON"),
+        (b"\xef\xbb\xbf" + _document(), "starts with a UTF-8 byte order mark"),
+    ],
+)
+def test_fuzz_found_malformed_coco_files_fail_with_file_name(tmp_path, data, expected):
+    path = tmp_path / "instances.json"
+    path.write_bytes(data)
+    with pytest.raises(AnnotationFileError) as info:
+        read_source_index(SourceConfig(name="m", format="coco", images=str(tmp_path), annotations=str(path)), 2)
+    assert str(info.value).startswith(str(path)) and expected in str(info.value)
+    assert len(str(info.value)) < len(str(path)) + 300
+
+
+def test_fuzz_found_lvis_coco_url_that_urlparse_refuses(tmp_path):
+    path = tmp_path / "lvis.json"
+    image = {"id": 1, "coco_url": "http://[abc/x.jpg", "width": 10, "height": 10}
+    path.write_text(json.dumps({"images": [image], "annotations": [], "categories": []}))
+    with pytest.raises(AnnotationFileError, match=r"lvis.json: images\[0\] \(id 1\): neither 'file_name' nor"):
+        read_source_index(SourceConfig(name="m", format="lvis", images=str(tmp_path), annotations=str(path)), 2)
+
+
+def test_fuzz_found_long_values_are_shortened_in_messages(tmp_path):
+    annotation = {"id": "x" * 100_000, "image_id": 1, "category_id": 1, "segmentation": []}
+    source = write_coco(tmp_path / "a.json", [_IMAGE], [annotation, annotation])
+    with pytest.raises(AnnotationFileError, match="is used more than once") as info:
+        read_source_index(source, 2)
+    assert len(str(info.value)) < 300
+
+
+def test_fuzz_found_bad_polygons_and_rles_are_per_instance_errors(tmp_path):
+    zigzag = [0, 0, 2000, 0] * 1100 + [0, 5]  # in bounds, but an outline of 4.4 M pixels
+    segmentations = {
+        1: [[1, 1, 5e8, 1, 5, 5]],  # pycocotools segfaulted (or ran out of memory) on these three
+        2: [[1, 1, 1e300, 1, 5, 5]],
+        3: [[1, 1, 2**62, 1, 5, 5]],
+        4: [zigzag],
+        5: {"size": [2**20, 2**20], "counts": [2**40]},  # OverflowError in pycocotools
+        6: {"size": [10, 10], "counts": [2**33, 0]},
+        7: {"size": [10, 10], "counts": "P" * 20_000 + "0"},  # quadratic in the validator
+        8: [[1, 1, 9, 1, 9, 9], [-10, -10, 20, -10, 20, 20]],  # up to one image size outside: fine
+    }
+    image = {"id": 1, "file_name": "a.jpg", "width": 1000, "height": 10}
+    anns = [{"id": k, "image_id": 1, "category_id": 1, "segmentation": v} for k, v in segmentations.items()]
+    source = write_coco(
+        tmp_path / "a.json", [image, dict(_IMAGE, id=2)], anns[:4] + [dict(a, image_id=2) for a in anns[4:]]
+    )
+    rows = rows_by_id(read_source_index(source, num_shards=1))
+    assert [rows[str(k)]["index_error"] for k in segmentations] == [
+        "invalid_polygon",
+        "invalid_polygon",
+        "invalid_polygon",
+        "invalid_polygon",
+        "segmentation_size_mismatch",
+        "invalid_rle",
+        "invalid_rle",
+        None,
+    ]
+    for k in range(1, 8):
+        assert rows[str(k)]["area"] == 0
+        with pytest.raises(ItemError) as info:
+            decode_mask(rows[str(k)], source)
+        assert info.value.reason == "invalid_mask"
+    assert decode_mask(rows["8"], source).sum() == rows["8"]["area"] > 0
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"segmentation": "[[1,1,5,NaN,5,5]]"},  # segfault in pycocotools
+        {"segmentation": "[[1,1,5,Infinity,5,5]]"},  # segfault
+        {"segmentation": '[["1","1","5","1","nan","5"]]'},  # float("nan"): segfault
+        {"segmentation": "[[" + ",".join(["1" * 400] * 6) + "]]"},  # OverflowError
+        {"segmentation": "[[" + ",".join(["1" * 5000] * 6) + "]]"},  # ValueError (int digits limit)
+        {"segmentation": "[" * 100_000 + "]" * 100_000},  # RecursionError
+        {"segmentation": '{"size": 5, "counts": "0"}'},  # TypeError
+        {"segmentation": '{"size": [10, 10], "counts": {"a": 1}}'},  # TypeError
+        {"segmentation": '{"size": [10, 10], "counts": [150, -50]}'},  # OverflowError
+        {"segmentation": '{"size": [10, 10], "counts": [50.5, 49.5]}'},  # decoded a 50-pixel mask
+        {"segmentation": "[[1,1,5,1,5,5]]", "height": 2**31 - 1, "width": 2**31 - 1},  # segfault
+        {"segmentation": "[[1,1,5,1,5,5]]", "height": "10"},  # TypeError
+    ],
+)
+def test_fuzz_found_decode_mask_refuses_malformed_rows(tmp_path, row):
+    row = {"annotation_id": "1", "height": 10, "width": 10, "index_error": None, **row}
+    source = SourceConfig(name="m", format="coco", images=str(tmp_path), annotations=str(tmp_path / "a.json"))
+    with pytest.raises(ItemError) as info:
+        decode_mask(row, source)
+    assert info.value.reason == "invalid_mask"
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG claiming width x height pixels, with no pixel data: PIL refuses it as a decompression bomb."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_fuzz_found_openimages_paths_the_file_system_refuses(tmp_path, datasets):
+    good = datasets["oi"]
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    (masks / "bomb.png").write_bytes(_png_header_only(30_000, 30_000))
+    lines = Path(good.annotation_files[0]).read_text().splitlines()
+    header, fields = lines[0], lines[1].split(",")
+    image_id = fields[1]
+
+    def source_with(*rows: list[str]) -> SourceConfig:
+        path = tmp_path / "rows.csv"
+        path.write_text("\n".join([header] + [",".join(r) for r in rows]) + "\n")
+        return SourceConfig(
+            name="m",
+            format="openimages",
+            images=good.images,
+            annotations=str(path),
+            masks=str(masks),
+            class_descriptions=good.class_descriptions,
+        )
+
+    long_mask = ["m" * 300 + ".png", image_id, *fields[2:]]  # OSError: file name too long
+    long_image = ["bomb.png", "i" * 300, *fields[2:]]  # OSError, and a DecompressionBombError
+    rows = rows_by_id(read_source_index(source_with(long_mask, long_image), 2))
+    assert rows["m" * 300]["index_error"] == "mask_missing" and rows["bomb"]["index_error"] == "mask_unreadable"
+    source = source_with(long_mask, long_image)
+    for row in rows.values():
+        with pytest.raises(ItemError) as info:
+            decode_mask(row, source)
+        assert info.value.reason == row["index_error"]
+
+    for bad, expected in (
+        ([fields[0].replace(".png", "\x00.png"), *fields[1:]], "line 2: MaskPath or ImageID contains a NUL"),
+        ([fields[0], image_id + "\x00", *fields[2:]], "line 2: MaskPath or ImageID contains a NUL"),  # ValueError
+        ([*fields[:5], "inf", *fields[6:]], "line 2: BoxXMax is inf, not a finite number"),
+    ):
+        with pytest.raises(AnnotationFileError, match=expected):
+            read_source_index(source_with(bad), 2)
+
+
+# --------------------------------------------------------------------------------------------
 # real data beside the project (optional)
 
 
