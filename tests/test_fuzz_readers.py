@@ -224,7 +224,7 @@ def rle_segmentation(draw, height: int, width: int):
             | st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=130), max_size=12)
         )
     elif kind == "overlong":  # continuation characters without end (a run of hundreds of bits)
-        counts = "P" * draw(st.integers(1, 3000)) + "0"
+        counts = draw(st.sampled_from("PQo")) * draw(st.integers(1, 3000)) + "0"
     else:
         counts = draw(WEIRD)
     segmentation = {"size": size, "counts": counts}

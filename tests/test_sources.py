@@ -558,7 +558,7 @@ def test_fuzz_found_bad_polygons_and_rles_are_per_instance_errors(tmp_path):
         4: [zigzag],
         5: {"size": [2**20, 2**20], "counts": [2**40]},  # OverflowError in pycocotools
         6: {"size": [10, 10], "counts": [2**33, 0]},
-        7: {"size": [10, 10], "counts": "P" * 20_000 + "0"},  # quadratic in the validator
+        7: {"size": [10, 10], "counts": "Q" * 20_000 + "0"},  # quadratic in the validator
         8: [[1, 1, 9, 1, 9, 9], [-10, -10, 20, -10, 20, 20]],  # up to one image size outside: fine
     }
     image = {"id": 1, "file_name": "a.jpg", "width": 1000, "height": 10}
