@@ -260,9 +260,9 @@ CHECKPOINTS = TableSpec(
 )
 
 
-# the evaluation metrics (definitions in pbi_ml/evaluate/metrics.py)
-EVALUATION_METRICS = ("l1", "l2", "clip_i", "clip_t", "dino", "cmmd")
-SAMPLE_METRICS = ("l1", "l2", "clip_i", "clip_t", "dino")
+# the evaluation metrics (how each is computed: pbi_ml/evaluate/metrics.py and the README)
+SAMPLE_METRICS = ("l1", "l2", "clip_i", "clip_t", "clip_t_instruction", "dino")
+EVALUATION_METRICS = (*SAMPLE_METRICS, "cmmd", "cmmd_all")  # float columns, each with a <metric>_null_reason
 
 EVALUATIONS = TableSpec(
     "evaluations",
@@ -273,6 +273,7 @@ EVALUATIONS = TableSpec(
             ("n", pa.int64()),
             *[(m, pa.float64()) for m in EVALUATION_METRICS],
             *[(f"{m}_null_reason", pa.string()) for m in EVALUATION_METRICS],
+            ("cmmd_n", pa.int64()),  # images of each set the reference-style cmmd used
             ("smoke_model", pa.bool_()),
             ("config", pa.string()),
         ]
@@ -290,6 +291,7 @@ EVALUATION_SAMPLES = TableSpec(
             ("benchmark", pa.string()),
             ("sample_id", pa.string()),
             ("instruction", pa.string()),
+            ("caption", pa.string()),  # the target's caption CLIP-T scores against (null: none)
             ("output_image", pa.string()),
             *[(m, pa.float64()) for m in SAMPLE_METRICS],
             ("null_reason", pa.string()),

@@ -234,14 +234,12 @@ def test_evaluation_on_a_magicbrush_parquet_uses_the_add_subset(demo, tmp_path):
     storage = Storage(root)
     result = run_evaluation(
         storage,
-        latest_checkpoint(storage),
         EvaluationConfig(magicbrush_parquet=str(path), num_inference_steps=2, max_samples=1),
+        checkpoint=latest_checkpoint(storage),
     )
     rows = {r["benchmark"]: r for r in result.table.to_pylist()}
     assert rows["magicbrush_add"]["n"] == 1  # max_samples=1 of the 2 "add"/"put" rows
-    full = run_evaluation(
-        storage, latest_checkpoint(storage), EvaluationConfig(magicbrush_parquet=str(path), num_inference_steps=2)
-    )
+    full = run_evaluation(storage, EvaluationConfig(magicbrush_parquet=str(path), num_inference_steps=2))
     rows = {r["benchmark"]: r for r in full.table.to_pylist()}
     assert rows["magicbrush_add"]["n"] == 2 and rows["magicbrush_add"]["l1"] is not None
     assert {s["instruction"] for s in full.extra["samples"] if s["benchmark"] == "magicbrush_add"} == {
@@ -310,3 +308,15 @@ def test_an_empty_llm_answer_falls_back_to_the_class_template_with_the_reason(de
     assert rows[0]["instruction_check"] == "empty_instruction"
     assert rows[0]["instruction_vlm_llm"] == rows[0]["instruction_class"] and rows[0]["instruction_vlm_llm_raw"] is None
     assert all(r["instruction_check"] == "passed" for r in rows[1:])
+
+
+def test_nothing_to_train_is_skipped_not_failed(tmp_path):
+    """A data root without one train pair (every instance rejected, or nothing run yet): the
+    unpartitioned assets succeed; checkpoint and evaluation say in their metadata why they did
+    nothing."""
+    from pipeline_helpers import materialize_unpartitioned
+
+    result = materialize_unpartitioned(tmp_path / "empty", raise_on_error=False)
+    assert result.success
+    assert metadata_of(result, "checkpoint")["skipped"].startswith("no train pairs")
+    assert metadata_of(result, "evaluation")["skipped"].startswith("no checkpoint")

@@ -39,6 +39,12 @@ def exports(context: dg.AssetExecutionContext, pbi: PBIProject, config: ExportsR
     return dg.MaterializeResult(metadata=meta)
 
 
+def skipped_result(context: dg.AssetExecutionContext, why: str, **numbers: int) -> dg.MaterializeResult:
+    """Empty is not failure: the step succeeds, and its log and metadata say why it did nothing."""
+    context.log.warning(f"skipped: {why}")
+    return dg.MaterializeResult(metadata={"skipped": why, **numbers})
+
+
 @dg.asset(
     group_name="training",
     kinds={"pytorch", "diffusers"},
@@ -56,13 +62,16 @@ def exports(context: dg.AssetExecutionContext, pbi: PBIProject, config: ExportsR
     ),
 )
 def checkpoint(context: dg.AssetExecutionContext, pbi: PBIProject, config: CheckpointRunConfig) -> dg.MaterializeResult:
-    from pbi_ml.stages.training import run_training
+    from pbi_ml.stages.training import run_training, train_config_for
 
     def progress(step: int, total: int, loss: float) -> None:
         if step == total or step % 10 == 0:
             context.log.info(f"training step {step}/{total} loss {loss:.4f}")
 
-    result = run_training(pbi.storage(), pbi.stage_values("checkpoint", config), progress=progress)
+    recipe, train_config = train_config_for(pbi.stage_values("checkpoint", config))
+    result = run_training(pbi.storage(), train_config, recipe=recipe, progress=progress)
+    if result.skipped:
+        return skipped_result(context, result.skipped, train_pairs=0)
     row = result.table.to_pylist()[0]
     curve = json.loads(row["loss_curve"])
     meta = {
@@ -104,13 +113,13 @@ def checkpoint(context: dg.AssetExecutionContext, pbi: PBIProject, config: Check
 )
 def evaluation(context: dg.AssetExecutionContext, pbi: PBIProject, config: EvaluationRunConfig) -> dg.MaterializeResult:
     from pbi_ml.stages.evaluation import METRICS, EvaluationConfig, run_evaluation
-    from pbi_ml.stages.training import latest_checkpoint
 
-    storage = pbi.storage()
     stage_config = pbi.stage_config("evaluation", EvaluationConfig, config)
-    ckpt = latest_checkpoint(storage)
-    result = run_evaluation(storage, ckpt, stage_config)
-    meta = {"checkpoint_id": ckpt["checkpoint_id"], "smoke_model": bool(ckpt["smoke_model"])}
+    result = run_evaluation(pbi.storage(), stage_config)
+    if result.skipped:
+        return skipped_result(context, result.skipped)
+    ckpt = result.extra["checkpoint"]
+    meta: dict[str, Any] = {"checkpoint_id": ckpt["checkpoint_id"], "smoke_model": bool(ckpt["smoke_model"])}
     for row in result.table.to_pylist():
         meta[f"{row['benchmark']}/n"] = row["n"]
         for m in METRICS:

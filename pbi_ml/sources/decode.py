@@ -47,7 +47,7 @@ def decode_mask(row: dict, source: SourceConfig) -> np.ndarray:
     else:
         mask = _decode_segmentation(row)
     if not mask.any():
-        raise ItemError(reasons.INVALID_MASK, f"annotation {row.get('annotation_id')}: empty mask")
+        raise ItemError(reasons.EMPTY_MASK, f"annotation {row.get('annotation_id')}: the mask has no pixels")
     return mask
 
 

@@ -29,6 +29,7 @@ class StageResult:
     counts: Mapping[str, float] = field(default_factory=dict)  # ints and floats worth showing
     samples: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (caption, image) previews
     extra: dict[str, Any] = field(default_factory=dict)
+    skipped: str | None = None  # why a stage had nothing to do (empty is not failure)
 
 
 def fingerprint(config, exclude: tuple[str, ...] = ()) -> str:

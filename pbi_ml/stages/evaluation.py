@@ -36,19 +36,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
 from pbi_ml.catalog import read_view
 from pbi_ml.errors import ConfigError
 from pbi_ml.imageio import load_rgb_path, save_png
-from pbi_ml.stages.common import StageResult
+from pbi_ml.stages.common import Progress, StageResult
 from pbi_ml.storage import Storage, table_from_records
-from pbi_ml.tables import EVALUATION_SAMPLES, EVALUATIONS, PAIRS
+from pbi_ml.tables import EVALUATION_METRICS, EVALUATION_SAMPLES, EVALUATIONS, PAIRS, SAMPLE_METRICS
 
-SAMPLE_METRICS = ("l1", "l2", "clip_i", "clip_t", "clip_t_instruction", "dino")
-METRICS = (*SAMPLE_METRICS, "cmmd", "cmmd_all")  # float columns, each with a <metric>_null_reason column
+METRICS = EVALUATION_METRICS  # float columns, each with a <metric>_null_reason column
 MAGICBRUSH_ADD_RULES = ("substring", "word")
 
 
@@ -82,30 +80,8 @@ class EvaluationConfig:
             )
 
 
-EVALUATION_SCHEMA = pa.schema(
-    [
-        ("checkpoint_id", pa.string()),
-        ("benchmark", pa.string()),
-        ("n", pa.int64()),
-        *[(m, pa.float64()) for m in METRICS],
-        *[(f"{m}_null_reason", pa.string()) for m in METRICS],
-        ("cmmd_n", pa.int64()),  # images of each set the reference-style cmmd used
-        ("smoke_model", pa.bool_()),
-        ("config", pa.string()),
-    ]
-)
-SAMPLE_SCHEMA = pa.schema(
-    [
-        ("checkpoint_id", pa.string()),
-        ("benchmark", pa.string()),
-        ("sample_id", pa.string()),
-        ("instruction", pa.string()),
-        ("caption", pa.string()),  # the target's caption CLIP-T scores against (null: none)
-        ("output_image", pa.string()),
-        *[(m, pa.float64()) for m in SAMPLE_METRICS],
-        ("null_reason", pa.string()),
-    ]
-)
+EVALUATION_SCHEMA = EVALUATIONS.schema
+SAMPLE_SCHEMA = EVALUATION_SAMPLES.schema
 
 _WORD = re.compile(r"[a-z]+")
 
@@ -204,10 +180,29 @@ def _decode(value) -> np.ndarray:
         return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
 
 
-def run_evaluation(storage: Storage, checkpoint: dict, config: EvaluationConfig) -> StageResult:
+def run_evaluation(
+    storage: Storage,
+    config: EvaluationConfig,
+    *,
+    checkpoint: dict | None = None,
+    progress: Progress | None = None,
+) -> StageResult:
+    """Evaluate `checkpoint` (default: the latest trained one) on every configured benchmark.
+    Without any checkpoint, returns a result whose `skipped` says why (nothing failed)."""
     from pbi_ml.evaluate.generate import GenerateConfig, generate_edits
     from pbi_ml.evaluate.metrics import MetricsConfig, compute_metrics
+    from pbi_ml.stages.training import latest_checkpoint
 
+    if checkpoint is None:
+        try:
+            checkpoint = latest_checkpoint(storage)
+        except FileNotFoundError:
+            return StageResult(
+                table=EVALUATIONS.schema.empty_table(),
+                path=None,
+                counts={},
+                skipped="no checkpoint: nothing has been trained yet (no train pairs?)",
+            )
     if config.resolution is None:
         config = dataclasses.replace(config, resolution=64 if checkpoint["smoke_model"] else 512)
     benchmarks = {"pipe_test": pipe_test_samples(storage, config)}
@@ -265,10 +260,17 @@ def run_evaluation(storage: Storage, checkpoint: dict, config: EvaluationConfig)
         storage.write_table(EVALUATION_SAMPLES, benchmark, ckpt_id, table_from_records(sample_rows, SAMPLE_SCHEMA))
         all_sample_rows += sample_rows
         storage.write_table(EVALUATIONS, benchmark, ckpt_id, table_from_records([summary_row], EVALUATION_SCHEMA))
+        if progress:
+            progress(len(summaries), len(benchmarks))
     table = table_from_records(summaries, EVALUATION_SCHEMA)
     counts = {f"{r['benchmark']}_n": r["n"] for r in summaries}
     counts.update(subset_counts)
-    return StageResult(table=table, path=None, counts=counts, extra={"grid": grid, "samples": all_sample_rows})
+    return StageResult(
+        table=table,
+        path=None,
+        counts=counts,
+        extra={"grid": grid, "samples": all_sample_rows, "checkpoint": checkpoint},
+    )
 
 
 def _safe(value: str) -> str:

@@ -18,13 +18,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from pbi_ml.catalog import read_view
 from pbi_ml.config import ConfigError, config_from_dict
-from pbi_ml.stages.common import Progress, StageResult
+from pbi_ml.stages.common import StageResult
 from pbi_ml.storage import Storage, atomic_write_bytes, table_from_records
 from pbi_ml.tables import CHECKPOINTS, PAIRS, SPLITS
+from pbi_ml.train.config import TrainConfig
 
 RECIPES = ("smoke", "paper")
 SMOKE_OVERRIDES = {
@@ -40,10 +42,8 @@ SMOKE_OVERRIDES = {
 CHECKPOINT_SCHEMA = CHECKPOINTS.schema
 
 
-def train_config_for(values: dict):
-    """TrainConfig from a recipe name plus explicit overrides."""
-    from pbi_ml.train import TrainConfig
-
+def train_config_for(values: dict) -> tuple[str, TrainConfig]:
+    """(recipe, TrainConfig) from a recipe name plus explicit overrides."""
     values = dict(values or {})
     recipe = values.pop("recipe", None) or "smoke"
     if recipe not in RECIPES:
@@ -97,13 +97,28 @@ def checkpoint_id(recipe: str, config, examples: list) -> str:
     return f"{recipe}-{hashlib.blake2b(blob, digest_size=6).hexdigest()}"
 
 
-def run_training(storage: Storage, values: dict, progress: Progress | None = None) -> StageResult:
+TrainProgress = Callable[[int, int, float], None]  # (step, total steps, loss)
+
+
+def run_training(
+    storage: Storage,
+    config: TrainConfig,
+    *,
+    recipe: str = "smoke",
+    progress: TrainProgress | None = None,
+) -> StageResult:
+    """Train on every train-split pair (`recipe` names the run: smoke or paper; build both with
+    `train_config_for`). With no train pairs, returns a result whose `skipped` says so."""
     from pbi_ml.train import train_instruct_pix2pix
 
-    recipe, config = train_config_for(values)
     examples = training_examples(storage)
     if not examples:
-        raise ValueError("no train-split pairs with instructions: materialize pairs, instructions and splits first")
+        return StageResult(
+            table=CHECKPOINTS.schema.empty_table(),
+            path=None,
+            counts={"train_pairs": 0},
+            skipped="no train pairs: no pair with an instruction is in the train split",
+        )
     ckpt_id = checkpoint_id(recipe, config, examples)
     out_dir = storage.global_dir(CHECKPOINTS.name) / ckpt_id
     result = train_instruct_pix2pix(examples, config, out_dir, progress=progress)
