@@ -31,10 +31,12 @@ def stage_run_config(name: str, cls, extra: dict | None = None) -> type[dg.Confi
 if typing.TYPE_CHECKING:
     # built at import from the dataclasses (below); the type checker sees each as a dg.Config
     CandidatesRunConfig = RemovalRunConfig = ScoringRunConfig = PairsRunConfig = SplitsRunConfig = dg.Config
+    ClassScoresRunConfig = dg.Config
     DescriptionsRunConfig = InstructionsRunConfig = ExportsRunConfig = dg.Config
     CheckpointRunConfig = EvaluationRunConfig = dg.Config
 else:
     CandidatesRunConfig = stage_run_config("CandidatesRunConfig", C.CandidateConfig)
+    ClassScoresRunConfig = stage_run_config("ClassScoresRunConfig", C.ClassFilterConfig)
     RemovalRunConfig = stage_run_config("RemovalRunConfig", C.RemovalConfig)
     ScoringRunConfig = stage_run_config("ScoringRunConfig", C.ScoringConfig)
     PairsRunConfig = stage_run_config("PairsRunConfig", C.PairConfig)

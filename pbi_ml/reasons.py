@@ -60,6 +60,7 @@ EXCLUDED_CLASS = "excluded_class"
 TOO_SMALL = "too_small"
 TOO_LARGE = "too_large"
 TOUCHES_BORDER = "touches_border"
+LOW_CLASS_SIMILARITY = "low_class_similarity"
 
 CANDIDATE_REASONS: dict[str, str] = {  # in the order the filters apply (the first that applies wins)
     PATH_ESCAPES_ROOT: ITEM_REASONS[PATH_ESCAPES_ROOT],
@@ -72,6 +73,8 @@ CANDIDATE_REASONS: dict[str, str] = {  # in the order the filters apply (the fir
     TOO_SMALL: "mask area under `min_area_fraction` of the image",
     TOO_LARGE: "mask area over `max_area_fraction` of the image",
     TOUCHES_BORDER: "the box is within `border_margin_fraction` of an image edge (object cut off)",
+    LOW_CLASS_SIMILARITY: "CLIP similarity of the isolated object to its class under `min_class_sim` "
+    "(class_scores stage: a blurred or occluded view)",
 }
 
 # ---- score reasons (removal_scores.passed = false, reject_reason = <code>[+<code>...])

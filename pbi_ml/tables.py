@@ -89,6 +89,27 @@ CANDIDATES = TableSpec(
     description="every instance, kept or rejected by the pre-removal filters with its reason",
 )
 
+CLASS_SCORES = TableSpec(
+    "class_scores",
+    pa.schema(
+        [
+            ("source", pa.string()),
+            ("shard", pa.string()),
+            ("image_id", pa.string()),
+            ("annotation_id", pa.string()),
+            ("category", pa.string()),
+            ("clip_class_sim", pa.float64()),  # CLIP cosine of the isolated object with "a photo of a <class>"
+            ("clip_null_reason", pa.string()),  # why clip_class_sim is null (filter skipped: no weights)
+            ("min_class_sim", pa.float64()),
+            ("passed", pa.bool_()),  # null when the filter was skipped
+            ("class_backend", pa.string()),
+            *_STATUS,
+        ]
+    ),
+    key=("source", "annotation_id"),
+    description="the pre-removal CLIP class-similarity filter of every kept candidate",
+)
+
 REMOVALS = TableSpec(
     "removals",
     pa.schema(
@@ -302,5 +323,15 @@ EVALUATION_SAMPLES = TableSpec(
     description="per-sample metrics of each evaluation",
 )
 
-PARTITIONED_TABLES = (SOURCE_INDEX, CANDIDATES, REMOVALS, REMOVAL_SCORES, PAIRS, DESCRIPTIONS, INSTRUCTIONS, SPLITS)
+PARTITIONED_TABLES = (
+    SOURCE_INDEX,
+    CANDIDATES,
+    CLASS_SCORES,
+    REMOVALS,
+    REMOVAL_SCORES,
+    PAIRS,
+    DESCRIPTIONS,
+    INSTRUCTIONS,
+    SPLITS,
+)
 ALL_TABLES = (*PARTITIONED_TABLES, CHECKPOINTS, EVALUATIONS, EVALUATION_SAMPLES)

@@ -13,7 +13,7 @@ from pbi_assets.resources import PBIProject
 DATA_PLANE = [
     a
     for a in PARTITIONED_ASSETS
-    if a.key.to_user_string() in ("source_index", "candidates", "removals", "removal_scores", "pairs")
+    if a.key.to_user_string() in ("source_index", "candidates", "class_scores", "removals", "removal_scores", "pairs")
 ]
 
 

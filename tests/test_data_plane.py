@@ -121,9 +121,10 @@ def test_rerun_skips_finished_work_and_gives_identical_bytes(demo_root):
 
 def test_crash_mid_partition_loses_and_duplicates_nothing(tmp_path, demo_root):
     """A backend that dies after two objects; the re-run finishes the rest; bytes equal a clean run."""
-    from pbi_ml.config import CandidateConfig, RemovalConfig
+    from pbi_ml.config import CandidateConfig, ClassFilterConfig, RemovalConfig
     from pbi_ml.removal import make_inpainter
     from pbi_ml.stages.candidates import run_candidates
+    from pbi_ml.stages.class_scores import run_class_scores
     from pbi_ml.stages.removals import run_removals
     from pbi_ml.stages.source_index import run_source_index
 
@@ -133,6 +134,7 @@ def test_crash_mid_partition_loses_and_duplicates_nothing(tmp_path, demo_root):
     storage = Storage(tmp_path)
     run_source_index(storage, source, shard, SourceIndexConfig(num_shards=PROJECT.num_shards))
     run_candidates(storage, source, shard, CandidateConfig())
+    run_class_scores(storage, source, shard, ClassFilterConfig())
     config = RemovalConfig(batch_size=1)
     real = make_inpainter(config)
 
@@ -229,8 +231,9 @@ def test_sigkill_mid_partition_then_rerun_loses_and_duplicates_nothing(tmp_path)
     import sys
     import time
 
-    from pbi_ml.config import CandidateConfig, RemovalConfig
+    from pbi_ml.config import CandidateConfig, ClassFilterConfig, RemovalConfig
     from pbi_ml.stages.candidates import run_candidates
+    from pbi_ml.stages.class_scores import run_class_scores
     from pbi_ml.stages.removals import run_removals
     from pbi_ml.stages.source_index import run_source_index
 
@@ -242,6 +245,7 @@ def test_sigkill_mid_partition_then_rerun_loses_and_duplicates_nothing(tmp_path)
         for shard in PROJECT.shard_keys:
             run_source_index(storage, source, shard, SourceIndexConfig(num_shards=PROJECT.num_shards))
             run_candidates(storage, source, shard, CandidateConfig())
+            run_class_scores(storage, source, shard, ClassFilterConfig())
         return storage
 
     clean = prepare(tmp_path / "clean")

@@ -21,6 +21,7 @@ import pytest
 from pbi_ml import reasons, tables
 from pbi_ml.config import (
     CandidateConfig,
+    ClassFilterConfig,
     PairConfig,
     RemovalConfig,
     ScoringConfig,
@@ -62,7 +63,14 @@ class Pipeline:
         from pbi_ml.stages.source_index import run_source_index
 
         run_source_index(self.storage, self.source, self.shard, SourceIndexConfig(num_shards=1))
-        return run_candidates(self.storage, self.source, self.shard, CandidateConfig())
+        candidates = run_candidates(self.storage, self.source, self.shard, CandidateConfig())
+        self.class_scores()
+        return candidates
+
+    def class_scores(self, config=None):
+        from pbi_ml.stages.class_scores import run_class_scores
+
+        return run_class_scores(self.storage, self.source, self.shard, config or ClassFilterConfig())
 
     def removals(self, config=None):
         from pbi_ml.stages.removals import run_removals
@@ -102,8 +110,9 @@ class Pipeline:
 
 # ---- mid-chunk resume, every per-item stage on its real backend
 
-STAGES = ["removals", "removal_scores", "pairs", "descriptions", "instructions"]
+STAGES = ["class_scores", "removals", "removal_scores", "pairs", "descriptions", "instructions"]
 UPSTREAM = {
+    "class_scores": [],
     "removals": [],
     "removal_scores": ["removals"],
     "pairs": ["removals", "removal_scores"],
@@ -116,6 +125,11 @@ def _real_backend_config(stage: str, request):
     from pbi_ml.describe import DescribeConfig
     from pbi_ml.instruct import InstructConfig
 
+    if stage == "class_scores":
+        config_path, weights = request.getfixturevalue("tiny_clip_files")
+        return ClassFilterConfig(
+            backend="clip", clip_model=config_path, clip_pretrained=weights, batch_size=4, device="cpu"
+        )
     if stage == "removals":
         model = request.getfixturevalue("tiny_sd_inpaint_dir")
         return RemovalConfig(backend="diffusers", model=str(model), steps=2, resolution=64, batch_size=4, device="cpu")
@@ -135,6 +149,7 @@ def _real_backend_config(stage: str, request):
 
 def _stage_spec(stage: str):
     return {
+        "class_scores": tables.CLASS_SCORES,
         "removals": tables.REMOVALS,
         "removal_scores": tables.REMOVAL_SCORES,
         "pairs": tables.PAIRS,
@@ -144,6 +159,7 @@ def _stage_spec(stage: str):
 
 
 def _stage_object(pipeline: Pipeline, stage: str, config):
+    from pbi_ml.stages.class_scores import ClassScoreStage
     from pbi_ml.stages.descriptions import DescriptionStage
     from pbi_ml.stages.instructions import InstructionStage
     from pbi_ml.stages.pairs import PairStage
@@ -151,6 +167,7 @@ def _stage_object(pipeline: Pipeline, stage: str, config):
     from pbi_ml.stages.scores import ScoreStage
 
     cls = {
+        "class_scores": ClassScoreStage,
         "removals": RemovalStage,
         "removal_scores": ScoreStage,
         "pairs": PairStage,
@@ -175,7 +192,7 @@ def test_resume_mid_chunk_gives_the_uninterrupted_bytes(stage, tmp_path, request
     pipeline.index()
     for upstream in UPSTREAM[stage]:
         getattr(pipeline, upstream.replace("removal_scores", "scores"))()
-    run = getattr(pipeline, stage.replace("removal_scores", "scores"))
+    run = getattr(pipeline, stage.replace("removal_scores", "scores"))  # Pipeline.index() ran class_scores (off)
     spec = _stage_spec(stage)
     clean = run(config)
     assert clean.counts["items"] >= 4, clean.counts
@@ -356,6 +373,7 @@ def test_a_changed_upstream_item_redoes_exactly_its_dependents(tmp_path):
 def test_every_stage_entry_point_has_the_one_signature():
     from pbi_ml.stages import (
         candidates,
+        class_scores,
         descriptions,
         evaluation,
         exports,
@@ -371,6 +389,7 @@ def test_every_stage_entry_point_has_the_one_signature():
     partitioned = [
         source_index.run_source_index,
         candidates.run_candidates,
+        class_scores.run_class_scores,
         removals.run_removals,
         scores.run_scores,
         pairs.run_pairs,

@@ -239,8 +239,9 @@ def test_sd_stage_resumed_mid_chunk_gives_the_uninterrupted_bytes(sd_config, tmp
     the run died while writing its chunk; the re-run recomputes the whole chunk and writes that
     object with exactly the bytes of the uninterrupted run. (Computed alone, in a different batch
     shape, its pixels can differ by a grey level on CPU float kernels.)"""
-    from pbi_ml.config import CandidateConfig, demo_source
+    from pbi_ml.config import CandidateConfig, ClassFilterConfig, demo_source
     from pbi_ml.stages.candidates import run_candidates
+    from pbi_ml.stages.class_scores import run_class_scores
     from pbi_ml.stages.removals import run_removals
     from pbi_ml.stages.source_index import run_source_index
     from pbi_ml.storage import Storage
@@ -249,6 +250,7 @@ def test_sd_stage_resumed_mid_chunk_gives_the_uninterrupted_bytes(sd_config, tmp
     storage = Storage(tmp_path)
     run_source_index(storage, source, shard, SourceIndexConfig(num_shards=1))
     kept = run_candidates(storage, source, shard, CandidateConfig()).table.filter(pc.field("kept")).to_pylist()
+    run_class_scores(storage, source, shard, ClassFilterConfig())
     config = replace(sd_config, batch_size=4)
     clean = run_removals(storage, source, shard, config)
     assert clean.counts["items_ok"] == len(kept) >= 8

@@ -7,24 +7,60 @@ from pbi_assets.assets.sources import candidates
 from pbi_assets.metadata import progress_logger, result_metadata
 from pbi_assets.partitions import partition_of, source_shard_partitions
 from pbi_assets.resources import PBIProject
-from pbi_assets.run_config import PairsRunConfig, RemovalRunConfig, ScoringRunConfig
-from pbi_ml.config import PairConfig, RemovalConfig, ScoringConfig
+from pbi_assets.run_config import ClassScoresRunConfig, PairsRunConfig, RemovalRunConfig, ScoringRunConfig
+from pbi_ml.config import ClassFilterConfig, PairConfig, RemovalConfig, ScoringConfig
+from pbi_ml.stages.class_scores import run_class_scores
 from pbi_ml.stages.pairs import run_pairs
 from pbi_ml.stages.removals import run_removals
 from pbi_ml.stages.scores import run_scores
-from pbi_ml.tables import PAIRS, REMOVAL_SCORES, REMOVALS
+from pbi_ml.tables import CLASS_SCORES, PAIRS, REMOVAL_SCORES, REMOVALS
 
 
 @dg.asset(
     partitions_def=source_shard_partitions,
-    group_name="removal",
+    group_name="sources",
     kinds={"pytorch", "parquet"},
     deps=[candidates],
     pool=GPU_POOL,
     tags=GPU_TAGS,
     op_tags=GPU_OP_TAGS,
     description=(
-        "K inpainted candidates per kept object (default 3), masks dilated first. Backend `opencv` "
+        "The paper's third pre-removal filter (§3.1, Fig. S14), before any inpainting: CLIP similarity "
+        "of each kept candidate's isolated object with 'a photo of a <class>' (clip_class_sim); under "
+        "min_class_sim (default 0.20, calibrate) the object is rejected as low_class_similarity (a "
+        "blurred or occluded view). Backend `off` (default, no weights) skips the filter and says so "
+        "in every row (clip_class_sim null with the reason); `clip` is the paper's recipe."
+    ),
+)
+def class_scores(
+    context: dg.AssetExecutionContext, pbi: PBIProject, config: ClassScoresRunConfig
+) -> dg.MaterializeResult:
+    part = partition_of(context)
+    stage_config = pbi.stage_config(CLASS_SCORES.name, ClassFilterConfig, config)
+    result = run_class_scores(
+        pbi.storage(),
+        pbi.source(part.source),
+        part.shard,
+        stage_config,
+        progress=progress_logger(context, "objects scored against their class"),
+    )
+    meta = result_metadata(result, histograms={"clip_class_sim": "CLIP sim(isolated object, class)"})
+    meta["backend"] = stage_config.backend
+    if stage_config.backend == "off":
+        meta["filter"] = "skipped: no CLIP weights (class_scores.backend: off); set backend: clip to apply it"
+    return dg.MaterializeResult(metadata=meta)
+
+
+@dg.asset(
+    partitions_def=source_shard_partitions,
+    group_name="removal",
+    kinds={"pytorch", "parquet"},
+    deps=[class_scores],
+    pool=GPU_POOL,
+    tags=GPU_TAGS,
+    op_tags=GPU_OP_TAGS,
+    description=(
+        "K inpainted candidates per kept object not rejected by class_scores (default 3), masks dilated first. Backend `opencv` "
         "(default, CPU: Telea / Navier-Stokes at several radii) or `diffusers` (the paper's recipe: "
         "runwayml/stable-diffusion-inpainting, prompt 'a photo of a background, a photo of an empty "
         "place', negative 'an object, a <class>', 10 steps, seeds seed+k). Resumable per object."

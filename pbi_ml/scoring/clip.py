@@ -62,9 +62,10 @@ def cached_embedder(model_name: str, pretrained: str | None, device: str, batch_
     return embedder
 
 
-def isolated_region(image: np.ndarray, dilated_mask: np.ndarray, config: ScoringConfig) -> np.ndarray:
-    """The SPEC's region isolation of `image` through `dilated_mask`, cropped around the mask."""
-    isolated = isolate_region(image, dilated_mask, config.isolation_dilation_px, config.isolation_blur_sigma)
+def isolated_region(image: np.ndarray, dilated_mask: np.ndarray, dilation_px: int, blur_sigma: float) -> np.ndarray:
+    """The SPEC's region isolation of `image` through `dilated_mask`, cropped around the mask
+    (also the view the pre-removal class filter scores)."""
+    isolated = isolate_region(image, dilated_mask, dilation_px, blur_sigma)
     x0, y0, x1, y1 = crop_box(bbox_of(dilated_mask), image.shape, pad=ISOLATION_CROP_PAD)
     return np.ascontiguousarray(isolated[y0:y1, x0:x1])
 
@@ -101,8 +102,9 @@ def clip_scores(objects: list, config: ScoringConfig, embedder=None) -> list[lis
     for obj in objects:
         dilated = obj.dilated_mask.astype(bool) | obj.mask.astype(bool)
         layout.append(len(images))
-        images += [isolated_region(c, dilated, config) for c in obj.candidates]
-        images.append(isolated_region(obj.original, dilated, config))
+        iso = (config.isolation_dilation_px, config.isolation_blur_sigma)
+        images += [isolated_region(c, dilated, *iso) for c in obj.candidates]
+        images.append(isolated_region(obj.original, dilated, *iso))
         images.append(square_padded(obj.original))
         images += [square_padded(c) for c in obj.candidates]
     prompts = sorted({REMOVAL_PROMPT.format(category=obj.category) for obj in objects})

@@ -1,4 +1,4 @@
-"""The removal stage: inpaint every kept candidate K times.
+"""The removal stage: inpaint K times every kept candidate that the class filter did not reject.
 
 Per object, the K inpainted images are PNG files at deterministic paths
 (files/removals/<source>/<shard>/<annotation_id>/cand<k>.png). Objects are ordered by image size
@@ -59,8 +59,11 @@ class RemovalStage(ItemStage):
         return self._inpainter
 
     def items(self) -> list[StageItem]:
+        from pbi_ml.stages.class_scores import rejected_ids
+
         candidates = self.storage.read_table(CANDIDATES, self.source.name, self.shard)
-        kept = candidates.filter(pc.field("kept")).to_pylist()
+        rejected = rejected_ids(self.storage, self.source.name, self.shard)
+        kept = [row for row in candidates.filter(pc.field("kept")).to_pylist() if row["annotation_id"] not in rejected]
         kept.sort(key=lambda row: (row["height"], row["width"], row["annotation_id"]))
         return [
             StageItem(
