@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from pbi_ml.reasons import LOW_CLASS_SIMILARITY
 from pbi_ml.storage import Storage, atomic_path, write_parquet
-from pbi_ml.tables import ALL_TABLES, DESCRIPTIONS, INSTRUCTIONS, PAIRS, SPLITS, TableSpec
+from pbi_ml.tables import ALL_TABLES, CANDIDATES, CLASS_SCORES, DESCRIPTIONS, INSTRUCTIONS, PAIRS, SPLITS, TableSpec
 
 
 def _scan(storage: Storage, table: TableSpec) -> str:
@@ -26,10 +27,29 @@ def _scan(storage: Storage, table: TableSpec) -> str:
 
 def view_sql(storage: Storage) -> dict[str, str]:
     """name -> SELECT statement of every catalog view: one per table (the same name), except that
-    `pairs` is joined with descriptions, instructions and splits."""
+    `pairs` is joined with descriptions, instructions and splits, and `candidates` shows the final
+    pre-removal decision, the class-similarity filter included."""
     views = {table.name: f"SELECT * FROM {_scan(storage, table)}" for table in ALL_TABLES}
     views[PAIRS.name] = _pairs_view(storage)
+    views[CANDIDATES.name] = _candidates_view(storage)
     return views
+
+
+def _candidates_view(storage: Storage) -> str:
+    """`candidates` with the class filter's verdict folded in: `kept` and `reject_reason` are the
+    final decision (low_class_similarity when class_scores rejected the object), plus
+    `clip_class_sim` and `class_filter` (passed | rejected | skipped | failed | null = not scored)."""
+    return (
+        "SELECT c.* REPLACE ("
+        "c.kept AND coalesce(k.passed, true) AS kept, "
+        f"coalesce(c.reject_reason, CASE WHEN k.passed = false THEN '{LOW_CLASS_SIMILARITY}' END) AS reject_reason), "
+        "k.clip_class_sim, "
+        "CASE WHEN k.status = 'failed' THEN 'failed' WHEN k.passed THEN 'passed' "
+        "WHEN k.passed = false THEN 'rejected' WHEN k.status = 'ok' THEN 'skipped' END AS class_filter "
+        f"FROM {_scan(storage, CANDIDATES)} c "
+        f"LEFT JOIN (SELECT source, annotation_id, clip_class_sim, passed, status FROM {_scan(storage, CLASS_SCORES)}) k "
+        "USING (source, annotation_id)"
+    )
 
 
 def _pairs_view(storage: Storage) -> str:
