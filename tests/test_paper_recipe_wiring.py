@@ -24,6 +24,15 @@ def test_all_real_backends_by_configuration(tmp_path, tiny_vlm_dir, smollm2_dir)
 
     partitioned = {
         "ops": {
+            "class_scores": {
+                "config": {
+                    "backend": "clip",
+                    "clip_model": clip_config,
+                    "clip_pretrained": clip_weights,
+                    "device": "cpu",
+                    "min_class_sim": -1.0,  # a random CLIP: keep every object, this tests wiring
+                }
+            },
             "removals": {
                 "config": {
                     "backend": "diffusers",
@@ -95,6 +104,10 @@ def test_all_real_backends_by_configuration(tmp_path, tiny_vlm_dir, smollm2_dir)
         "sd seed=0",
         "sd seed=1",
         "sd seed=2",
+    }
+    assert con.execute("SELECT count(*) FROM class_scores WHERE clip_class_sim IS NULL").fetchone()[0] == 0
+    assert {r[0] for r in con.execute("SELECT DISTINCT class_filter FROM candidates WHERE kept").fetchall()} == {
+        "passed"
     }
     nulls = con.execute(
         "SELECT count(*) FROM removal_scores WHERE clip_removal_sim IS NULL OR clip_importance_sim IS NULL OR clip_null_reason IS NOT NULL"
