@@ -49,10 +49,9 @@ class DescribeConfig:
     dtype: str = "auto"
 
     def __post_init__(self):
-        if self.backend not in DESCRIBE_BACKENDS:
-            raise ConfigError(f"describe backend {self.backend!r} not one of {DESCRIBE_BACKENDS}")
-        if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ConfigError("describe: max_new_tokens and batch_size must be >= 1")
+        from pbi_ml.config import DTYPES, check_fields
+
+        check_fields(self, backend=DESCRIBE_BACKENDS, max_new_tokens="positive", batch_size="positive", dtype=DTYPES)
 
 
 @dataclass

@@ -48,12 +48,13 @@ class InstructConfig:
     check_lexical: bool = True
 
     def __post_init__(self):
-        if self.backend not in INSTRUCT_BACKENDS:
-            raise ConfigError(f"instruct backend {self.backend!r} not one of {INSTRUCT_BACKENDS}")
-        if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ConfigError("instruct: max_new_tokens and batch_size must be >= 1")
+        from pbi_ml.config import check_fields
+
+        check_fields(self, backend=INSTRUCT_BACKENDS, max_new_tokens="positive", batch_size="positive")
         if not -1.0 <= self.check_min_similarity <= 1.0:
-            raise ConfigError("instruct: check_min_similarity is a cosine similarity in [-1, 1]")
+            raise ConfigError(
+                f"InstructConfig.check_min_similarity: {self.check_min_similarity!r} is not a cosine in [-1, 1]"
+            )
 
 
 class InstructionWriter(Protocol):

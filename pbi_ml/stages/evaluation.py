@@ -74,10 +74,21 @@ class EvaluationConfig:
     cmmd_batch_size: int = 32  # google-research/cmmd: batches of 32, remainder dropped
 
     def __post_init__(self):
-        if self.magicbrush_add_rule not in MAGICBRUSH_ADD_RULES:
-            raise ConfigError(
-                f"EvaluationConfig.magicbrush_add_rule: {self.magicbrush_add_rule!r} is not one of {MAGICBRUSH_ADD_RULES}"
-            )
+        from pbi_ml.config import DTYPES, check_fields
+
+        check_fields(
+            self,
+            instruction_kind=("vlm_llm", "class", "ref"),
+            magicbrush_add_rule=MAGICBRUSH_ADD_RULES,
+            max_samples="positive",
+            num_inference_steps="positive",
+            guidance_scale="non_negative",
+            image_guidance_scale="non_negative",
+            resolution="positive",
+            batch_size="positive",
+            dtype=DTYPES,
+            cmmd_batch_size="positive",
+        )
 
 
 EVALUATION_SCHEMA = EVALUATIONS.schema
