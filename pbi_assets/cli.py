@@ -1,8 +1,13 @@
 """`pbi`: run the asset graph for a source through Dagster, and query the catalog.
 
     pbi run --source demo            materialize every asset for every shard of `demo`
+    pbi check [--source NAME]        validate pbi.yaml and the sources' files in seconds, before a run
     pbi sql "SELECT ... FROM pairs"  read-only SQL on the DuckDB catalog
     pbi info                         data root, sources, shards, DAGSTER_HOME
+
+An error in your input (pbi.yaml, a file, the SQL, a source name) is printed in one or two lines
+naming the problem and the file or field, with a non-zero exit; a failed partition names its step,
+the reason and where its logs are in the UI. `pbi --debug ...` shows the full traceback instead.
 
 Runs go through the Dagster instance in $DAGSTER_HOME (default ./.dagster_home, created from the
 packaged dagster.yaml template), so they show up in the UI (`dagster dev -w workspace.yaml`).
@@ -15,9 +20,16 @@ import os
 import shutil
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from pbi_assets.run_health import PoolWaitReporter, cleanup_dead_runs, process_tags
+
+UI_URL = "http://127.0.0.1:3000"  # where `dagster dev -w workspace.yaml` serves the UI by default
+
+
+class UserError(Exception):
+    """A problem in the user's input (a file, an argument): printed as its message, no traceback."""
 
 
 def ensure_dagster_home() -> Path:
@@ -35,7 +47,17 @@ def _load_run_config(path: str | None) -> dict:
         return {}
     import yaml
 
-    return yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        config = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise UserError(f"--run-config {path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"--run-config {path}: cannot be read ({exc.__class__.__name__}: {exc})") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"--run-config {path}: not valid YAML: {exc}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"--run-config {path}: top level must be a mapping ({{ops: {{<stage>: {{config: ...}}}}}})")
+    return config
 
 
 def _with_log_level(run_config: dict, level: str) -> dict:
@@ -51,17 +73,71 @@ def run_source(
     """Materialize the partitioned assets for each shard of `source`, then the unpartitioned ones.
     Runs whose process died are failed first (their pool slots freed); while a step waits for a
     pool slot, a line every $PBI_POOL_WAIT_LOG_SECONDS (30) says who holds it.
-    Returns {"runs": [...], "failed": [...]}."""
+    Returns {"runs": [...], "failed": [...], "skipped": {asset: why}}; a failed run's step and
+    reason, and where its logs are, are logged in two lines."""
     import dagster as dg
 
     from pbi_assets.partitions import PROJECT
 
-    if source not in PROJECT.source_names:
-        raise SystemExit(f"unknown source {source!r}; declared: {', '.join(PROJECT.source_names)}")
+    _require_source(PROJECT.source_names, source)
     instance = dg.DagsterInstance.get()
     reap_dead_runs(instance, log=log)
     with PoolWaitReporter(instance, log=log):
         return _materialize_all(instance, source, run_config or {}, shards or PROJECT.shard_keys, log, log_level)
+
+
+def _require_source(declared: list[str], source: str) -> None:
+    if source not in declared:
+        raise UserError(f"unknown source {source!r}; declared in the config: {', '.join(declared)}")
+
+
+def step_failures(result) -> list[tuple[str, str]]:
+    """(step key, reason) of every failed step of a `dg.materialize(..., raise_on_error=False)`
+    result; the reason is the step's exception, class name and first line of its message."""
+    failures = []
+    for event in result.get_step_failure_events():
+        data = event.event_specific_data
+        failures.append((event.step_key or "?", _error_reason(getattr(data, "error", None))))
+    return failures
+
+
+def _error_reason(error) -> str:
+    """The user code's exception in a step's SerializableErrorInfo: Dagster wraps it in its own
+    DagsterExecutionStepExecutionError, whose cause it is."""
+    if error is None:
+        return "no error recorded"
+    while error.cause is not None and (error.cls_name or "").startswith("Dagster"):
+        error = error.cause
+    first = next((line.strip() for line in (error.message or "").splitlines() if line.strip()), "")
+    qualified, sep, rest = first.partition(": ")
+    if error.cls_name and sep and qualified.rsplit(".", 1)[-1] == error.cls_name:
+        first = f"{error.cls_name}: {rest}"  # "pbi_ml.errors.AnnotationFileError: x" -> "AnnotationFileError: x"
+    return first or error.cls_name or "unknown error"
+
+
+def skipped_assets(result) -> dict[str, str]:
+    """asset -> why, for each materialization whose `skipped` metadata says it did nothing."""
+    skipped = {}
+    for event in result.get_asset_materialization_events():
+        materialization = event.event_specific_data.materialization
+        value = materialization.metadata.get("skipped")
+        if value is not None:
+            skipped[materialization.asset_key.to_user_string()] = str(getattr(value, "value", value))
+    return skipped
+
+
+def _failure_lines(result, what: str, seconds: float) -> list[str]:
+    """Two lines for a failed run: which partition, which step and why; where its logs are."""
+    failures = step_failures(result)
+    if failures:
+        step, reason = failures[0]
+        more = f" (and {len(failures) - 1} more failed steps)" if len(failures) > 1 else ""
+        first = f"  {what}: FAILED in {seconds:.1f}s at step {step}{more}: {reason}"
+    else:
+        step, first = "", f"  {what}: FAILED in {seconds:.1f}s: the run failed before any step did"
+    where = f"Runs → {result.run_id[:8]}" + (f" → the {step} step's logs" if step else "")
+    ui = f"DAGSTER_HOME={os.environ.get('DAGSTER_HOME', '.dagster_home')} dagster dev -w workspace.yaml"
+    return [first, f"    logs: {UI_URL}/runs/{result.run_id} (start the UI: `{ui}`; then {where})"]
 
 
 def reap_dead_runs(instance, log=print) -> list:
@@ -80,7 +156,7 @@ def _materialize_all(instance, source: str, run_config: dict, shards: list[str],
 
     all_assets = list(defs.assets) + list(defs.asset_checks or [])
     resources = dict(defs.resources)
-    summary = {"runs": [], "failed": []}
+    summary: dict = {"runs": [], "failed": [], "skipped": {}}
     for shard in shards:
         key = dg.MultiPartitionKey({"source": source, "shard": shard})
         started = time.monotonic()
@@ -95,9 +171,12 @@ def _materialize_all(instance, source: str, run_config: dict, shards: list[str],
             tags={"pbi/source": source, "pbi/shard": shard, **process_tags()},
         )
         summary["runs"].append(result.run_id)
-        status = "ok" if result.success else "FAILED"
-        log(f"  {source}|{shard}: {status} in {time.monotonic() - started:.1f}s (run {result.run_id[:8]})")
-        if not result.success:
+        seconds = time.monotonic() - started
+        if result.success:
+            log(f"  {source}|{shard}: ok in {seconds:.1f}s (run {result.run_id[:8]})")
+        else:
+            for line in _failure_lines(result, f"{source}|{shard}", seconds):
+                log(line)
             summary["failed"].append(f"{source}|{shard}")
     if summary["failed"]:
         log("  some partitions failed; the unpartitioned assets still run on what exists")
@@ -112,11 +191,16 @@ def _materialize_all(instance, source: str, run_config: dict, shards: list[str],
         tags={"pbi/source": source, **process_tags()},
     )
     summary["runs"].append(result.run_id)
-    log(
-        f"  {', '.join(a.key.to_user_string() for a in UNPARTITIONED_ASSETS)}: {'ok' if result.success else 'FAILED'} in {time.monotonic() - started:.1f}s"
-    )
-    if not result.success:
+    names = ", ".join(a.key.to_user_string() for a in UNPARTITIONED_ASSETS)
+    if result.success:
+        log(f"  {names}: ok in {time.monotonic() - started:.1f}s (run {result.run_id[:8]})")
+    else:
+        for line in _failure_lines(result, names, time.monotonic() - started):
+            log(line)
         summary["failed"].append("unpartitioned")
+    summary["skipped"] = skipped_assets(result)
+    for asset, why in summary["skipped"].items():
+        log(f"  {asset}: skipped: {why}")
     return summary
 
 
@@ -128,20 +212,31 @@ def _ops_subset(run_config: dict, assets) -> dict:
 
 
 def cmd_run(args) -> int:
-    home = ensure_dagster_home()
-    from pbi_assets.partitions import PROJECT
+    from pbi_assets.partitions import PROJECT  # reads the config: an error names the file and field
 
+    run_config = _load_run_config(args.run_config)
+    _require_source(PROJECT.source_names, args.source)
+    unknown = sorted(set(args.shard or []) - set(PROJECT.shard_keys))
+    if unknown:
+        keys = PROJECT.shard_keys
+        raise UserError(f"--shard {unknown[0]}: not a shard of this project (shards {keys[0]} to {keys[-1]})")
+    home = ensure_dagster_home()
     print(f"PBI: running source {args.source!r} ({PROJECT.num_shards} shards), data root {PROJECT.data_root}")
     print(f"     Dagster runs recorded in {home}")
-    summary = run_source(
-        args.source,
-        _load_run_config(args.run_config),
-        args.shard or None,
-        log_level="DEBUG" if args.verbose else "WARNING",
-    )
+    # Dagster's console logger prints a failed step's whole traceback: pbi prints the two lines
+    # that matter itself, and shows Dagster's log only with --verbose (every event) or --debug
+    log_level = "DEBUG" if args.verbose else "WARNING" if args.debug else "CRITICAL"
+    summary = run_source(args.source, run_config, args.shard or None, log_level=log_level)
     print()
     print_summary(args.source)
-    return 1 if summary["failed"] else 0
+    if summary["skipped"].get("checkpoint"):
+        print(f"\nnothing was trained: {summary['skipped']['checkpoint']}")
+    if summary["failed"]:
+        print(
+            f"\n{len(summary['failed'])} run(s) failed: {', '.join(summary['failed'])} (the logs: see the lines above)"
+        )
+        return 1
+    return 0
 
 
 def print_summary(source: str) -> None:
@@ -182,13 +277,17 @@ def _summary_sql(source: str) -> str:
 
 
 def cmd_sql(args) -> int:
+    import duckdb
     import pandas as pd
 
     from pbi_assets.partitions import PROJECT
     from pbi_ml.catalog import query
     from pbi_ml.storage import Storage
 
-    frame = query(Storage(PROJECT.data_root), args.query)
+    try:
+        frame = query(Storage(PROJECT.data_root), args.query)
+    except duckdb.Error as exc:
+        raise UserError(f"SQL error: {exc}") from None
     with pd.option_context(
         "display.max_rows", args.max_rows, "display.max_columns", None, "display.width", 200, "display.max_colwidth", 60
     ):
@@ -222,6 +321,25 @@ def cmd_calibrate_fit(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    """Validate pbi.yaml and the declared sources (or one); exit 1 on a fatal problem."""
+    from pbi_ml.check import check_project, report_lines
+    from pbi_ml.config import default_config_path, project_config
+
+    project = project_config()
+    if args.source is not None:
+        _require_source(project.source_names, args.source)
+    if args.sample < 0:
+        raise UserError(f"--sample {args.sample}: must be >= 0")
+    path = default_config_path()
+    where = str(path.resolve()) if path.exists() else "no pbi.yaml (the bundled demo source only)"
+    print(f"config {where}: {len(project.sources)} sources, {project.num_shards} shards, data root {project.data_root}")
+    report = check_project(project, source=args.source, sample=args.sample, seed=args.seed)
+    for line in report_lines(report):
+        print(line)
+    return 1 if report.fatal else 0
+
+
 def cmd_info(args) -> int:
     from pbi_assets.partitions import PROJECT
 
@@ -239,33 +357,99 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="pbi", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    debug_help = "show the full traceback of an error (and Dagster's log of a failed step)"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    # accepted after the command too (`pbi run --debug ...`); SUPPRESS keeps a global --debug
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="materialize the whole graph for a source through Dagster")
+    run = sub.add_parser("run", parents=[common], help="materialize the whole graph for a source through Dagster")
     run.add_argument("--source", required=True)
     run.add_argument("--shard", action="append", help="only these shards (repeatable), e.g. --shard 000")
     run.add_argument("--run-config", help="YAML run config ({ops: {removals: {config: {...}}}})")
     run.add_argument("--verbose", action="store_true", help="show every Dagster event on the console")
     run.set_defaults(func=cmd_run)
-    sql = sub.add_parser("sql", help="read-only SQL on the catalog")
+    check = sub.add_parser(
+        "check", parents=[common], help="validate pbi.yaml and the sources' files (seconds) before a long run"
+    )
+    check.add_argument("--source", help="only this source (default: every declared source)")
+    check.add_argument("--sample", type=int, default=20, help="images per source to open and size-check (default 20)")
+    check.add_argument("--seed", type=int, default=0, help="seed of the image sample")
+    check.set_defaults(func=cmd_check)
+    sql = sub.add_parser("sql", parents=[common], help="read-only SQL on the catalog")
     sql.add_argument("query")
     sql.add_argument("--max-rows", type=int, default=50)
     sql.set_defaults(func=cmd_sql)
-    calibrate = sub.add_parser("calibrate", help="calibrate removal-filter thresholds on hand-labelled removals")
+    calibrate = sub.add_parser(
+        "calibrate", parents=[common], help="calibrate removal-filter thresholds on hand-labelled removals"
+    )
     calibrate_sub = calibrate.add_subparsers(dest="step", required=True)
-    sample = calibrate_sub.add_parser("sample", help="write labels.csv + sheet.html for a sample of removals")
+    sample = calibrate_sub.add_parser(
+        "sample", parents=[common], help="write labels.csv + sheet.html for a sample of removals"
+    )
     sample.add_argument("--out", required=True)
     sample.add_argument("--n", type=int, default=500)
     sample.add_argument("--seed", type=int, default=0)
     sample.set_defaults(func=cmd_calibrate_sample)
-    fit = calibrate_sub.add_parser("fit", help="success rate vs threshold from a labelled labels.csv")
+    fit = calibrate_sub.add_parser("fit", parents=[common], help="success rate vs threshold from a labelled labels.csv")
     fit.add_argument("labels")
     fit.add_argument("--column", required=True)
     fit.add_argument("--tolerance", type=float, default=0.02)
     fit.set_defaults(func=cmd_calibrate_fit)
-    info = sub.add_parser("info", help="show the project configuration")
+    info = sub.add_parser("info", parents=[common], help="show the project configuration")
     info.set_defaults(func=cmd_info)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except Exception as exc:  # noqa: BLE001 - the last word: one or two lines, or the traceback with --debug
+        if args.debug:
+            traceback.print_exc()
+            return 2 if _is_user_error(exc) else 1
+        for line in error_lines(exc, args.command):
+            print(line, file=sys.stderr)
+        return 2 if _is_user_error(exc) else 1
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    """An error in what the user gave: the config, an annotation or input file, the SQL, an argument."""
+    from pbi_ml.errors import AnnotationFileError, ConfigError
+
+    kinds: tuple[type[BaseException], ...] = (UserError, ConfigError, AnnotationFileError, FileNotFoundError)
+    if "dagster" in sys.modules:  # a --run-config that Dagster's config schema rejects
+        import dagster as dg
+
+        kinds += (dg.DagsterInvalidConfigError,)
+    return isinstance(exc, kinds)
+
+
+def error_lines(exc: BaseException, command: str | None = None) -> list[str]:
+    """`exc` in at most two lines: `pbi <command>: <what>: <first line>`, then the rest in one line."""
+    from pbi_ml.config import default_config_path
+    from pbi_ml.errors import AnnotationFileError, ConfigError
+
+    message = str(exc)
+    if isinstance(exc, ConfigError):
+        config = default_config_path()
+        if str(config) not in message and str(config.resolve()) not in message:
+            message = f"{config}: {message}"  # name the file the error is in
+        kind = "config error"
+    elif isinstance(exc, AnnotationFileError):
+        kind = "annotation file error"
+    elif isinstance(exc, UserError | FileNotFoundError):
+        kind = ""
+    elif _is_user_error(exc):
+        kind = "invalid run config"
+    else:
+        kind = f"unexpected error ({exc.__class__.__name__})"
+    lines = [line.strip() for line in message.splitlines() if line.strip().strip("^").strip()]
+    head = f"pbi {command}: " if command else "pbi: "
+    first = head + (f"{kind}: " if kind else "") + (lines[0] if lines else exc.__class__.__name__)
+    rest = " ".join(lines[1:])
+    if not _is_user_error(exc):
+        rest = (rest[:200] + " " if rest else "") + "(rerun with `pbi --debug ...` for the traceback)"
+    elif len(rest) > 300:
+        rest = rest[:297] + "..."
+    return [first, f"  {rest}"] if rest else [first]
 
 
 if __name__ == "__main__":
