@@ -216,12 +216,16 @@ def _pbi_env(tmp_path: Path) -> dict:
 
 def _wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
     deadline = time.monotonic() + timeout
+    error = None
     while time.monotonic() < deadline:
-        value = predicate()
+        try:
+            value = predicate()
+        except Exception as exc:  # noqa: BLE001 - e.g. SQLite busy while another process writes
+            error, value = exc, None
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {error!r})")
 
 
 def _gpu_holder(instance):
