@@ -154,8 +154,9 @@ def _materialize_all(instance, source: str, run_config: dict, shards: list[str],
 
     from pbi_assets.definitions import PARTITIONED_ASSETS, UNPARTITIONED_ASSETS, defs
 
-    all_assets = list(defs.assets) + list(defs.asset_checks or [])
-    resources = dict(defs.resources)
+    everything = [*(defs.assets or []), *(defs.asset_checks or [])]
+    all_assets = [a for a in everything if isinstance(a, dg.AssetsDefinition | dg.AssetSpec | dg.SourceAsset)]
+    resources = dict(defs.resources or {})
     summary: dict = {"runs": [], "failed": [], "skipped": {}}
     for shard in shards:
         key = dg.MultiPartitionKey({"source": source, "shard": shard})
@@ -212,9 +213,9 @@ def _ops_subset(run_config: dict, assets) -> dict:
 
 
 def cmd_run(args) -> int:
+    run_config = _load_run_config(args.run_config)
     from pbi_assets.partitions import PROJECT  # reads the config: an error names the file and field
 
-    run_config = _load_run_config(args.run_config)
     _require_source(PROJECT.source_names, args.source)
     unknown = sorted(set(args.shard or []) - set(PROJECT.shard_keys))
     if unknown:
@@ -226,7 +227,17 @@ def cmd_run(args) -> int:
     # Dagster's console logger prints a failed step's whole traceback: pbi prints the two lines
     # that matter itself, and shows Dagster's log only with --verbose (every event) or --debug
     log_level = "DEBUG" if args.verbose else "WARNING" if args.debug else "CRITICAL"
-    summary = run_source(args.source, run_config, args.shard or None, log_level=log_level)
+    import dagster as dg
+
+    try:
+        summary = run_source(args.source, run_config, args.shard or None, log_level=log_level)
+    except dg.DagsterInvalidConfigError as exc:  # the run config does not fit the assets' config schema
+        problems = [e.message for e in exc.errors] or [str(exc)]
+        more = f" ({len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        first, _, expected = problems[0].partition(" Expected: ")
+        raise UserError(
+            f"--run-config {args.run_config}: {first}{more}" + (f"\n  expected: {expected}" if expected else "")
+        ) from None
     print()
     print_summary(args.source)
     if summary["skipped"].get("checkpoint"):
@@ -280,12 +291,12 @@ def cmd_sql(args) -> int:
     import duckdb
     import pandas as pd
 
-    from pbi_assets.partitions import PROJECT
     from pbi_ml.catalog import query
+    from pbi_ml.config import project_config  # what the code location reads, without importing Dagster
     from pbi_ml.storage import Storage
 
     try:
-        frame = query(Storage(PROJECT.data_root), args.query)
+        frame = query(Storage(project_config().data_root), args.query)
     except duckdb.Error as exc:
         raise UserError(f"SQL error: {exc}") from None
     with pd.option_context(
@@ -341,12 +352,14 @@ def cmd_check(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from pbi_assets.partitions import PROJECT
+    from pbi_ml.config import project_config  # what the code location reads, without importing Dagster
 
-    print(f"data_root:   {PROJECT.data_root}")
-    print(f"num_shards:  {PROJECT.num_shards}")
+    project = project_config()
+
+    print(f"data_root:   {project.data_root}")
+    print(f"num_shards:  {project.num_shards}")
     print(f"DAGSTER_HOME:{os.environ.get('DAGSTER_HOME', '(unset: ./.dagster_home)')}")
-    for s in PROJECT.sources:
+    for s in project.sources:
         print(
             f"source {s.name}: {s.format}, role {s.role}, images {s.images}, annotations {', '.join(s.annotation_files)}"
         )

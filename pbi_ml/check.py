@@ -94,7 +94,14 @@ class CheckReport:
 
 def _stage_builders() -> dict:
     """stage name -> a function building that stage's config from its pbi.yaml section."""
-    from pbi_ml.config import CandidateConfig, PairConfig, RemovalConfig, ScoringConfig, SplitConfig
+    from pbi_ml.config import (
+        CandidateConfig,
+        ClassFilterConfig,
+        PairConfig,
+        RemovalConfig,
+        ScoringConfig,
+        SplitConfig,
+    )
     from pbi_ml.describe import DescribeConfig
     from pbi_ml.export import ExportConfig
     from pbi_ml.instruct import InstructConfig
@@ -106,6 +113,7 @@ def _stage_builders() -> dict:
 
     return {
         "candidates": of(CandidateConfig),
+        "class_scores": of(ClassFilterConfig),
         "removals": of(RemovalConfig),
         "removal_scores": of(ScoringConfig),
         "pairs": of(PairConfig),
@@ -119,13 +127,14 @@ def _stage_builders() -> dict:
 
 
 def check_stages(project: ProjectConfig) -> list[Problem]:
-    """One fatal problem per `stages:` section that its stage would refuse."""
+    """One fatal problem per `stages:` section that its stage would refuse; a warning for a section
+    named after no stage (the graph ignores it: a typo?)."""
     builders = _stage_builders()
     problems = []
     for stage, values in project.stages.items():
         where = f"stages.{stage}"
         if stage not in builders:
-            problems.append(Problem(CONFIG_ERROR, f"{where}: unknown stage; known: {', '.join(builders)}", True))
+            problems.append(Problem(CONFIG_ERROR, f"{where}: no such stage, ignored; stages: {', '.join(builders)}"))
             continue
         if values is not None and not isinstance(values, dict):
             problems.append(Problem(CONFIG_ERROR, f"{where}: must be a mapping of parameters", True))
@@ -265,7 +274,7 @@ def check_project(
 
 def report_lines(report: CheckReport) -> list[str]:
     """The report as the CLI prints it: one line per source, then its first problems indented."""
-    lines = [f"config: FATAL {p.line()}" for p in report.config_problems]
+    lines = [f"config: {'FATAL ' if p.fatal else 'warning: '}{p.line()}" for p in report.config_problems]
     for s in report.sources:
         if s.fatal and not s.instances:
             lines.append(f"source {s.name} ({s.format}): FATAL")
