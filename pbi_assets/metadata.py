@@ -1,4 +1,5 @@
-"""Turning stage results into Dagster metadata: row counts, schemas, thumbnails, histograms."""
+"""Turning stage results into Dagster metadata: row counts, schemas, thumbnails, histograms (a small
+PNG plot above the text histogram, see pbi_assets.plots), the loss curve."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 
+from pbi_assets.plots import curve_png, histogram_png, markdown_image
 from pbi_ml.imageio import thumbnail_png
 
 
@@ -38,18 +40,54 @@ def thumbnails_markdown(samples: list[tuple[str, np.ndarray]], max_side: int = 1
     return dg.MetadataValue.md("\n\n".join(parts) if parts else "_no samples in this partition_")
 
 
+def _finite(values) -> np.ndarray:
+    return np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+
+
+def histogram_bins(values, bins: int = 10) -> dict:
+    """The histogram's numbers, for JSON metadata: n, bin edges and counts (empty lists without values)."""
+    finite = _finite(values)
+    if finite.size == 0:
+        return {"n": 0, "edges": [], "counts": []}
+    counts, edges = np.histogram(finite, bins=bins)
+    return {"n": int(finite.size), "edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
+
+
+def _plot_or_note(title: str, draw) -> str:
+    """`draw()`'s PNG as a markdown image; a note instead if plotting fails (metadata never fails a step)."""
+    try:
+        return markdown_image(title, draw())
+    except Exception as exc:  # matplotlib missing or broken: keep the text and say why
+        return f"_plot unavailable: {type(exc).__name__}: {exc}_"
+
+
 def histogram_markdown(values, bins: int = 10, title: str = "") -> dg.MetadataValue:
-    """A text histogram (Dagster metadata has no chart type)."""
-    values = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    """A small PNG histogram plot (markdown image) above the same histogram as text."""
+    values = _finite(values)
     if values.size == 0:
         return dg.MetadataValue.md(f"{title}: _no values_")
     counts, edges = np.histogram(values, bins=bins)
     peak = max(int(counts.max()), 1)
-    lines = [f"{title} (n={values.size})", "```"]
+    plot = _plot_or_note(title or "histogram", lambda: histogram_png(counts.tolist(), edges.tolist(), title))
+    lines = [plot, "", f"{title} (n={values.size})", "```"]
     for c, lo, hi in zip(counts, edges[:-1], edges[1:], strict=True):
         lines.append(f"{lo:8.4f} – {hi:8.4f} | {'█' * int(round(30 * c / peak)):<30} {c}")
     lines.append("```")
     return dg.MetadataValue.md("\n".join(lines))
+
+
+def loss_curve_markdown(curve: list[tuple[int, float]] | list[list[float]], max_rows: int = 40) -> dg.MetadataValue:
+    """The training loss per step: a small PNG line plot above up to `max_rows` (step, loss) rows as text."""
+    if not curve:
+        return dg.MetadataValue.md("training loss: _no steps_")
+    steps = [int(s) for s, _ in curve]
+    losses = [float(loss) for _, loss in curve]
+    plot = _plot_or_note("training loss", lambda: curve_png(steps, losses, "training loss", "step", "loss"))
+    rows = [
+        f"step {s:>6}  loss {loss:.5f}"
+        for s, loss in list(zip(steps, losses, strict=True))[:: max(1, len(curve) // max_rows)]
+    ]
+    return dg.MetadataValue.md("\n".join([plot, "", "```", *rows, "```"]))
 
 
 def result_metadata(result, histograms: dict[str, str] | None = None) -> dict:
@@ -60,7 +98,9 @@ def result_metadata(result, histograms: dict[str, str] | None = None) -> dict:
         meta["samples"] = thumbnails_markdown(result.samples)
     for column, title in (histograms or {}).items():
         if column in result.table.column_names:
-            meta[f"histogram_{column}"] = histogram_markdown(result.table.column(column).to_pylist(), title=title)
+            values = result.table.column(column).to_pylist()
+            meta[f"histogram_{column}"] = histogram_markdown(values, title=title)
+            meta[f"histogram_{column}_bins"] = dg.MetadataValue.json(histogram_bins(values))
     return meta
 
 
