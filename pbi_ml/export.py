@@ -1,9 +1,16 @@
-"""Exports: the pairs as Hugging Face-loadable Parquet datasets, in two schemas.
+"""Exports: the pairs as Hugging Face-loadable Parquet datasets, in three schemas.
 
     <out>/pipe/data/<split>-00000-of-0000N.parquet     the PIPE release schema
     <out>/pipe/masks/<split>-00000-of-0000N.parquet    masks keyed by (target_img_dataset, img_id, ann_id)
-    <out>/instruct_pix2pix/data/<split>-....parquet    diffusers' train_instruct_pix2pix.py schema
-    <out>/README.md                                     dataset card: counts, classes, filter statistics
+    <out>/instruct_pix2pix/data/<split>-....parquet    diffusers' train_instruct_pix2pix.py schema ("add")
+    <out>/remove_pix2pix/data/<split>-....parquet      the same schema, the reverse pair ("remove")
+    <out>/README.md                                     dataset card: `configs:` (one per file set; the
+                                                        `datasets` loader reads them), counts, classes,
+                                                        filter statistics
+
+diffusers' script loads a folder with `--dataset_name <out>/instruct_pix2pix/data` (split `train`
+from the file names) or `--dataset_name <out> --dataset_config_name instruct_pix2pix` (the card's
+configs); `--train_data_dir` builds an imagefolder dataset, which skips Parquet files.
 
 Images are embedded as Hugging Face `Image` features (struct<bytes, path> with the `huggingface`
 schema metadata), so `datasets.load_dataset("parquet", data_files=...)` decodes them. Shards are
@@ -11,12 +18,18 @@ cut by size; the whole export is written to a temp folder and swapped into place
 
 The InstructPix2Pix export has one row per pair and non-empty instruction kind (class template,
 VLM-LLM rewrite, referring expression), without location phrases: diffusers' script cannot
-append them at training time the way our trainer does (p = 0.25).
+append them at training time the way our trainer does (p = 0.25). The removal export has one row
+per pair: the original -> "remove the ..." -> the object-removed image, the prompt chosen per pair
+by `ExportConfig.seed` between "remove the <class>" and the description's noun phrase
+(`removal_instruction`). Both carry `pair_id` and the object `mask` (an Image) in every row;
+diffusers' script reads only its three columns.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import shutil
 import tempfile
 from collections import Counter
@@ -25,6 +38,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from pbi_ml.instruct.check import name_is_head, name_variants
+from pbi_ml.instruct.templates import clean_category
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
@@ -44,13 +60,25 @@ PIPE_SCHEMA = pa.schema(
 PIPE_MASK_SCHEMA = pa.schema(
     [("target_img_dataset", pa.string()), ("img_id", pa.string()), ("ann_id", pa.string()), ("mask", IMAGE_TYPE)]
 )
-IP2P_SCHEMA = pa.schema([("input_image", IMAGE_TYPE), ("edit_prompt", pa.string()), ("edited_image", IMAGE_TYPE)])
+# diffusers' default column names first (--original_image_column, --edit_prompt_column, --edited_image_column)
+IP2P_SCHEMA = pa.schema(
+    [
+        ("input_image", IMAGE_TYPE),
+        ("edit_prompt", pa.string()),
+        ("edited_image", IMAGE_TYPE),
+        ("pair_id", pa.string()),
+        ("mask", IMAGE_TYPE),
+    ]
+)
+REMOVE_SCHEMA = IP2P_SCHEMA  # input_image = the original, edited_image = the object removed
+FORMATS = ("pipe", "instruct_pix2pix", "remove_pix2pix")
 
 
 @dataclass(frozen=True)
 class ExportConfig:
     max_shard_bytes: int = 256 * 1024 * 1024
-    formats: tuple[str, ...] = ("pipe", "instruct_pix2pix")
+    formats: tuple[str, ...] = FORMATS
+    seed: int = 0  # picks each pair's removal prompt (class or description form) in remove_pix2pix
 
 
 @dataclass
@@ -76,6 +104,70 @@ def dataset_name(source: str, source_format: str) -> str:
     if name.startswith(("coco", "lvis")):
         return "COCO"
     return source
+
+
+# Words that end a noun phrase when read backwards from the object's name ("a photo of a brown dog").
+_PHRASE_BREAKS = frozenset(
+    """
+    of on in into onto at near next beside behind under over above below beneath between by from to
+    toward towards for across along around against among inside outside with without
+    is are was were be being been has have there here shows showing
+    """.split()
+)
+_DETERMINERS = frozenset("a an the this that these those some one his her its their my your our".split())
+_MODIFIER = re.compile(r"[a-z][a-z-]*|,")
+MAX_MODIFIERS = 6
+
+
+def removal_instruction(description: str | None, category: str) -> str:
+    """ "remove the <noun phrase>" from the description when its first sentence names the class as the
+    head of a noun phrase (see `pbi_ml.instruct.check.name_is_head`), else "remove the <class>".
+
+    The phrase is the name as written plus at most MAX_MODIFIERS plain words before it, back to a
+    determiner, a preposition or verb, or other punctuation: "a small brown dog on the grass" ->
+    "remove the small brown dog"; "A photo of a dog bowl" -> "remove the dog" for class dog
+    (there "dog" only modifies "bowl": the class form); "" when there is no class name either."""
+    fallback = fallback_removal(category)
+    sentence = re.split(r"[.;:!?\n]", (description or "").strip().lower(), maxsplit=1)[0]
+    best: re.Match | None = None
+    for variant in name_variants([category]):
+        pattern = r"[\s\-]+".join(re.escape(part) for part in variant.split(" "))
+        for match in re.finditer(rf"(?<![a-z0-9]){pattern}(?![a-z0-9])", sentence):
+            if name_is_head(sentence, match.end()):
+                if best is None or (match.start(), -match.end()) < (best.start(), -best.end()):
+                    best = match
+                break
+    if best is None:
+        return fallback
+    modifiers: list[str] = []
+    for word in reversed(sentence[: best.start()].replace(",", " , ").split()):
+        if word in _DETERMINERS or word in _PHRASE_BREAKS or not _MODIFIER.fullmatch(word):
+            break
+        modifiers.insert(0, word)
+    modifiers = modifiers[-MAX_MODIFIERS:]
+    while modifiers and modifiers[0] in (",", "and", "or"):
+        modifiers.pop(0)
+    while modifiers and modifiers[-1] == ",":
+        modifiers.pop()
+    return "remove the " + " ".join([*modifiers, best.group(0)]).replace(" ,", ",")
+
+
+def removal_prompt(pair_id: str, description: str | None, category: str, seed: int) -> str:
+    """The pair's removal prompt: "remove the <class>" or `removal_instruction`'s description form,
+    picked by a hash of (seed, pair_id), so the same seed always gives the same prompt."""
+    options = list(
+        dict.fromkeys(p for p in (fallback_removal(category), removal_instruction(description, category)) if p)
+    )
+    if not options:
+        return ""
+    digest = hashlib.blake2b(f"{seed}|{pair_id}".encode(), digest_size=8).digest()
+    return options[int.from_bytes(digest, "big") % len(options)]
+
+
+def fallback_removal(category: str) -> str:
+    """ "remove the <class>" ("" without a class name)."""
+    name = clean_category(category)
+    return f"remove the {name}" if name else ""
 
 
 def _image(path: str) -> dict:
@@ -125,6 +217,7 @@ def export_pairs(
     `formats_of_sources`: source name -> its format (for PIPE's target_img_dataset).
     `stats`: filter statistics for the dataset card ({"candidates": {...}, "scores": {...}}).
     """
+    file_sets = _file_sets(config.formats)  # fails at once on an unknown format
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
@@ -142,6 +235,8 @@ def export_pairs(
         split = row.get("split") or "train"
         source_img, target_img = _image(row["source_image"]), _image(row["target_image"])
         size = len(source_img["bytes"]) + len(target_img["bytes"])
+        mask = _image(row["mask"])
+        pair_id = str(row["pair_id"])
         dataset = dataset_name(row["source"], formats_of_sources.get(row["source"], "coco"))
         vlm = row.get("instruction_vlm_llm") or ""
         cls = row.get("instruction_class") or ""
@@ -161,7 +256,6 @@ def export_pairs(
                 },
                 size,
             )
-            mask = _image(row["mask"])
             writer("pipe/masks", split, PIPE_MASK_SCHEMA).add(
                 {
                     "target_img_dataset": dataset,
@@ -175,16 +269,68 @@ def export_pairs(
         if "instruct_pix2pix" in config.formats:
             for prompt in dict.fromkeys(p for p in (vlm, cls, ref) if p):  # unique, in order
                 writer("instruct_pix2pix/data", split, IP2P_SCHEMA).add(
-                    {"input_image": source_img, "edit_prompt": prompt, "edited_image": target_img}, size
+                    {
+                        "input_image": source_img,
+                        "edit_prompt": prompt,
+                        "edited_image": target_img,
+                        "pair_id": pair_id,
+                        "mask": mask,
+                    },
+                    size + len(mask["bytes"]),
                 )
                 counts[f"instruct_pix2pix_{split}"] += 1
+        if "remove_pix2pix" in config.formats:
+            prompt = removal_prompt(pair_id, row.get("description"), row.get("category") or "", config.seed)
+            if prompt:
+                writer("remove_pix2pix/data", split, REMOVE_SCHEMA).add(
+                    {
+                        "input_image": target_img,
+                        "edit_prompt": prompt,
+                        "edited_image": source_img,
+                        "pair_id": pair_id,
+                        "mask": mask,
+                    },
+                    size + len(mask["bytes"]),
+                )
+                counts[f"remove_pix2pix_{split}"] += 1
 
+    # every requested file set gets at least an (empty) train shard, so each card config loads
+    for kind, schema in file_sets:
+        if not any(k == kind for k, _ in writers):
+            writer(kind, "train", schema)
     files = []
     for w in writers.values():
         files += [str(p.relative_to(tmp)) for p in w.finish()]
-    (tmp / "README.md").write_text(dataset_card(rows, stats, counts))
+    splits_of: dict[str, set[str]] = {}
+    for kind, split in writers:
+        splits_of.setdefault(kind, set()).add(split)
+    (tmp / "README.md").write_text(dataset_card(rows, stats, counts, splits_of))
     _swap_into_place(tmp, out_dir)
     return ExportResult(directory=out_dir, files=sorted(files), counts=dict(counts))
+
+
+def _file_sets(formats) -> list[tuple[str, pa.Schema]]:
+    """(folder, schema) of each file set that the export `formats` write, in card order."""
+    sets = {
+        "pipe": [("pipe/data", PIPE_SCHEMA), ("pipe/masks", PIPE_MASK_SCHEMA)],
+        "instruct_pix2pix": [("instruct_pix2pix/data", IP2P_SCHEMA)],
+        "remove_pix2pix": [("remove_pix2pix/data", REMOVE_SCHEMA)],
+    }
+    unknown = sorted(set(formats) - set(sets))
+    if unknown:
+        raise ValueError(f"unknown export format(s) {unknown}; known: {sorted(sets)}")
+    return [entry for name in FORMATS if name in formats for entry in sets[name]]
+
+
+# the card's config name of each file set; instruct_pix2pix is the default config, so
+# `load_dataset(<export root>)` (diffusers' --dataset_name without --dataset_config_name) loads it
+CONFIG_NAMES = {
+    "pipe/data": "pipe",
+    "pipe/masks": "pipe_masks",
+    "instruct_pix2pix/data": "instruct_pix2pix",
+    "remove_pix2pix/data": "remove_pix2pix",
+}
+DEFAULT_CONFIG = "instruct_pix2pix"
 
 
 def _swap_into_place(tmp: Path, out_dir: Path) -> None:
@@ -199,24 +345,26 @@ def _swap_into_place(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old)
 
 
-def dataset_card(rows: list[dict], stats: dict, counts: Counter) -> str:
+def dataset_card(rows: list[dict], stats: dict, counts: Counter, splits_of: dict[str, set[str]] | None = None) -> str:
+    """README.md of the export: YAML front matter with one `datasets` config per file set written
+    (`splits_of`: folder -> its splits; default: every pair's split in all file sets), then counts,
+    classes, filter statistics and how to load each config."""
     per_source = Counter((r["source"], r.get("split") or "train") for r in rows)
     classes = Counter(r["category"] for r in rows)
     checks = Counter(r.get("instruction_check") or "n/a" for r in rows)
-    lines = [
-        "---",
-        "configs:",
-        "- config_name: pipe",
-        "  data_files:",
-    ]
-    for split in sorted({r.get("split") or "train" for r in rows}) or ["train"]:
-        lines += [f"  - split: {split}", f"    path: pipe/data/{split}-*.parquet"]
-    lines += ["- config_name: pipe_masks", "  data_files:"]
-    for split in sorted({r.get("split") or "train" for r in rows}) or ["train"]:
-        lines += [f"  - split: {split}", f"    path: pipe/masks/{split}-*.parquet"]
-    lines += ["- config_name: instruct_pix2pix", "  data_files:"]
-    for split in sorted({r.get("split") or "train" for r in rows}) or ["train"]:
-        lines += [f"  - split: {split}", f"    path: instruct_pix2pix/data/{split}-*.parquet"]
+    if splits_of is None:
+        all_splits = {r.get("split") or "train" for r in rows} or {"train"}
+        splits_of = {kind: all_splits for kind in CONFIG_NAMES}
+    lines = ["---", "configs:"]
+    for kind, config_name in CONFIG_NAMES.items():
+        if kind not in splits_of:
+            continue
+        lines += [f"- config_name: {config_name}"]
+        if config_name == DEFAULT_CONFIG:
+            lines += ["  default: true"]
+        lines += ["  data_files:"]
+        for split in sorted(splits_of[kind]):
+            lines += [f"  - split: {split}", f"    path: {kind}/{split}-*.parquet"]
     lines += [
         "---",
         "",
@@ -224,6 +372,26 @@ def dataset_card(rows: list[dict], stats: dict, counts: Counter) -> str:
         "",
         "Made by PBI (Paint by Inpaint pipeline): each object was removed by inpainting, the removal",
         "filtered, and the pair reversed: `source_img` (object removed) + instruction -> `target_img` (original).",
+        "",
+        "## Configs",
+        "",
+        "| config | folder | columns |",
+        "|---|---|---|",
+    ]
+    columns = {
+        "pipe/data": "PIPE release schema: " + ", ".join(f"`{n}`" for n in PIPE_SCHEMA.names),
+        "pipe/masks": "masks keyed by (`target_img_dataset`, `img_id`, `ann_id`): `mask`",
+        "instruct_pix2pix/data": "add: `input_image` (object removed), `edit_prompt` (an 'add' instruction), "
+        "`edited_image` (original), `pair_id`, `mask`; one row per distinct instruction",
+        "remove_pix2pix/data": "remove (the reverse pair): `input_image` (original), `edit_prompt` "
+        "('remove the ...'), `edited_image` (object removed), `pair_id`, `mask`; one row per pair",
+    }
+    lines += [
+        f"| `{name}`{' (default)' if name == DEFAULT_CONFIG else ''} | `{kind}/` | {columns[kind]} |"
+        for kind, name in CONFIG_NAMES.items()
+        if kind in splits_of
+    ]
+    lines += [
         "",
         "## Counts",
         "",
@@ -243,5 +411,15 @@ def dataset_card(rows: list[dict], stats: dict, counts: Counter) -> str:
         lines.append("")
     lines += ["### instruction check (VLM-LLM rewrites)", "", "| outcome | pairs |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in sorted(checks.items())]
-    lines += ["", "Loading: `datasets.load_dataset('parquet', data_files={'train': 'pipe/data/train-*.parquet'})`.", ""]
+    lines += [
+        "",
+        "## Loading",
+        "",
+        "`datasets.load_dataset('<this folder>', '<config>', split='train')`, or one folder alone:",
+        "`datasets.load_dataset('<this folder>/instruct_pix2pix/data', split='train')`. diffusers'",
+        "`train_instruct_pix2pix.py` takes `--dataset_name <this folder>/instruct_pix2pix/data` or",
+        "`--dataset_name <this folder> --dataset_config_name instruct_pix2pix` (not `--train_data_dir`:",
+        "that builds an imagefolder dataset, which skips Parquet files).",
+        "",
+    ]
     return "\n".join(lines)

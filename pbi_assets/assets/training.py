@@ -8,7 +8,7 @@ import dagster as dg
 
 from pbi_assets.assets.catalog import catalog
 from pbi_assets.assets.gpu import GPU_OP_TAGS, GPU_POOL, GPU_TAGS
-from pbi_assets.metadata import histogram_markdown, thumbnails_markdown
+from pbi_assets.metadata import histogram_markdown, loss_curve_markdown, thumbnails_markdown
 from pbi_assets.resources import PBIProject
 from pbi_assets.run_config import CheckpointRunConfig, EvaluationRunConfig, ExportsRunConfig
 
@@ -20,9 +20,11 @@ from pbi_assets.run_config import CheckpointRunConfig, EvaluationRunConfig, Expo
     description=(
         "Every pair as Hugging Face Parquet datasets per split: the PIPE release schema (source_img, "
         "target_img, Instruction_VLM-LLM, Instruction_Class, Instruction_Ref_Dataset, object_location, "
-        "target_img_dataset, img_id, ann_id; masks in a separate table) and diffusers' "
-        "train_instruct_pix2pix.py schema (input_image, edit_prompt, edited_image); sharded by size, "
-        "with a README.md dataset card (counts, classes, filter statistics)."
+        "target_img_dataset, img_id, ann_id; masks in a separate table), diffusers' "
+        "train_instruct_pix2pix.py schema (input_image, edit_prompt, edited_image, plus pair_id and mask) "
+        "and the reverse removal pairs in that schema (remove_pix2pix: original, 'remove the ...', "
+        "object removed); sharded by size, with a README.md dataset card (one `datasets` config per "
+        "file set, counts, classes, filter statistics)."
     ),
 )
 def exports(context: dg.AssetExecutionContext, pbi: PBIProject, config: ExportsRunConfig) -> dg.MaterializeResult:
@@ -85,11 +87,7 @@ def checkpoint(context: dg.AssetExecutionContext, pbi: PBIProject, config: Check
         "samples_per_second": row["samples_per_second"],
         "wall_time_s": row["wall_time_s"],
         "resumed_from_step": row["resumed_from_step"] if row["resumed_from_step"] is not None else -1,
-        "loss_curve": dg.MetadataValue.md(
-            "```\n"
-            + "\n".join(f"step {s:>6}  loss {loss:.5f}" for s, loss in curve[:: max(1, len(curve) // 40)])
-            + "\n```"
-        ),
+        "loss_curve": loss_curve_markdown(curve),
         "loss_histogram": histogram_markdown([loss for _, loss in curve], title="training loss"),
     }
     if row["smoke_model"]:
