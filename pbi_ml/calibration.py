@@ -4,11 +4,16 @@ The paper set its thresholds on 500 hand-labelled removals, "at the point where 
 plateaus", and did not publish them. This module does the same for any score column:
 
 1. `sample_for_labelling` draws a seeded sample of removal candidates and writes `labels.csv`
-   (one row per candidate, an empty `label` column) and `sheet.html` (the original object and the
-   removal side by side, so a person can fill in 1 = object fully removed, 0 = not).
+   (one row per candidate, an empty `label` column) and `sheet.html`: a self-contained labelling
+   page (open it with file://, no server) showing the original object and the removal side by side.
+   A person labels each row with a click or the keys 1 (object fully removed) / 0 (not), and the
+   page's "Download labels.csv" button saves labels.csv again with the label column filled (the
+   same bytes as the written file but for the labels; the labels also survive a reload, in the
+   browser's localStorage). Filling the label column of labels.csv by hand still works.
 2. `threshold_curve` turns the labelled CSV into (threshold, kept fraction, success rate) rows
-   for one score column, and `plateau_threshold` picks the most permissive threshold whose success
-   rate is within a tolerance of the best one.
+   for one score column, `plateau_threshold` picks the most permissive threshold whose success
+   rate is within a tolerance of the best one, and `plot_threshold_curve` draws both (matplotlib,
+   Agg) with the plateau and the chosen threshold marked.
 
 `pbi calibrate sample` and `pbi calibrate fit` run both from the command line.
 """
@@ -16,7 +21,11 @@ plateaus", and did not publish them. This module does the same for any score col
 from __future__ import annotations
 
 import base64
+import csv
+import hashlib
 import html
+import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -73,37 +82,165 @@ def sample_for_labelling(
     out = Path(out_dir)
     table = sample[LABEL_COLUMNS + score_columns].copy()
     table["label"] = ""
-    atomic_write_bytes(out / "labels.csv", table.to_csv(index=False).encode())
-    atomic_write_bytes(out / "sheet.html", _sheet(project, sample).encode())
+    labels_csv = table.to_csv(index=False, lineterminator="\n")
+    atomic_write_bytes(out / "labels.csv", labels_csv.encode())
+    atomic_write_bytes(out / "sheet.html", _sheet(project, sample, labels_csv).encode())
     return out
 
 
-def _sheet(project: ProjectConfig, sample: pd.DataFrame) -> str:
+def _sheet(project: ProjectConfig, sample: pd.DataFrame, labels_csv: str) -> str:
+    """The labelling page: one row per line of labels.csv, in the same order; the CSV's cells are
+    embedded as strings, so the page's download writes them back unchanged but for the labels."""
+    header, *cells = list(csv.reader(io.StringIO(labels_csv, newline="")))
+    if len(cells) != len(sample):
+        raise AssertionError(f"labels.csv has {len(cells)} rows for a sample of {len(sample)}")
     rows = []
-    for row in sample.to_dict("records"):
+    for i, row in enumerate(sample.to_dict("records")):
         sample_id = html.escape(str(row["sample_id"]))
+        described = f"<td class='id'>{sample_id}<br/>{html.escape(str(row['category']))}</td>"
         try:
             original = load_rgb(project.source(row["source"]).images, row["image_file"])
             removed = load_rgb_path(row["removal_image"])
         except (ItemError, ConfigError) as exc:
-            rows.append(f"<tr><td>{sample_id}</td><td colspan=2>unreadable: {html.escape(str(exc))}</td></tr>")
-            continue
-        bbox = (row["bbox_x"], row["bbox_y"], row["bbox_w"], row["bbox_h"])
-        x0, y0, x1, y1 = crop_box(bbox, original.shape, pad=0.5)
-        cells = [_img(original[y0:y1, x0:x1]), _img(removed[y0:y1, x0:x1])]
-        rows.append(
-            f"<tr><td>{sample_id}<br/>{html.escape(str(row['category']))}</td>"
-            + "".join(f"<td>{c}</td>" for c in cells)
-            + "</tr>"
+            images = f"<td colspan=2>unreadable: {html.escape(str(exc))}</td>"
+        else:
+            bbox = (row["bbox_x"], row["bbox_y"], row["bbox_w"], row["bbox_h"])
+            x0, y0, x1, y1 = crop_box(bbox, original.shape, pad=0.5)
+            images = f"<td>{_img(original[y0:y1, x0:x1])}</td><td>{_img(removed[y0:y1, x0:x1])}</td>"
+        buttons = (
+            "<td class='label'><button type='button' class='good' data-label='1'>success (1)</button>"
+            "<button type='button' class='bad' data-label='0'>failure (0)</button></td>"
         )
+        rows.append(f"<tr data-row='{i}'><td class='n'>{i + 1}</td>{described}{images}{buttons}</tr>")
+    data = {
+        "key": "pbi-calibration:" + hashlib.sha256(labels_csv.encode()).hexdigest()[:16],
+        "header": header,
+        "rows": cells,
+    }
+    # inside <script>, "<" could close the element: JSON allows it escaped
+    payload = json.dumps(data).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return (
-        "<!doctype html><meta charset='utf-8'><title>PBI removal labelling</title>"
-        "<p>For each row write 1 in the <code>label</code> column of labels.csv when the object is fully "
-        "removed and the fill looks like plausible background, else 0.</p>"
-        "<table border=1 cellpadding=4><tr><th>sample_id</th><th>original</th><th>removal</th></tr>"
+        _PAGE_HEAD
+        + "<table><thead><tr><th>#</th><th>sample</th><th>original</th><th>removal</th><th>label</th></tr></thead>"
+        + "<tbody>\n"
         + "\n".join(rows)
-        + "</table>"
+        + "\n</tbody></table>\n"
+        + f"<script type='application/json' id='pbi-data'>{payload}</script>\n"
+        + f"<script>{_PAGE_SCRIPT}</script>\n"
     )
+
+
+_PAGE_HEAD = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>PBI removal labelling</title>
+<style>
+body { font-family: sans-serif; margin: 0 1em 2em; }
+#bar { position: sticky; top: 0; background: #fff; padding: .5em 0; border-bottom: 1px solid #ccc; z-index: 1; }
+#progress { font-weight: bold; margin-right: 1em; }
+table { border-collapse: collapse; margin-top: .5em; }
+td, th { border: 1px solid #ccc; padding: 4px; vertical-align: middle; }
+td.id { font-size: 80%; max-width: 16em; word-break: break-all; }
+tr.focused { outline: 3px solid #1565c0; outline-offset: -3px; }
+tr.labelled-1 td.label { background: #c8e6c9; }
+tr.labelled-0 td.label { background: #ffcdd2; }
+td.label button { display: block; margin: 4px 0; width: 9em; }
+tr.labelled-1 button.good, tr.labelled-0 button.bad { font-weight: bold; }
+</style></head><body>
+<div id="bar"><span id="progress"></span>
+<button type="button" id="download">Download labels.csv</button>
+<span id="storage-note"></span>
+<p>Success (key <kbd>1</kbd>) when the object is fully removed and the fill looks like plausible
+background, else failure (key <kbd>0</kbd>); each key labels the focused row (outlined) and moves to
+the next. <kbd>&darr;</kbd>/<kbd>j</kbd> and <kbd>&uarr;</kbd>/<kbd>k</kbd> move, <kbd>Backspace</kbd>
+clears, a click on a row focuses it. Then download labels.csv and run
+<code>pbi calibrate fit labels.csv --column ...</code>.</p></div>
+"""
+
+# raw: the JavaScript keeps its own \n and \r escapes
+_PAGE_SCRIPT = r"""
+(function () {
+  "use strict";
+  var data = JSON.parse(document.getElementById("pbi-data").textContent);
+  var labelAt = data.header.indexOf("label");
+  var idAt = data.header.indexOf("sample_id");
+  var trs = Array.prototype.slice.call(document.querySelectorAll("tbody tr[data-row]"));
+  var labels = data.rows.map(function (r) { return r[labelAt] === "1" || r[labelAt] === "0" ? r[labelAt] : ""; });
+  var storage = null;
+  try { storage = window.localStorage; storage.getItem(data.key); } catch (e) { storage = null; }
+  if (storage) {
+    var saved = {};
+    try { saved = JSON.parse(storage.getItem(data.key) || "{}"); } catch (e) { saved = {}; }
+    data.rows.forEach(function (r, i) { if (saved[r[idAt]] === "1" || saved[r[idAt]] === "0") labels[i] = saved[r[idAt]]; });
+  } else {
+    document.getElementById("storage-note").textContent = "(this browser keeps no labels across a reload: download before closing)";
+  }
+  var focused = 0;
+  function save() {
+    if (!storage) return;
+    var out = {};
+    data.rows.forEach(function (r, i) { if (labels[i] !== "") out[r[idAt]] = labels[i]; });
+    try { storage.setItem(data.key, JSON.stringify(out)); } catch (e) { /* full or denied: the download still works */ }
+  }
+  function show(i) {
+    trs[i].classList.toggle("labelled-1", labels[i] === "1");
+    trs[i].classList.toggle("labelled-0", labels[i] === "0");
+    trs[i].setAttribute("data-label", labels[i]);
+  }
+  function progress() {
+    var done = labels.filter(function (l) { return l !== ""; }).length;
+    document.getElementById("progress").textContent = done + " / " + labels.length + " labelled";
+  }
+  function focusRow(i) {
+    if (!trs.length) return;
+    i = Math.max(0, Math.min(trs.length - 1, i));
+    trs[focused].classList.remove("focused");
+    trs[focused].removeAttribute("aria-current");
+    focused = i;
+    trs[i].classList.add("focused");
+    trs[i].setAttribute("aria-current", "true");
+    trs[i].scrollIntoView({ block: "nearest" });
+  }
+  function setLabel(i, value) {
+    labels[i] = value;
+    show(i); progress(); save();
+  }
+  function cell(v) { return /[",\r\n]/.test(v) ? '"' + v.replace(/"/g, '""') + '"' : v; }
+  function csvText() {
+    var lines = [data.header.map(cell).join(",")];
+    data.rows.forEach(function (r, i) {
+      var row = r.slice(); row[labelAt] = labels[i];
+      lines.push(row.map(cell).join(","));
+    });
+    return lines.join("\n") + "\n";
+  }
+  trs.forEach(function (tr, i) {
+    show(i);
+    tr.addEventListener("click", function (ev) {
+      var b = ev.target.closest("button[data-label]");
+      if (b) setLabel(i, b.getAttribute("data-label"));
+      focusRow(i);
+    });
+  });
+  document.addEventListener("keydown", function (ev) {
+    if (ev.ctrlKey || ev.metaKey || ev.altKey || !trs.length) return;
+    if (ev.key === "1" || ev.key === "0") { setLabel(focused, ev.key); focusRow(focused + 1); }
+    else if (ev.key === "ArrowDown" || ev.key === "j") focusRow(focused + 1);
+    else if (ev.key === "ArrowUp" || ev.key === "k") focusRow(focused - 1);
+    else if (ev.key === "Backspace" || ev.key === "Delete") setLabel(focused, "");
+    else return;
+    ev.preventDefault();
+  });
+  document.getElementById("download").addEventListener("click", function () {
+    var url = URL.createObjectURL(new Blob([csvText()], { type: "text/csv" }));
+    var a = document.createElement("a");
+    a.href = url; a.download = "labels.csv";
+    document.body.appendChild(a); a.click(); a.remove();
+    setTimeout(function () { URL.revokeObjectURL(url); }, 10000);
+  });
+  progress();
+  var first = labels.indexOf("");
+  focusRow(first < 0 ? 0 : first);
+})();
+"""
 
 
 def _img(image: np.ndarray) -> str:
@@ -141,7 +278,79 @@ def threshold_curve(labels: pd.DataFrame, column: str) -> pd.DataFrame:
 def plateau_threshold(curve: pd.DataFrame, tolerance: float = 0.02, min_kept: int = 10) -> float:
     """The most permissive threshold (largest kept fraction) whose success rate is within
     `tolerance` of the best success rate among thresholds keeping at least `min_kept` candidates."""
-    usable = curve[curve["kept"] >= min(min_kept, int(curve["kept"].max()))]
-    best = usable["success_rate"].max()
-    plateau = usable[usable["success_rate"] >= best - tolerance]
+    plateau = curve[_plateau_mask(curve, tolerance, min_kept)]
     return float(plateau.sort_values(["kept_fraction", "threshold"]).iloc[-1]["threshold"])
+
+
+def _plateau_mask(curve: pd.DataFrame, tolerance: float, min_kept: int) -> pd.Series:
+    """The curve's rows on the plateau: enough kept, success rate within `tolerance` of the best."""
+    usable = curve["kept"] >= min(min_kept, int(curve["kept"].max()))
+    best = curve.loc[usable, "success_rate"].max()
+    return usable & (curve["success_rate"] >= best - tolerance)
+
+
+def plot_path(labels_csv: str | Path, column: str) -> Path:
+    """Where `pbi calibrate fit` writes the plot for `column`: next to labels.csv, as <column>.png."""
+    return Path(labels_csv).parent / f"{column}.png"
+
+
+def plot_threshold_curve(
+    curve: pd.DataFrame,
+    column: str,
+    threshold: float,
+    out: str | Path,
+    tolerance: float = 0.02,
+    min_kept: int = 10,
+) -> Path:
+    """Plot the success rate and the filtered fraction (1 - kept fraction) against the threshold,
+    with the plateau and the chosen threshold marked, to the PNG `out`; returns its path.
+
+    matplotlib is imported here, and draws with its Agg canvas directly (no pyplot, no global
+    backend switch), so importing this module and running the pipeline never load it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    plateau = _plateau_mask(curve, tolerance, min_kept)
+    chosen = curve[curve["threshold"] == threshold]
+    direction = "kept when ≤ threshold" if column in KEEP_BELOW else "kept when ≥ threshold"
+    figure = Figure(figsize=(7, 4.2), dpi=120)
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot()
+    ax.plot(curve["threshold"], curve["success_rate"], marker=".", color="tab:green", label="success rate (kept)")
+    ax.plot(curve["threshold"], 1.0 - curve["kept_fraction"], marker=".", color="tab:red", label="filtered fraction")
+    ax.scatter(
+        curve.loc[plateau, "threshold"],
+        curve.loc[plateau, "success_rate"],
+        s=60,
+        facecolors="none",
+        edgecolors="tab:green",
+        label=f"plateau (within {tolerance:g} of the best)",
+        zorder=3,
+    )
+    ax.axhline(curve.loc[plateau, "success_rate"].max() - tolerance, color="tab:green", linestyle=":", linewidth=1)
+    ax.axvline(threshold, color="tab:blue", linestyle="--", label=f"threshold {threshold:.4g}")
+    if not chosen.empty:
+        row = chosen.iloc[0]
+        low, high = float(curve["threshold"].min()), float(curve["threshold"].max())
+        right_half = high > low and threshold > (low + high) / 2  # then the note goes left of the line
+        ax.annotate(
+            f"success {row['success_rate']:.0%}, filters {1.0 - row['kept_fraction']:.0%}",
+            xy=(threshold, float(row["success_rate"])),
+            xytext=(-8 if right_half else 8, -16),
+            textcoords="offset points",
+            ha="right" if right_half else "left",
+            color="tab:blue",
+            fontsize=8,
+        )
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel(f"{column} threshold ({direction})")
+    ax.set_ylabel("fraction")
+    ax.set_title(f"{column}: {int(curve['kept'].max())} labelled removals")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    path = Path(out)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path

@@ -33,3 +33,37 @@ def test_plateau_threshold_finds_where_success_stops_improving():
     # a keep-above column runs the other way
     texture = pd.DataFrame({"stats_texture_ratio": values, "label": [1 if v >= 0.2 else 0 for v in values]})
     assert plateau_threshold(threshold_curve(texture, "stats_texture_ratio"), tolerance=0.0, min_kept=5) == 0.2
+
+
+def test_fit_plots_success_and_filtered_fraction_next_to_labels_csv(tmp_path, capsys):
+    from PIL import Image
+
+    from pbi_assets.cli import main
+
+    values = [i / 100 for i in range(1, 31)]
+    labels = pd.DataFrame(
+        {"stats_boundary_contrast": values, "label": [1 if v <= 0.1 else (i % 2) for i, v in enumerate(values)]}
+    )
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    assert main(["calibrate", "fit", str(tmp_path / "labels.csv"), "--column", "stats_boundary_contrast"]) == 0
+    png = tmp_path / "stats_boundary_contrast.png"
+    assert f"plot: {png}" in capsys.readouterr().out
+    with Image.open(png) as im:
+        im.load()
+        assert im.format == "PNG" and im.width > 400 and im.height > 200
+
+
+def test_sheet_embeds_the_csv_cells_for_its_download(demo_run, tmp_path):
+    """The page's download writes back the embedded cells: they are labels.csv's, row for row."""
+    import json
+    import re
+
+    root, *_ = demo_run
+    out = sample_for_labelling(PROJECT, Storage(root), tmp_path / "calib", n=5, seed=1)
+    sheet = (out / "sheet.html").read_text()
+    payload = re.search(r"<script type='application/json' id='pbi-data'>(.*?)</script>", sheet, re.S)
+    assert payload is not None
+    data = json.loads(payload.group(1))
+    csv_lines = (out / "labels.csv").read_text().splitlines()
+    assert ",".join(data["header"]) == csv_lines[0] and len(data["rows"]) == len(csv_lines) - 1 == 5
+    assert sheet.count("data-label='1'") == sheet.count("data-label='0'") == 5
