@@ -313,7 +313,7 @@ def cmd_calibrate_sample(args) -> int:
 
     out = sample_for_labelling(PROJECT, Storage(PROJECT.data_root), args.out, n=args.n, seed=args.seed)
     print(f"wrote {out / 'labels.csv'} and {out / 'sheet.html'}")
-    print("open sheet.html, fill the label column of labels.csv (1 = removed cleanly, 0 = not), then:")
+    print("open sheet.html in a browser, label each row (1 = removed cleanly, 0 = not), download labels.csv, then:")
     print(f"  pbi calibrate fit {out / 'labels.csv'} --column clip_removal_sim")
     return 0
 
@@ -321,7 +321,7 @@ def cmd_calibrate_sample(args) -> int:
 def cmd_calibrate_fit(args) -> int:
     import pandas as pd
 
-    from pbi_ml.calibration import THRESHOLD_FIELDS, plateau_threshold, threshold_curve
+    from pbi_ml.calibration import THRESHOLD_FIELDS, plateau_threshold, plot_path, plot_threshold_curve, threshold_curve
 
     curve = threshold_curve(pd.read_csv(args.labels), args.column)
     step = max(1, len(curve) // 25)
@@ -329,6 +329,8 @@ def cmd_calibrate_fit(args) -> int:
     threshold = plateau_threshold(curve, tolerance=args.tolerance)
     print(f"\nplateau threshold for {args.column}: {threshold:.4g}")
     print(f"set it in pbi.yaml:  stages: {{removal_scores: {{{THRESHOLD_FIELDS[args.column]}: {threshold:.4g}}}}}")
+    plot = plot_threshold_curve(curve, args.column, threshold, plot_path(args.labels, args.column), args.tolerance)
+    print(f"plot: {plot}")
     return 0
 
 
