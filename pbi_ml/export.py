@@ -217,7 +217,7 @@ def export_pairs(
     `formats_of_sources`: source name -> its format (for PIPE's target_img_dataset).
     `stats`: filter statistics for the dataset card ({"candidates": {...}, "scores": {...}}).
     """
-    file_sets = _file_sets(config.formats)  # fails at once on an unknown format
+    _check_formats(config.formats)  # fails at once, before any file is read
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
@@ -294,10 +294,8 @@ def export_pairs(
                 )
                 counts[f"remove_pix2pix_{split}"] += 1
 
-    # every requested file set gets at least an (empty) train shard, so each card config loads
-    for kind, schema in file_sets:
-        if not any(k == kind for k, _ in writers):
-            writer(kind, "train", schema)
+    # a file set without rows gets no (empty) shard and no card config: `datasets` cannot read a
+    # zero-row Parquet file ("BatchSize must be greater than 0"), nor a config whose files are absent
     files = []
     for w in writers.values():
         files += [str(p.relative_to(tmp)) for p in w.finish()]
@@ -309,17 +307,10 @@ def export_pairs(
     return ExportResult(directory=out_dir, files=sorted(files), counts=dict(counts))
 
 
-def _file_sets(formats) -> list[tuple[str, pa.Schema]]:
-    """(folder, schema) of each file set that the export `formats` write, in card order."""
-    sets = {
-        "pipe": [("pipe/data", PIPE_SCHEMA), ("pipe/masks", PIPE_MASK_SCHEMA)],
-        "instruct_pix2pix": [("instruct_pix2pix/data", IP2P_SCHEMA)],
-        "remove_pix2pix": [("remove_pix2pix/data", REMOVE_SCHEMA)],
-    }
-    unknown = sorted(set(formats) - set(sets))
+def _check_formats(formats) -> None:
+    unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
-        raise ValueError(f"unknown export format(s) {unknown}; known: {sorted(sets)}")
-    return [entry for name in FORMATS if name in formats for entry in sets[name]]
+        raise ValueError(f"unknown export format(s) {unknown}; known: {list(FORMATS)}")
 
 
 # the card's config name of each file set; instruct_pix2pix is the default config, so
@@ -355,19 +346,18 @@ def dataset_card(rows: list[dict], stats: dict, counts: Counter, splits_of: dict
     if splits_of is None:
         all_splits = {r.get("split") or "train" for r in rows} or {"train"}
         splits_of = {kind: all_splits for kind in CONFIG_NAMES}
-    lines = ["---", "configs:"]
+    configs: list[str] = []
     for kind, config_name in CONFIG_NAMES.items():
         if kind not in splits_of:
             continue
-        lines += [f"- config_name: {config_name}"]
+        configs += [f"- config_name: {config_name}"]
         if config_name == DEFAULT_CONFIG:
-            lines += ["  default: true"]
-        lines += ["  data_files:"]
+            configs += ["  default: true"]
+        configs += ["  data_files:"]
         for split in sorted(splits_of[kind]):
-            lines += [f"  - split: {split}", f"    path: {kind}/{split}-*.parquet"]
+            configs += [f"  - split: {split}", f"    path: {kind}/{split}-*.parquet"]
+    lines = ["---", "configs:", *configs, "---", ""] if configs else ["_No pairs exported yet._", ""]
     lines += [
-        "---",
-        "",
         "# PBI object-addition pairs",
         "",
         "Made by PBI (Paint by Inpaint pipeline): each object was removed by inpainting, the removal",

@@ -213,6 +213,10 @@ def test_export_formats_default_and_unknown_format(tmp_path):
     table = tables.PAIRS.schema.empty_table()
     with pytest.raises(ValueError, match="unknown export format"):
         export_pairs(table, {}, {}, tmp_path / "out", ExportConfig(formats=("webdataset",)))
+    # no pairs: no (zero-row, unreadable by `datasets`) shards and no card configs naming absent files
+    result = export_pairs(table, {}, {}, tmp_path / "empty", ExportConfig())
+    card = (tmp_path / "empty" / "README.md").read_text()
+    assert result.files == [] and "configs:" not in card and "No pairs exported yet" in card
 
 
 def test_exports_metadata_counts_the_removal_rows(demo, ok_pairs):
