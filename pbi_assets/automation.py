@@ -4,6 +4,7 @@ import os
 
 import dagster as dg
 
+from pbi_assets.assets.catalog import catalog
 from pbi_assets.assets.training import checkpoint, evaluation
 from pbi_assets.resources import PBIProject
 
@@ -50,3 +51,21 @@ def train_split_growth_sensor(context: dg.SensorEvaluationContext, pbi: PBIProje
         run_key=f"train-pairs-{current}",
         tags={"pbi/trigger": "train_split_growth", "pbi/train_pairs": str(current)},
     )
+
+
+# the catalog's automation condition sensor (its condition: pbi_assets/assets/catalog.py)
+CATALOG_SENSOR_INTERVAL_S = 60
+
+catalog_automation_sensor = dg.AutomationConditionSensorDefinition(
+    "catalog_automation_sensor",
+    target=dg.AssetSelection.assets(catalog),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=CATALOG_SENSOR_INTERVAL_S,
+    description=(
+        "Evaluates the catalog's automation condition every minute: rebuilds catalog.duckdb (its stored "
+        "`pairs` table) when a partition of pairs, descriptions, instructions or splits has been "
+        "materialized since the last rebuild was requested. RUNNING by default (the catalog must not stay "
+        "stale without a manual step); needs the Dagster daemon (`dagster dev` runs it; in production "
+        "`dagster-daemon run`)."
+    ),
+)
