@@ -403,7 +403,7 @@ def load_project_config(path: str | os.PathLike | None = None) -> ProjectConfig:
             entry["annotations"] = resolve(ann)
         try:
             source = SourceConfig(**entry)
-        except TypeError as exc:
+        except (TypeError, ConfigError) as exc:
             raise ConfigError(f"{config_path}: sources[{i}]: {exc}") from None
         if source.name in {s.name for s in sources}:
             raise ConfigError(f"{config_path}: duplicate source name {source.name!r}")

@@ -175,8 +175,15 @@ def test_generated_sources_run_end_to_end(tmp_path, source):
         assert all(check_results(result).values()), check_results(result)
     storage = Storage(tmp_path)
     for shard in PROJECT.shard_keys:  # every partition has a valid table, even an empty one
-        for stage in ("source_index", "candidates", "removals", "removal_scores", "pairs"):
-            pq.read_table(storage.table_path(stage, source, shard))
+        for table in (
+            tables.SOURCE_INDEX,
+            tables.CANDIDATES,
+            tables.CLASS_SCORES,
+            tables.REMOVALS,
+            tables.REMOVAL_SCORES,
+            tables.PAIRS,
+        ):
+            pq.read_table(storage.table_path(table, source, shard))
     con = duckdb.connect(str(storage.catalog_path), read_only=True)
     assert con.execute("SELECT count(*) FROM pairs").fetchone()[0] >= 1
     if source == "gen_lvis":

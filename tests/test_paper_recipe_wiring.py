@@ -119,10 +119,13 @@ def test_all_real_backends_by_configuration(tmp_path, tiny_vlm_dir, smollm2_dir)
     assert rows and all(d is not None for d, _, _ in rows) and {b for *_, b in rows} == {"llm"}
     assert all(raw for _, raw, _ in rows), "SmolLM2 answered every pair"
     evaluation = con.execute(
-        "SELECT n, l1, clip_i, clip_t, dino, cmmd FROM evaluations WHERE benchmark = 'pipe_test'"
+        "SELECT n, l1, clip_i, clip_t_instruction, dino, cmmd_all, clip_t_null_reason, cmmd_null_reason "
+        "FROM evaluations WHERE benchmark = 'pipe_test'"
     ).fetchone()
     con.close()
-    n, l1, clip_i, clip_t, dino, cmmd = evaluation
-    assert n >= 1 and None not in (l1, clip_i, clip_t, dino, cmmd), evaluation
+    n, l1, clip_i, clip_t_instruction, dino, cmmd_all, clip_t_why, cmmd_why = evaluation
+    assert n >= 1 and None not in (l1, clip_i, clip_t_instruction, dino, cmmd_all), evaluation
+    # PIPE test pairs have no target caption (MagicBrush's CLIP-T), and 2 images fill no CMMD batch of 32
+    assert clip_t_why and cmmd_why, evaluation
     meta = metadata_of(result, "checkpoint")
     assert meta["recipe"] == "paper" and meta["smoke_model"] is False and meta["steps"] == 2
