@@ -63,6 +63,16 @@ INDEX_SCHEMA = pa.schema(
     ]
 )
 
+# the identity columns every per-object and per-pair table starts with
+_OBJECT_COLUMNS = [
+    ("source", pa.string()),
+    ("shard", pa.string()),
+    ("image_id", pa.string()),
+    ("annotation_id", pa.string()),
+    ("category", pa.string()),
+]
+_PAIR_COLUMNS = [("pair_id", pa.string()), *_OBJECT_COLUMNS]
+
 _STATUS = [
     ("status", pa.string()),  # "ok" or "failed"
     ("error", pa.string()),  # reason code (pbi_ml.reasons) when failed
@@ -93,11 +103,7 @@ CLASS_SCORES = TableSpec(
     "class_scores",
     pa.schema(
         [
-            ("source", pa.string()),
-            ("shard", pa.string()),
-            ("image_id", pa.string()),
-            ("annotation_id", pa.string()),
-            ("category", pa.string()),
+            *_OBJECT_COLUMNS,
             ("clip_class_sim", pa.float64()),  # CLIP cosine of the isolated object with "a photo of a <class>"
             ("clip_null_reason", pa.string()),  # why clip_class_sim is null (filter skipped: no weights)
             ("min_class_sim", pa.float64()),
@@ -114,11 +120,7 @@ REMOVALS = TableSpec(
     "removals",
     pa.schema(
         [
-            ("source", pa.string()),
-            ("shard", pa.string()),
-            ("image_id", pa.string()),
-            ("annotation_id", pa.string()),
-            ("category", pa.string()),
+            *_OBJECT_COLUMNS,
             ("candidate", pa.int32()),  # 0..K-1; -1 on the row of an object that failed
             ("method", pa.string()),  # e.g. "telea r=3", "sd seed=1"
             ("removal_image", pa.string()),  # absolute path of the inpainted PNG
@@ -137,11 +139,7 @@ REMOVAL_SCORES = TableSpec(
     "removal_scores",
     pa.schema(
         [
-            ("source", pa.string()),
-            ("shard", pa.string()),
-            ("image_id", pa.string()),
-            ("annotation_id", pa.string()),
-            ("category", pa.string()),
+            *_OBJECT_COLUMNS,
             ("candidate", pa.int32()),  # -1 on the row of an object that failed
             ("method", pa.string()),
             ("removal_image", pa.string()),
@@ -161,12 +159,7 @@ PAIRS = TableSpec(
     "pairs",
     pa.schema(
         [
-            ("pair_id", pa.string()),
-            ("source", pa.string()),
-            ("shard", pa.string()),
-            ("image_id", pa.string()),
-            ("annotation_id", pa.string()),
-            ("category", pa.string()),
+            *_PAIR_COLUMNS,
             ("category_id", pa.string()),
             ("category_synonyms", pa.list_(pa.string())),
             ("width", pa.int32()),
@@ -198,11 +191,7 @@ DESCRIPTIONS = TableSpec(
     "descriptions",
     pa.schema(
         [
-            ("pair_id", pa.string()),
-            ("source", pa.string()),
-            ("shard", pa.string()),
-            ("annotation_id", pa.string()),
-            ("category", pa.string()),
+            *_PAIR_COLUMNS,
             ("description", pa.string()),  # null when the pair failed (see error)
             ("describe_backend", pa.string()),
             ("describe_model", pa.string()),
@@ -217,12 +206,7 @@ INSTRUCTIONS = TableSpec(
     "instructions",
     pa.schema(
         [
-            ("pair_id", pa.string()),
-            ("source", pa.string()),
-            ("shard", pa.string()),
-            ("image_id", pa.string()),
-            ("annotation_id", pa.string()),
-            ("category", pa.string()),
+            *_PAIR_COLUMNS,
             ("object_location", pa.string()),
             ("instruction_class", pa.string()),
             ("instruction_vlm_llm", pa.string()),
@@ -242,11 +226,7 @@ SPLITS = TableSpec(
     "splits",
     pa.schema(
         [
-            ("pair_id", pa.string()),
-            ("source", pa.string()),
-            ("shard", pa.string()),
-            ("image_id", pa.string()),
-            ("annotation_id", pa.string()),
+            *_PAIR_COLUMNS,
             ("split", pa.string()),
             ("split_rule", pa.string()),  # test_source | image_in_a_test_source | hash
         ]

@@ -21,7 +21,7 @@ from pbi_ml.stages.item_stage import ItemOutput, ItemStage, StageItem, fingerpri
 from pbi_ml.storage import Storage
 from pbi_ml.tables import DESCRIPTIONS
 
-PAIR_FIELDS = ("pair_id", "source", "shard", "annotation_id", "category")
+PAIR_FIELDS = ("pair_id", "source", "shard", "image_id", "annotation_id", "category")
 # what a description depends on, from its pairs row
 UPSTREAM_FIELDS = ("pair_id", "category", "target_image", "mask", "output_digest")
 

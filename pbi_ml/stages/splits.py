@@ -26,7 +26,7 @@ def run_splits(
         split, rule = assign_split(source, row["image_id"], held_out, config)
         rows.append(
             {
-                **{k: row[k] for k in ("pair_id", "source", "shard", "image_id", "annotation_id")},
+                **{k: row[k] for k in ("pair_id", "source", "shard", "image_id", "annotation_id", "category")},
                 "split": split,
                 "split_rule": rule,
             }
