@@ -35,6 +35,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dagster._utils.concurrency import ConcurrencyKeyInfo
 
 HOST_TAG = "pbi/host"
 PID_TAG = "pbi/pid"
@@ -451,7 +455,7 @@ class PoolWaitReporter:
         now = time.monotonic()
         keys = sorted(storage.get_concurrency_keys())
         waiting_now: set[tuple[str, str]] = set()
-        due: list[tuple[str, object, str, str]] = []
+        due: list[tuple[str, ConcurrencyKeyInfo, str, str]] = []
         for pool, info in storage.get_concurrency_infos(keys).items():
             claimed = {(s.run_id, s.step_key) for s in info.claimed_slots}
             for pending in info.pending_steps:

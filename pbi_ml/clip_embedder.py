@@ -31,18 +31,45 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, cast
 
 import numpy as np
 
 from pbi_ml.config import resolve_device
 from pbi_ml.errors import ConfigError
 
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
 _REGISTERED_CONFIGS: dict[str, dict] = {}  # stem -> content of the config JSONs registered here
 
 
 class ActivationMismatchError(ConfigError):
     """An open_clip model would be built with another activation than its weights were trained with."""
+
+
+# open_clip is untyped: the parts of what create_open_clip returns that PBI uses, as types
+class _VisionTower(Protocol):
+    image_size: int | tuple[int, int]
+
+
+class _ClipModel(Protocol):
+    """An open_clip CLIP / CustomTextCLIP model (an nn.Module)."""
+
+    visual: _VisionTower
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor: ...
+
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor: ...
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]: ...
+
+
+_Preprocess = Callable[["Image.Image"], "torch.Tensor"]  # PIL image -> CHW tensor
+_Tokenizer = Callable[[list[str]], "torch.Tensor"]  # texts -> (N, context_length) token ids
 
 
 def _open_clip_model_name(model_name: str) -> str:
@@ -103,7 +130,9 @@ class _OpenClipLog(logging.Filter):
         return record.levelno < logging.ERROR
 
 
-def create_open_clip(model_name: str, pretrained: str | None, device: str, precision: str):
+def create_open_clip(
+    model_name: str, pretrained: str | None, device: str, precision: str
+) -> tuple[_ClipModel, _Preprocess, _Tokenizer]:
     """(model in eval mode, evaluation preprocessing, tokenizer) of an open_clip model, built with
     the activation its pretrained tag was trained with (see the module docstring). Every CLIP model
     PBI uses (filter scores, CLIP-I / CLIP-T, CMMD) is built here."""
@@ -141,7 +170,7 @@ def create_open_clip(model_name: str, pretrained: str | None, device: str, preci
     if log.mismatches:
         raise ActivationMismatchError(f"open_clip {name!r} / {pretrained!r}: {log.mismatches[0]}")
     model.eval()
-    return model, preprocess, open_clip.get_tokenizer(name)
+    return cast(_ClipModel, model), cast(_Preprocess, preprocess), cast(_Tokenizer, open_clip.get_tokenizer(name))
 
 
 class ClipEmbedder:
@@ -165,10 +194,10 @@ class ClipEmbedder:
         self.device_request = device
         self.batch_size = max(1, int(batch_size))
         self.precision = precision
-        self._model = None
-        self._preprocess = None
-        self._tokenizer = None
-        self._device = None
+        self._model: _ClipModel | None = None
+        self._preprocess: _Preprocess | None = None
+        self._tokenizer: _Tokenizer | None = None
+        self._device: str | None = None
         self._text_cache: dict[str, np.ndarray] = {}
 
     # -- loading -----------------------------------------------------------------------------
@@ -185,11 +214,19 @@ class ClipEmbedder:
         self._model, self._preprocess, self._tokenizer, self._device = model, preprocess, tokenizer, device
         return self
 
-    @property
-    def model(self):
-        """The loaded open_clip model (eval mode)."""
+    def _loaded(self) -> tuple[_ClipModel, _Preprocess, _Tokenizer, str]:
+        """(model, preprocessing, tokenizer, device), loaded first if need be."""
         self.load()
-        return self._model
+        model, preprocess, tokenizer, device = self._model, self._preprocess, self._tokenizer, self._device
+        assert model is not None and preprocess is not None and tokenizer is not None and device is not None, (
+            "load() sets model, preprocessing, tokenizer and device together"
+        )
+        return model, preprocess, tokenizer, device
+
+    @property
+    def model(self) -> _ClipModel:
+        """The loaded open_clip model (eval mode)."""
+        return self._loaded()[0]
 
     @property
     def image_size(self) -> int:
@@ -198,15 +235,13 @@ class ClipEmbedder:
         return int(size[0] if isinstance(size, (tuple, list)) else size)
 
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> _Tokenizer:
         """The open_clip tokenizer (for standard CLIP text towers: the real CLIP BPE tokenizer)."""
-        self.load()
-        return self._tokenizer
+        return self._loaded()[2]
 
     @property
     def device(self) -> str:
-        self.load()
-        return self._device
+        return self._loaded()[3]
 
     # -- embeddings ----------------------------------------------------------------------------
 
@@ -215,7 +250,7 @@ class ClipEmbedder:
         import torch
         from PIL import Image
 
-        self.load()
+        model, preprocess, _, device = self._loaded()
         out = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
@@ -224,10 +259,10 @@ class ClipEmbedder:
                 array = np.asarray(image)
                 if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
                     raise ValueError(f"embed_images wants HxWx3 uint8 arrays, got {array.dtype} {array.shape}")
-                tensors.append(self._preprocess(Image.fromarray(array)))
-            batch = torch.stack(tensors).to(self._device, dtype=self._model_dtype())
+                tensors.append(preprocess(Image.fromarray(array)))
+            batch = torch.stack(tensors).to(device, dtype=self._model_dtype())
             with torch.inference_mode():
-                features = self._model.encode_image(batch)
+                features = model.encode_image(batch)
             out.append(_normalise(features))
         return _stack(out)
 
@@ -236,18 +271,18 @@ class ClipEmbedder:
         per text (prompts such as "a photo of a <class>" repeat across calls)."""
         import torch
 
-        self.load()
+        model, _, tokenizer, device = self._loaded()
         todo = list(dict.fromkeys(t for t in texts if t not in self._text_cache))
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start : start + self.batch_size]
-            tokens = self._tokenizer(chunk).to(self._device)
+            tokens = tokenizer(chunk).to(device)
             with torch.inference_mode():
-                features = self._model.encode_text(tokens)
+                features = model.encode_text(tokens)
             self._text_cache.update(zip(chunk, _normalise(features), strict=True))
         return _stack([np.stack([self._text_cache[t] for t in texts])] if texts else [])
 
     def _model_dtype(self):
-        return next(self._model.parameters()).dtype
+        return next(self.model.parameters()).dtype
 
 
 def _normalise(features) -> np.ndarray:

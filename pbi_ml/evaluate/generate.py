@@ -49,16 +49,19 @@ class GenerateConfig:
 def working_size(height: int, width: int, resolution: int | None, multiple: int) -> tuple[int, int]:
     """(height, width) the model works at: longer side -> `resolution` (None: keep), both sides
     rounded to the nearest multiple of `multiple` (at least one multiple)."""
+    scaled_height, scaled_width = float(height), float(width)
     if resolution is not None:
         scale = resolution / max(height, width)
-        height, width = height * scale, width * scale
-    return max(multiple, int(round(height / multiple)) * multiple), max(
-        multiple, int(round(width / multiple)) * multiple
+        scaled_height, scaled_width = height * scale, width * scale
+    return max(multiple, int(round(scaled_height / multiple)) * multiple), max(
+        multiple, int(round(scaled_width / multiple)) * multiple
     )
 
 
 def _scheduler(pipeline, name: str):
-    from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
+    from diffusers.schedulers.scheduling_euler_ancestral_discrete import EulerAncestralDiscreteScheduler
+    from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteScheduler
 
     classes = {
         "euler_ancestral": EulerAncestralDiscreteScheduler,
@@ -72,7 +75,9 @@ def _scheduler(pipeline, name: str):
 
 def load_edit_pipeline(pipeline_dir: str, config: GenerateConfig):
     """StableDiffusionInstructPix2PixPipeline from a local dir or Hub id, on the configured device."""
-    from diffusers import StableDiffusionInstructPix2PixPipeline
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_instruct_pix2pix import (
+        StableDiffusionInstructPix2PixPipeline,
+    )
 
     from pbi_ml.config import resolve_device, resolve_dtype
 
@@ -139,7 +144,8 @@ def generate_edits(
                 generator=generators,
                 output_type="np",
             )
-        for array in result.images:
+        # diffusers annotates __call__ as `Output | tuple`; with return_dict left True it is the Output
+        for array in result.images:  # pyright: ignore[reportAttributeAccessIssue]
             outputs.append(np.clip(np.rint(np.asarray(array, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8))
         start = end
     return outputs

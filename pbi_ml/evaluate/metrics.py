@@ -169,7 +169,8 @@ class DinoEmbedder:
 
             device = resolve_device(self.device_request)
             model = ViTModel.from_pretrained(self.model_id, add_pooling_layer=False, dtype=torch.float32)
-            self._model = model.to(device).eval()
+            # transformers types PreTrainedModel.to as @wraps(nn.Module.to), which pyright can't bind to the model
+            self._model = model.to(device).eval()  # pyright: ignore[reportArgumentType]
             self._device = device
         return self
 
@@ -196,13 +197,15 @@ class DinoEmbedder:
         import torch
 
         self.load()
+        model = self._model
+        assert model is not None, "load() sets the model"
         out = []
         for start in range(0, len(images), self.batch_size):
             batch = torch.stack([self.preprocess(im) for im in images[start : start + self.batch_size]]).to(
                 self._device
             )
             with torch.inference_mode():
-                cls = self._model(pixel_values=batch).last_hidden_state[:, 0]
+                cls = model(pixel_values=batch).last_hidden_state[:, 0]
             cls = cls.float().cpu().numpy()
             out.append(cls / np.maximum(np.linalg.norm(cls, axis=1, keepdims=True), 1e-12))
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
@@ -231,7 +234,7 @@ def compute_metrics(
     metric over the samples that have it, cmmd, cmmd_all, cmmd_n, and `<metric>_null_reason` for
     every metric that is null."""
     n = len(outputs)
-    instructions = list(instructions) if instructions is not None else [None] * n
+    instructions = list(instructions) if instructions is not None else [None for _ in range(n)]
     sort_keys = list(sort_keys) if sort_keys is not None else [f"{i:09d}" for i in range(n)]
     lengths = {len(ground_truths), len(captions), len(instructions), len(sort_keys)}
     if lengths != {n}:
@@ -285,11 +288,12 @@ def compute_metrics(
         text_emb = dict(zip(texts, clip.embed_texts(texts), strict=True)) if texts else {}
         for i, (r, why) in enumerate(zip(rows, reasons, strict=True)):
             r["clip_i"] = _cos(out_emb[i], gt_emb[i])
-            r["clip_t"] = _cos(out_emb[i], text_emb[captions[i]]) if captions[i] else None
-            if not captions[i]:
+            caption, instruction = captions[i], instructions[i]
+            r["clip_t"] = _cos(out_emb[i], text_emb[caption]) if caption else None
+            if not caption:
                 why["clip_t"] = NO_CAPTION
-            r["clip_t_instruction"] = _cos(out_emb[i], text_emb[instructions[i]]) if instructions[i] else None
-            if not instructions[i]:
+            r["clip_t_instruction"] = _cos(out_emb[i], text_emb[instruction]) if instruction else None
+            if not instruction:
                 why["clip_t_instruction"] = "no instruction"
 
     # DINO

@@ -151,6 +151,7 @@ def crop_plan(
         return CropPlan((w, h), (left, top, left + resolution, top + resolution), False)
     if mode != "object":
         raise ValueError(f"unknown crop mode {mode!r}")
+    assert keep_box is not None, "an 'object' crop without a box squashes (returned above)"
     # the box in resized pixels, rounded outwards: every resized pixel a kept pixel touches
     x0, y0, x1, y1 = keep_box
     sx, sy = w / width, h / height

@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from pbi_ml.errors import ConfigError
 from pbi_ml.storage import atomic_write_bytes
@@ -294,7 +295,7 @@ def train_instruct_pix2pix(
         )
         ema = None
         if config.use_ema:
-            from diffusers import UNet2DConditionModel
+            from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
             from diffusers.training_utils import EMAModel
 
             ema = EMAModel(
@@ -317,9 +318,11 @@ def train_instruct_pix2pix(
 
         num_processes, rank = accelerator.num_processes, accelerator.process_index
         per_epoch = micro_batches_per_epoch(len(examples), config.train_batch_size, num_processes)
-        total_steps = (
-            config.max_steps if config.max_steps is not None else math.ceil(config.num_epochs * per_epoch / accum)
-        )
+        if config.max_steps is not None:
+            total_steps = config.max_steps
+        else:
+            assert config.num_epochs is not None, "TrainConfig requires num_epochs or max_steps"
+            total_steps = math.ceil(config.num_epochs * per_epoch / accum)
         identity = _run_identity(examples, config)
 
         # ---- resume
@@ -366,7 +369,8 @@ def train_instruct_pix2pix(
                 offset:
             ]
             loader = torch.utils.data.DataLoader(
-                dataset,
+                # a map-style dataset by duck typing (__getitem__ / __len__), keyed by (epoch, index)
+                cast(torch.utils.data.Dataset[dict], dataset),
                 batch_sampler=[[(epoch, i) for i in batch] for batch in batches],
                 collate_fn=collate,
                 num_workers=config.dataloader_workers,
@@ -394,7 +398,9 @@ def train_instruct_pix2pix(
                         accelerator.clip_grad_norm_(unet.parameters(), config.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad()
-                step_losses.append(accelerator.gather(loss.detach().reshape(1)).mean().item())
+                # accelerate's gather is unannotated (pyright infers its nested list / dict cases too); a tensor gives a tensor
+                gathered = cast(torch.Tensor, accelerator.gather(loss.detach().reshape(1)))
+                step_losses.append(gathered.mean().item())
                 samples_seen += len(batch["instructions"]) * num_processes
                 micro += 1
                 if not accelerator.sync_gradients:

@@ -44,6 +44,7 @@ def widen_conv_in(unet, in_channels: int = INSTRUCT_PIX2PIX_IN_CHANNELS):
         new.weight.zero_()
         new.weight[:, : old.in_channels].copy_(old.weight)
         if old.bias is not None:
+            assert new.bias is not None, "nn.Conv2d has a bias by default"
             new.bias.copy_(old.bias)
     unet.conv_in = new
     unet.register_to_config(in_channels=in_channels)
@@ -56,7 +57,9 @@ def load_model_parts(init_model: str, seed: int = 0, tiny_sample_size: int = 16)
     8 input channels unless it already is an InstructPix2Pix UNet; freeze VAE and text encoder."""
     import tempfile
 
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+    from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
     from transformers import CLIPTextModel, CLIPTokenizer
 
     if init_model == "tiny":
@@ -78,7 +81,7 @@ def load_model_parts(init_model: str, seed: int = 0, tiny_sample_size: int = 16)
         unet = UNet2DConditionModel.from_pretrained(init_model, subfolder="unet")
         smoke = False
 
-    in_channels = unet.config.in_channels
+    in_channels = unet.config["in_channels"]  # the config is a FrozenDict: keys are also attributes
     if in_channels == LATENT_CHANNELS:
         widen_conv_in(unet, INSTRUCT_PIX2PIX_IN_CHANNELS)
     elif in_channels != INSTRUCT_PIX2PIX_IN_CHANNELS:
@@ -102,15 +105,20 @@ def load_model_parts(init_model: str, seed: int = 0, tiny_sample_size: int = 16)
 def build_pipeline(parts: ModelParts, unet=None):
     """A StableDiffusionInstructPix2PixPipeline from the parts (EulerAncestral sampling, the
     paper's inference scheduler; no safety checker)."""
-    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_instruct_pix2pix import (
+        StableDiffusionInstructPix2PixPipeline,
+    )
+    from diffusers.schedulers.scheduling_euler_ancestral_discrete import EulerAncestralDiscreteScheduler
 
+    # diffusers annotates `scheduler` as the KarrasDiffusionSchedulers enum (it takes a scheduler
+    # instance), and safety_checker / feature_extractor as required (it documents and accepts None)
     return StableDiffusionInstructPix2PixPipeline(
         vae=parts.vae,
         text_encoder=parts.text_encoder,
         tokenizer=parts.tokenizer,
         unet=unet if unet is not None else parts.unet,
-        scheduler=EulerAncestralDiscreteScheduler.from_config(parts.noise_scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
+        scheduler=EulerAncestralDiscreteScheduler.from_config(parts.noise_scheduler.config),  # pyright: ignore[reportArgumentType]
+        safety_checker=None,  # pyright: ignore[reportArgumentType]
+        feature_extractor=None,  # pyright: ignore[reportArgumentType]
         requires_safety_checker=False,
     )
