@@ -71,10 +71,16 @@ def partition_keys(partitions: int) -> list[tuple[str, str]]:
     return keys[:partitions] if partitions >= len(SOURCES) else keys[:1]
 
 
-def generate_partition(storage: Storage, source: str, shard: str, n: int, seed: int) -> None:
-    """One partition's pairs, descriptions, instructions and splits, with the real schemas."""
+def _table(spec: tables.TableSpec, columns: dict, n: int):
+    """The columns as an Arrow table of `spec`'s schema; a schema column not generated here is null
+    (the registry may grow a column before this benchmark learns it)."""
     import pyarrow as pa
 
+    return pa.Table.from_pydict({name: columns.get(name, [None] * n) for name in spec.schema.names}, schema=spec.schema)
+
+
+def generate_partition(storage: Storage, source: str, shard: str, n: int, seed: int) -> None:
+    """One partition's pairs, descriptions, instructions and splits, with the real schemas."""
     rng = np.random.default_rng(seed)
     categories = rng.choice(len(CLASS_NAMES), size=n, p=_zipf_weights(len(CLASS_NAMES)))
     image_ids = [f"{i:012d}" for i in rng.integers(1, 10**9, size=n)]
@@ -135,7 +141,7 @@ def generate_partition(storage: Storage, source: str, shard: str, n: int, seed: 
         "error": error,
         "output_digest": [d if good else None for d, good in zip(digests, ok, strict=True)],
     }
-    storage.write_table(tables.PAIRS, source, shard, pa.Table.from_pydict(pairs, schema=tables.PAIRS.schema))
+    storage.write_table(tables.PAIRS, source, shard, _table(tables.PAIRS, pairs, n))
 
     descriptions = [
         f"a {SIZES[s]} {COLOURS[c]} {name}" if good else None
@@ -145,6 +151,7 @@ def generate_partition(storage: Storage, source: str, shard: str, n: int, seed: 
         "pair_id": pair_ids,
         "source": [source] * n,
         "shard": [shard] * n,
+        "image_id": image_ids,
         "annotation_id": annotation_ids,
         "category": names,
     }
@@ -156,14 +163,11 @@ def generate_partition(storage: Storage, source: str, shard: str, n: int, seed: 
         "status": status,
         "error": [None if good else "upstream_failed" for good in ok],
     }
-    storage.write_table(
-        tables.DESCRIPTIONS, source, shard, pa.Table.from_pydict(described, schema=tables.DESCRIPTIONS.schema)
-    )
+    storage.write_table(tables.DESCRIPTIONS, source, shard, _table(tables.DESCRIPTIONS, described, n))
 
     where = [LOCATIONS[i] for i in locations]
     instructions = {
         **common,
-        "image_id": image_ids,
         "object_location": where,
         "instruction_class": [f"add a {name}" if good else None for name, good in zip(names, ok, strict=True)],
         "instruction_vlm_llm": [
@@ -179,9 +183,7 @@ def generate_partition(storage: Storage, source: str, shard: str, n: int, seed: 
         "status": status,
         "error": [None if good else "upstream_failed" for good in ok],
     }
-    storage.write_table(
-        tables.INSTRUCTIONS, source, shard, pa.Table.from_pydict(instructions, schema=tables.INSTRUCTIONS.schema)
-    )
+    storage.write_table(tables.INSTRUCTIONS, source, shard, _table(tables.INSTRUCTIONS, instructions, n))
 
     keep = np.flatnonzero(ok)
     splits = {
@@ -190,10 +192,11 @@ def generate_partition(storage: Storage, source: str, shard: str, n: int, seed: 
         "shard": [shard] * len(keep),
         "image_id": [image_ids[i] for i in keep],
         "annotation_id": [annotation_ids[i] for i in keep],
+        "category": [names[i] for i in keep],
         "split": ["test" if split_test[i] else "train" for i in keep],
         "split_rule": ["hash"] * len(keep),
     }
-    storage.write_table(tables.SPLITS, source, shard, pa.Table.from_pydict(splits, schema=tables.SPLITS.schema))
+    storage.write_table(tables.SPLITS, source, shard, _table(tables.SPLITS, splits, len(keep)))
 
 
 def generate(storage: Storage, num_pairs: int, partitions: int, seed: int) -> list[tuple[str, str]]:
