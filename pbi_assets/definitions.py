@@ -9,7 +9,12 @@ from pbi_assets.assets.instructions import descriptions, instructions, splits
 from pbi_assets.assets.removal import class_scores, pairs, removal_scores, removals
 from pbi_assets.assets.sources import candidates, source_index
 from pbi_assets.assets.training import checkpoint, evaluation, exports
-from pbi_assets.automation import retraining_job, train_split_growth_sensor, weekly_retraining_schedule
+from pbi_assets.automation import (
+    catalog_automation_sensor,
+    retraining_job,
+    train_split_growth_sensor,
+    weekly_retraining_schedule,
+)
 from pbi_assets.checks import ALL_CHECKS
 from pbi_assets.resources import PBIProject
 
@@ -33,6 +38,6 @@ defs = dg.Definitions(
     asset_checks=ALL_CHECKS,
     jobs=[retraining_job],
     schedules=[weekly_retraining_schedule],
-    sensors=[train_split_growth_sensor],
+    sensors=[train_split_growth_sensor, catalog_automation_sensor],
     resources={"pbi": PBIProject()},
 )

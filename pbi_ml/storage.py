@@ -7,7 +7,7 @@ Layout under the data root (all paths deterministic, all writes atomic: temp fil
     files/<stage>/<source>/<shard>/<item>/...      images, masks (PNG, lossless)
     index/<source>/<fingerprint>/instances.parquet whole-source annotation index (built once)
     global/<stage>/...                             unpartitioned artifacts (exports, checkpoints)
-    catalog.duckdb                                 DuckDB views over tables/ (rebuilt atomically)
+    catalog.duckdb                                 DuckDB: stored joined pairs + live views over tables/ (rebuilt atomically)
 """
 
 from __future__ import annotations
