@@ -72,6 +72,7 @@ class ProjectConfig:
     num_shards: int = DEFAULT_NUM_SHARDS
     sources: tuple[SourceConfig, ...] = ()
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    devices: tuple[str, ...] = ("auto",)  # this node's lease slots (pbi_ml.devices); $PBI_DEVICES overrides
 
     def source(self, name: str) -> SourceConfig:
         for source in self.sources:
@@ -411,9 +412,16 @@ def load_project_config(path: str | os.PathLike | None = None) -> ProjectConfig:
     stages = raw.get("stages") or {}
     if not isinstance(stages, dict):
         raise ConfigError(f"{config_path}: 'stages' must be a mapping of stage name to parameters")
+    from pbi_ml.devices import parse_devices
+
+    try:
+        devices = parse_devices(raw.get("devices", "auto"))
+    except ConfigError as exc:
+        raise ConfigError(f"{config_path}: {exc}") from None
     return ProjectConfig(
         data_root=str(Path(resolve(data_root))),
         num_shards=num_shards,
         sources=tuple(sources),
         stages=stages,
+        devices=devices,
     )
