@@ -21,8 +21,8 @@ import pyarrow.compute as pc
 
 from pbi_ml.config import ClassFilterConfig, SourceConfig
 from pbi_ml.masks import load_image_and_mask
-from pbi_ml.stages.common import Progress, StageResult, fingerprint
-from pbi_ml.stages.item_stage import ItemOutput, ItemStage, StageItem, fingerprint_of, run_item_stage
+from pbi_ml.stages.common import Progress, StageResult, fingerprint, fingerprint_of
+from pbi_ml.stages.item_stage import ItemOutput, ItemStage, StageItem, run_item_stage
 from pbi_ml.stages.removals import INSTANCE_FIELDS, OBJECT_FIELDS, instance_inputs
 from pbi_ml.storage import Storage
 from pbi_ml.tables import CANDIDATES, CLASS_SCORES

@@ -32,11 +32,19 @@ class StageResult:
     skipped: str | None = None  # why a stage had nothing to do (empty is not failure)
 
 
+def _json_digest(value: Any, digest_size: int) -> str:
+    blob = json.dumps(value, sort_keys=True, default=str).encode()
+    return hashlib.blake2b(blob, digest_size=digest_size).hexdigest()
+
+
 def fingerprint(config, exclude: tuple[str, ...] = ()) -> str:
     """A short stable hash of a config dataclass (fields in `exclude` do not change results)."""
-    values = {k: v for k, v in dataclasses.asdict(config).items() if k not in exclude}
-    blob = json.dumps(values, sort_keys=True, default=str).encode()
-    return hashlib.blake2b(blob, digest_size=6).hexdigest()
+    return _json_digest({k: v for k, v in dataclasses.asdict(config).items() if k not in exclude}, 6)
+
+
+def fingerprint_of(*values: Any) -> str:
+    """A short stable digest of JSON-serialisable values (rows, texts, lists): item upstreams."""
+    return _json_digest(values, 8)
 
 
 class ProgressReporter:

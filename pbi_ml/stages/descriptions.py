@@ -16,8 +16,8 @@ from pbi_ml.config import SourceConfig
 from pbi_ml.describe.base import DescribeConfig
 from pbi_ml.errors import ItemError
 from pbi_ml.imageio import load_mask_png, load_rgb_path
-from pbi_ml.stages.common import Progress, StageResult, fingerprint, ok_pairs
-from pbi_ml.stages.item_stage import ItemOutput, ItemStage, StageItem, fingerprint_of, run_item_stage
+from pbi_ml.stages.common import Progress, StageResult, fingerprint, fingerprint_of, ok_pairs
+from pbi_ml.stages.item_stage import ItemOutput, ItemStage, StageItem, run_item_stage
 from pbi_ml.storage import Storage
 from pbi_ml.tables import DESCRIPTIONS
 

@@ -23,8 +23,8 @@ from pathlib import Path
 from pbi_ml.config import SourceConfig
 from pbi_ml.errors import ConfigError
 from pbi_ml.instruct.base import InstructConfig
-from pbi_ml.stages.common import Progress, StageResult, fingerprint, ok_pairs
-from pbi_ml.stages.item_stage import ItemOutput, ItemStage, StageItem, fingerprint_of, run_item_stage
+from pbi_ml.stages.common import Progress, StageResult, fingerprint, fingerprint_of, ok_pairs
+from pbi_ml.stages.item_stage import ItemOutput, ItemStage, StageItem, run_item_stage
 from pbi_ml.storage import Storage
 from pbi_ml.tables import DESCRIPTIONS, INSTRUCTIONS
 

@@ -31,8 +31,6 @@ and this module owns everything else, the same way for all of them:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,18 +39,12 @@ from typing import Any
 import numpy as np
 
 from pbi_ml.errors import ItemError
-from pbi_ml.stages.common import Progress, ProgressReporter, StageResult, chunks_to_run
+from pbi_ml.stages.common import Progress, ProgressReporter, StageResult, chunks_to_run, fingerprint_of
 from pbi_ml.storage import Storage, file_digest, table_from_records
 from pbi_ml.tables import TableSpec
 
 RECORD_VERSION = 2  # records written by older code are not trusted (they are recomputed once)
 MAX_SAMPLES = 4  # preview images per stage run (thumbnails in the metadata)
-
-
-def fingerprint_of(*values: Any) -> str:
-    """A short stable digest of JSON-serialisable values (rows, texts, lists)."""
-    blob = json.dumps(values, sort_keys=True, default=str).encode()
-    return hashlib.blake2b(blob, digest_size=8).hexdigest()
 
 
 @dataclass

@@ -22,8 +22,8 @@ from pbi_ml.config import PairConfig, SourceConfig
 from pbi_ml.errors import ItemError
 from pbi_ml.imageio import load_rgb_path, save_png
 from pbi_ml.masks import blend, dilate, feathered_alpha, load_image_and_mask, object_location
-from pbi_ml.stages.common import Progress, StageResult, fingerprint
-from pbi_ml.stages.item_stage import ItemOutput, ItemStage, StageItem, absolute_files, fingerprint_of, run_item_stage
+from pbi_ml.stages.common import Progress, StageResult, fingerprint, fingerprint_of
+from pbi_ml.stages.item_stage import ItemOutput, ItemStage, StageItem, absolute_files, run_item_stage
 from pbi_ml.stages.removals import INSTANCE_FIELDS, instance_inputs
 from pbi_ml.storage import Storage
 from pbi_ml.tables import CANDIDATES, PAIRS, REMOVAL_SCORES, REMOVALS, SCORE_COLUMNS

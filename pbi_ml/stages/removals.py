@@ -19,8 +19,8 @@ import pyarrow.compute as pc
 from pbi_ml.config import RemovalConfig, SourceConfig
 from pbi_ml.imageio import load_rgb_path, save_png
 from pbi_ml.masks import dilate, load_image_and_mask
-from pbi_ml.stages.common import Progress, StageResult, fingerprint
-from pbi_ml.stages.item_stage import ItemOutput, ItemStage, StageItem, fingerprint_of, run_item_stage
+from pbi_ml.stages.common import Progress, StageResult, fingerprint, fingerprint_of
+from pbi_ml.stages.item_stage import ItemOutput, ItemStage, StageItem, run_item_stage
 from pbi_ml.storage import Storage
 from pbi_ml.tables import CANDIDATES, REMOVALS
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from pbi_ml.config import ScoringConfig, SourceConfig
 from pbi_ml.imageio import load_rgb_path
 from pbi_ml.masks import dilate, load_image_and_mask
-from pbi_ml.stages.common import Progress, StageResult, fingerprint
-from pbi_ml.stages.item_stage import ItemOutput, ItemStage, StageItem, fingerprint_of, run_item_stage
+from pbi_ml.stages.common import Progress, StageResult, fingerprint, fingerprint_of
+from pbi_ml.stages.item_stage import ItemOutput, ItemStage, StageItem, run_item_stage
 from pbi_ml.stages.removals import INSTANCE_FIELDS, OBJECT_FIELDS, instance_inputs
 from pbi_ml.storage import Storage
 from pbi_ml.tables import CANDIDATES, REMOVAL_SCORES, REMOVALS
