@@ -30,8 +30,6 @@ from pbi_ml.imageio import check_image
 from pbi_ml.sources.base import INDEX_SCHEMA
 from pbi_ml.tables import CANDIDATES
 
-CANDIDATE_SCHEMA = CANDIDATES.schema
-
 REJECT_REASONS = tuple(reasons.CANDIDATE_REASONS)  # in the order the filters apply
 
 
@@ -62,7 +60,7 @@ def image_problems(index: pa.Table, source: SourceConfig) -> dict[str | None, st
 
 
 def filter_candidates(index: pa.Table, source: SourceConfig, config: CandidateConfig) -> pa.Table:
-    """Apply the pre-removal filters to an index table; returns CANDIDATE_SCHEMA rows, same order."""
+    """Apply the pre-removal filters to an index table; returns `tables.CANDIDATES` rows, same order."""
     n = index.num_rows
     width = index.column("width").to_numpy(zero_copy_only=False).astype(np.float64)
     height = index.column("height").to_numpy(zero_copy_only=False).astype(np.float64)
@@ -115,7 +113,7 @@ def filter_candidates(index: pa.Table, source: SourceConfig, config: CandidateCo
     table = table.append_column("area_fraction", pa.array(area_fraction, pa.float64()))
     table = table.append_column("kept", pa.array(kept, pa.bool_()))
     table = table.append_column("reject_reason", pa.array(reasons.tolist(), pa.string()))
-    return table.cast(CANDIDATE_SCHEMA)
+    return table.cast(CANDIDATES.schema)
 
 
 def reject_counts(candidates: pa.Table) -> dict[str, int]:

@@ -488,7 +488,10 @@ def test_magicbrush_reader_takes_every_turn_and_the_local_captions(tmp_path):
 
 
 def test_evaluation_tables_have_the_reference_metric_columns():
-    from pbi_ml.stages.evaluation import EVALUATION_SCHEMA, METRICS, SAMPLE_SCHEMA
+    from pbi_ml.stages.evaluation import METRICS
+    from pbi_ml.tables import EVALUATION_SAMPLES, EVALUATIONS
+
+    EVALUATION_SCHEMA, SAMPLE_SCHEMA = EVALUATIONS.schema, EVALUATION_SAMPLES.schema
 
     assert set(METRICS) == {"l1", "l2", "clip_i", "clip_t", "clip_t_instruction", "dino", "cmmd", "cmmd_all"}
     for m in METRICS:

@@ -91,9 +91,6 @@ class EvaluationConfig:
         )
 
 
-EVALUATION_SCHEMA = EVALUATIONS.schema
-SAMPLE_SCHEMA = EVALUATION_SAMPLES.schema
-
 _WORD = re.compile(r"[a-z]+")
 
 
@@ -268,12 +265,14 @@ def run_evaluation(
             summary_row[f"{m}_null_reason"] = summary.get(f"{m}_null_reason") if samples else "no samples"
         summary_row["cmmd_n"] = summary.get("cmmd_n")
         summaries.append(summary_row)
-        storage.write_table(EVALUATION_SAMPLES, benchmark, ckpt_id, table_from_records(sample_rows, SAMPLE_SCHEMA))
+        storage.write_table(
+            EVALUATION_SAMPLES, benchmark, ckpt_id, table_from_records(sample_rows, EVALUATION_SAMPLES.schema)
+        )
         all_sample_rows += sample_rows
-        storage.write_table(EVALUATIONS, benchmark, ckpt_id, table_from_records([summary_row], EVALUATION_SCHEMA))
+        storage.write_table(EVALUATIONS, benchmark, ckpt_id, table_from_records([summary_row], EVALUATIONS.schema))
         if progress:
             progress(len(summaries), len(benchmarks))
-    table = table_from_records(summaries, EVALUATION_SCHEMA)
+    table = table_from_records(summaries, EVALUATIONS.schema)
     counts = {f"{r['benchmark']}_n": r["n"] for r in summaries}
     counts.update(subset_counts)
     return StageResult(

@@ -39,8 +39,6 @@ SMOKE_OVERRIDES = {
     "checkpoint_every": 10,
 }
 
-CHECKPOINT_SCHEMA = CHECKPOINTS.schema
-
 
 def train_config_for(values: dict) -> tuple[str, TrainConfig]:
     """(recipe, TrainConfig) from a recipe name plus explicit overrides."""
@@ -138,7 +136,7 @@ def run_training(
         "loss_curve": json.dumps([[int(s), float(loss)] for s, loss in result.loss_curve]),
         "config": json.dumps(dataclasses.asdict(config), default=str),
     }
-    table = table_from_records([row], CHECKPOINT_SCHEMA)
+    table = table_from_records([row], CHECKPOINTS.schema)
     path = storage.write_table(CHECKPOINTS, recipe, ckpt_id, table)
     atomic_write_bytes(storage.global_dir(CHECKPOINTS.name) / "LATEST", ckpt_id.encode())
     counts = {"steps": row["steps"], "train_pairs": row["train_pairs"]}
