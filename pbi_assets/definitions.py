@@ -16,6 +16,8 @@ from pbi_assets.automation import (
     weekly_retraining_schedule,
 )
 from pbi_assets.checks import ALL_CHECKS
+from pbi_assets.execution import executor_for
+from pbi_assets.partitions import PROJECT
 from pbi_assets.resources import PBIProject
 
 # per source x shard, in graph order
@@ -40,4 +42,6 @@ defs = dg.Definitions(
     schedules=[weekly_retraining_schedule],
     sensors=[train_split_growth_sensor, catalog_automation_sensor],
     resources={"pbi": PBIProject()},
+    # every job and backfill the instance launches: `executor:` in pbi.yaml / $PBI_EXECUTOR (pbi_ml.cluster)
+    executor=executor_for(PROJECT.executor),
 )

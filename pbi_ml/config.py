@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pbi_ml.cluster import K8sConfig
 from pbi_ml.errors import ConfigError
 
 SOURCE_FORMATS = ("coco", "lvis", "openimages")
@@ -73,6 +74,8 @@ class ProjectConfig:
     sources: tuple[SourceConfig, ...] = ()
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     devices: tuple[str, ...] = ("auto",)  # this node's lease slots (pbi_ml.devices); $PBI_DEVICES overrides
+    executor: str = "multiprocess"  # how launched runs execute steps (pbi_ml.cluster); $PBI_EXECUTOR overrides
+    k8s: K8sConfig = field(default_factory=K8sConfig)  # the pod of every stage under executor k8s
 
     def source(self, name: str) -> SourceConfig:
         for source in self.sources:
@@ -348,7 +351,7 @@ def project_config(path: str | os.PathLike | None = None) -> ProjectConfig:
     The Dagster code location's partitions and its `PBIProject` resource both come from this one
     load, so they cannot disagree within a process."""
     config_path = Path(path) if path is not None else default_config_path()
-    key = f"{config_path.resolve()}|{path is not None}|{os.environ.get('PBI_DATA_ROOT', '')}"
+    key = f"{config_path.resolve()}|{path is not None}|{os.environ.get('PBI_DATA_ROOT', '')}|{os.environ.get('PBI_EXECUTOR', '')}"
     if key not in _PROJECT_CACHE:
         _PROJECT_CACHE[key] = load_project_config(path)
     return _PROJECT_CACHE[key]
@@ -418,10 +421,19 @@ def load_project_config(path: str | os.PathLike | None = None) -> ProjectConfig:
         devices = parse_devices(raw.get("devices", "auto"))
     except ConfigError as exc:
         raise ConfigError(f"{config_path}: {exc}") from None
+    from pbi_ml.cluster import parse_executor, parse_k8s
+
+    try:
+        executor = parse_executor(raw.get("executor"))
+        k8s = parse_k8s(raw.get("k8s"))
+    except ConfigError as exc:
+        raise ConfigError(f"{config_path}: {exc}") from None
     return ProjectConfig(
         data_root=str(Path(resolve(data_root))),
         num_shards=num_shards,
         sources=tuple(sources),
         stages=stages,
         devices=devices,
+        executor=executor,
+        k8s=k8s,
     )

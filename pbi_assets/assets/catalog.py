@@ -7,6 +7,7 @@ import dagster as dg
 
 from pbi_assets.assets.instructions import descriptions, instructions, splits
 from pbi_assets.assets.removal import pairs
+from pbi_assets.execution import stage_op_tags
 from pbi_assets.resources import PBIProject
 from pbi_ml.catalog import INFO_TABLE, MATERIALIZED, build_catalog, live_name
 
@@ -34,6 +35,7 @@ _LIVE = ", ".join(f"`{live_name(name)}`" for name in MATERIALIZED)
 @dg.asset(
     group_name="catalog",
     kinds={"duckdb"},
+    op_tags=stage_op_tags("catalog"),
     deps=[pairs, descriptions, instructions, splits],
     pool="duckdb_catalog",
     automation_condition=CATALOG_AUTOMATION_CONDITION,

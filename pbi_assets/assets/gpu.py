@@ -1,11 +1,5 @@
-"""How a step asks for a GPU: the `gpu` pool (concurrency), a tag, and op tags that the
-dagster-k8s run launcher / executor turns into a pod GPU request."""
+"""How a step asks for a GPU: the `gpu` pool (concurrency) and a tag (its pod's GPU request is
+in its op tags, pbi_assets.execution.stage_op_tags)."""
 
 GPU_POOL = "gpu"
 GPU_TAGS = {"pbi/accelerator": "gpu"}
-GPU_OP_TAGS = {
-    "dagster-k8s/config": {
-        "container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}}},
-        "pod_spec_config": {"node_selector": {"nvidia.com/gpu.present": "true"}},
-    }
-}

@@ -2,8 +2,9 @@
 
 import dagster as dg
 
-from pbi_assets.assets.gpu import GPU_OP_TAGS, GPU_POOL, GPU_TAGS
+from pbi_assets.assets.gpu import GPU_POOL, GPU_TAGS
 from pbi_assets.assets.removal import pairs
+from pbi_assets.execution import stage_op_tags
 from pbi_assets.metadata import progress_logger, result_metadata
 from pbi_assets.partitions import partition_of, source_shard_partitions
 from pbi_assets.resources import PBIProject
@@ -26,7 +27,7 @@ def _markdown_examples(rows: list[dict], columns: list[str], n: int = 5) -> dg.M
     deps=[pairs],
     pool=GPU_POOL,
     tags=GPU_TAGS,
-    op_tags=GPU_OP_TAGS,
+    op_tags=stage_op_tags("descriptions"),
     description=(
         "What each removed object looks like. The describer sees the original photo with everything "
         "but the object masked out. Backend `pixels` (default, no weights: colour names, size, shape "
@@ -61,7 +62,7 @@ def descriptions(
     deps=[descriptions],
     pool=GPU_POOL,
     tags=GPU_TAGS,
-    op_tags=GPU_OP_TAGS,
+    op_tags=stage_op_tags("instructions"),
     description=(
         "Three instruction kinds per pair (PIPE columns): class template 'add a <class>', the "
         "description rewritten as an instruction (backend `templates` by default, or `llm` with the "
@@ -97,6 +98,7 @@ def instructions(
     partitions_def=source_shard_partitions,
     group_name="instructions",
     kinds={"python", "parquet"},
+    op_tags=stage_op_tags("splits"),
     deps=[pairs],
     description=(
         "train / test per pair, by image: sources with role: test go to test, an image that appears in "

@@ -2,8 +2,9 @@
 
 import dagster as dg
 
-from pbi_assets.assets.gpu import GPU_OP_TAGS, GPU_POOL, GPU_TAGS
+from pbi_assets.assets.gpu import GPU_POOL, GPU_TAGS
 from pbi_assets.assets.sources import candidates
+from pbi_assets.execution import stage_op_tags
 from pbi_assets.metadata import progress_logger, result_metadata
 from pbi_assets.partitions import partition_of, source_shard_partitions
 from pbi_assets.resources import PBIProject
@@ -23,7 +24,7 @@ from pbi_ml.tables import CLASS_SCORES, PAIRS, REMOVAL_SCORES, REMOVALS
     deps=[candidates],
     pool=GPU_POOL,
     tags=GPU_TAGS,
-    op_tags=GPU_OP_TAGS,
+    op_tags=stage_op_tags("class_scores"),
     description=(
         "The paper's third pre-removal filter (§3.1, Fig. S14), before any inpainting: CLIP similarity "
         "of each kept candidate's isolated object with 'a photo of a <class>' (clip_class_sim); under "
@@ -58,7 +59,7 @@ def class_scores(
     deps=[class_scores],
     pool=GPU_POOL,
     tags=GPU_TAGS,
-    op_tags=GPU_OP_TAGS,
+    op_tags=stage_op_tags("removals"),
     description=(
         "K inpainted candidates per kept object not rejected by class_scores (default 3), masks dilated first. Backend `opencv` "
         "(default, CPU: Telea / Navier-Stokes at several radii) or `diffusers` (the paper's recipe: "
@@ -88,7 +89,7 @@ def removals(context: dg.AssetExecutionContext, pbi: PBIProject, config: Removal
     deps=[removals],
     pool=GPU_POOL,
     tags=GPU_TAGS,
-    op_tags=GPU_OP_TAGS,
+    op_tags=stage_op_tags("removal_scores"),
     description=(
         "One row per removal candidate with the three filters: consensus across candidates, removal "
         "verification against the class, importance of the edit; then passed / reject_reason / "
@@ -122,6 +123,7 @@ def removal_scores(
     partitions_def=source_shard_partitions,
     group_name="removal",
     kinds={"python", "parquet"},
+    op_tags=stage_op_tags("pairs"),
     deps=[removal_scores],
     description=(
         "Object-removal pairs: the chosen candidate alpha-blended into the original through the "

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from pbi_assets.execution import stage_op_tags
 from pbi_assets.metadata import result_metadata
 from pbi_assets.partitions import partition_of, source_shard_partitions
 from pbi_assets.resources import PBIProject
@@ -16,6 +17,7 @@ from pbi_ml.tables import CANDIDATES
     partitions_def=source_shard_partitions,
     group_name="sources",
     kinds={"python", "parquet"},
+    op_tags=stage_op_tags("source_index"),
     description=(
         "Images and instances of one source x shard, normalised from COCO / LVIS / Open Images "
         "annotations (one row per instance; masks kept compact as polygons/RLE JSON or mask-PNG paths). "
@@ -36,6 +38,7 @@ def source_index(context: dg.AssetExecutionContext, pbi: PBIProject) -> dg.Mater
     partitions_def=source_shard_partitions,
     group_name="sources",
     kinds={"python", "parquet"},
+    op_tags=stage_op_tags("candidates"),
     deps=[source_index],
     description=(
         "Every instance, kept or rejected with one reason: path_escapes_root, image_missing, "

@@ -7,7 +7,8 @@ from typing import Any
 import dagster as dg
 
 from pbi_assets.assets.catalog import catalog
-from pbi_assets.assets.gpu import GPU_OP_TAGS, GPU_POOL, GPU_TAGS
+from pbi_assets.assets.gpu import GPU_POOL, GPU_TAGS
+from pbi_assets.execution import stage_op_tags
 from pbi_assets.metadata import histogram_markdown, loss_curve_markdown, thumbnails_markdown
 from pbi_assets.resources import PBIProject
 from pbi_assets.run_config import CheckpointRunConfig, EvaluationRunConfig, ExportsRunConfig
@@ -16,6 +17,7 @@ from pbi_assets.run_config import CheckpointRunConfig, EvaluationRunConfig, Expo
 @dg.asset(
     group_name="training",
     kinds={"parquet", "huggingface"},
+    op_tags=stage_op_tags("exports"),
     deps=[catalog],
     description=(
         "Every pair as Hugging Face Parquet datasets per split: the PIPE release schema (source_img, "
@@ -53,7 +55,7 @@ def skipped_result(context: dg.AssetExecutionContext, why: str, **numbers: int) 
     deps=[exports],
     pool=GPU_POOL,
     tags=GPU_TAGS,
-    op_tags=GPU_OP_TAGS,
+    op_tags=stage_op_tags("checkpoint"),
     description=(
         "InstructPix2Pix 'add an object' model trained on the train split (UNet conv_in widened to 8 "
         "channels, zero-initialised; VAE and text encoder frozen; accelerate). recipe `smoke` (default: "
@@ -101,7 +103,7 @@ def checkpoint(context: dg.AssetExecutionContext, pbi: PBIProject, config: Check
     deps=[checkpoint],
     pool=GPU_POOL,
     tags=GPU_TAGS,
-    op_tags=GPU_OP_TAGS,
+    op_tags=stage_op_tags("evaluation"),
     description=(
         "The latest checkpoint on the test split (and on a MagicBrush-format parquet's 'add' subset "
         "when configured): SPEC's inference (EulerAncestral, 50 steps, guidance 7 / image 1.5, seed 0) "
