@@ -14,9 +14,11 @@ roots or the reader code (`READER_VERSION`) changes. Open Images rows also depen
 and mask files (sizes, areas): replacing those without touching the CSVs needs the cache folder
 deleted. Stale fingerprints stay on disk; delete them to reclaim the space.
 
-The shards of one source are separate Dagster runs, often concurrent (a backfill). The first one
-to need the index builds it under a lock file next to it (`filelock`); the others wait and read
-the result instead of each parsing the same large annotation file at the same time.
+The shards of one source are separate Dagster runs, often concurrent (a backfill), and on
+Kubernetes separate pods on separate nodes sharing the data root over NFS-like storage. The first
+one to need the index builds it under a lock file next to it, taken by creating the file
+atomically (`pbi_ml.shared_lock`: O_CREAT | O_EXCL holds across nodes where flock may not); the
+others wait and read the result instead of each parsing the same large annotation file at once.
 """
 
 from __future__ import annotations
@@ -272,17 +274,18 @@ def index_path(source: SourceConfig, num_shards: int, storage: Storage) -> Path:
 def ensure_source_index(source: SourceConfig, num_shards: int, storage: Storage) -> Path:
     """Build the cached index file if it does not exist yet; return its path.
 
-    One builder at a time per index (a lock file beside it, waited on without a timeout: a
-    builder that dies releases it). The write is atomic (temp file, then rename) in any case,
-    so where the lock does not hold (some network file systems) two builders only repeat work.
+    One builder at a time per index, across processes and pods (`create_lock` on a lock file
+    beside it, waited on without a timeout: a builder that dies frees it, at once on the same
+    host, after the lock's stale time elsewhere). The write is atomic (temp file, then rename) in
+    any case, so if two builders ever ran at once they would only repeat work.
     """
-    from filelock import FileLock
+    from pbi_ml.shared_lock import create_lock
 
     path = index_path(source, num_shards, storage)
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path.parent / "build.lock")):
+    with create_lock(path.parent / "build.lock"):
         if not path.exists():  # another run may have built it while this one waited
             write_parquet(read_source_index(source, num_shards), path)
     return path
