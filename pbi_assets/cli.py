@@ -365,7 +365,48 @@ def cmd_info(args) -> int:
         print(
             f"source {s.name}: {s.format}, role {s.role}, images {s.images}, annotations {', '.join(s.annotation_files)}"
         )
+    for line in gpu_pool_lines(project):
+        print(line)
     return 0
+
+
+def gpu_pool_lines(project) -> list[str]:
+    """The node's devices and the `gpu` pool limit, with a warning when they differ.
+
+    One number should size both: the pool limit is how many GPU steps Dagster starts at once,
+    the devices are how many of them can hold a device (the rest wait for a lease, idle). PBI
+    does not set the limit itself (on Kubernetes it counts the GPUs of every node, not this
+    one's): `pbi info` shows both, and says how to make them agree."""
+    import dagster as dg
+
+    from pbi_assets.assets.gpu import GPU_POOL
+    from pbi_ml.devices import DEVICES_ENV, default_lease_dir, node_devices
+
+    ensure_dagster_home()
+    devices = node_devices(project.devices)
+    where = f"${DEVICES_ENV}" if os.environ.get(DEVICES_ENV) else "pbi.yaml devices:"
+    with dg.DagsterInstance.get() as instance:
+        info = instance.event_log_storage.get_concurrency_info(GPU_POOL)
+    limit = info.limit
+    origin = (
+        "default_limit in dagster.yaml" if info.using_default_limit else "set with `dagster instance concurrency set`"
+    )
+    lines = [
+        f"devices:     {', '.join(devices)} ({len(devices)} lease slot(s), from {where}; leases in {default_lease_dir()})",
+        f"gpu pool:    {'unlimited' if limit is None else limit} step(s) at once ({origin})",
+    ]
+    if limit is not None and limit != len(devices):
+        lines.append(
+            f"warning: the gpu pool allows {limit} step(s) at once but this node has {len(devices)} device(s): "
+            + (
+                "GPUs stay idle"
+                if limit < len(devices)
+                else "the extra steps wait for a device lease, holding pool slots"
+            )
+            + f". Make them agree: `dagster instance concurrency set {GPU_POOL} {len(devices)}` "
+            "(or pools: default_limit in $DAGSTER_HOME/dagster.yaml)"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ class PBIProject(dg.ConfigurableResource):
 
     config_path: str = ""
     data_root: str = ""
+    device_lease_dir: str = ""  # device leases (node-local); empty = pbi_ml.devices.default_lease_dir()
 
     def project(self) -> ProjectConfig:
         """pbi.yaml, loaded once per process (the partitions come from the same load)."""
@@ -28,6 +29,11 @@ class PBIProject(dg.ConfigurableResource):
 
             project = replace(project, data_root=self.data_root)
         return project
+
+    def lease_dir(self) -> str:
+        from pbi_ml.devices import default_lease_dir
+
+        return self.device_lease_dir or str(default_lease_dir())
 
     def storage(self) -> Storage:
         return Storage(self.project().data_root)

@@ -22,6 +22,7 @@ SOURCE_ROLES = ("train", "test")
 DEMO_SOURCE_NAME = "demo"
 DEFAULT_NUM_SHARDS = 4
 REMOVAL_BACKENDS = ("opencv", "diffusers")
+CONTEXT_MODES = ("crop", "full")  # removal: pbi_ml/removal/context.py
 SCORING_BACKENDS = ("stats", "clip")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
@@ -178,6 +179,11 @@ class ClassFilterConfig:
     # view of the class scores about 0.22-0.30, a blurred or occluded one under about 0.2
     min_class_sim: float = 0.20
 
+    @property
+    def uses_device(self) -> bool:
+        """Whether this config runs a model on a device (the embedded backend does not)."""
+        return self.backend == "clip"
+
     def __post_init__(self):
         check_fields(
             self,
@@ -205,8 +211,19 @@ class RemovalConfig:
     negative_prompt: str = "an object, a {category}"
     seed: int = 0  # candidate k uses seed + k
     batch_size: int = 4
-    device: str = "auto"  # "auto" = cuda if available else cpu
-    dtype: str = "auto"  # "auto" = float16 on cuda, float32 on cpu; or float32 / float16 / bfloat16
+    device: str = "auto"  # "auto" = a leased device of the node (pbi_ml.devices), else cuda if available, else cpu
+    dtype: str = "auto"  # "auto" = bfloat16 on a GPU that has it (else float16), float32 on cpu
+    # diffusers backend: inpaint an object-centred window (crop, default) or the whole image (full);
+    # see pbi_ml/removal/context.py
+    context: str = "crop"
+    min_context_px: int = 384  # the window's smallest side, in original pixels
+    context_scale: float = 3.0  # the window's side over the dilated mask's box side
+    compile: bool = False  # torch.compile the UNet on CUDA (falls back to eager, saying so, where it cannot)
+
+    @property
+    def uses_device(self) -> bool:
+        """Whether this config runs a model on a device (opencv does not)."""
+        return self.backend == "diffusers"
 
     def __post_init__(self):
         check_fields(
@@ -220,7 +237,13 @@ class RemovalConfig:
             seed="non_negative",
             batch_size="positive",
             dtype=DTYPES,
+            context=CONTEXT_MODES,
+            min_context_px="positive",
         )
+        if self.context_scale < 1:
+            raise ConfigError(
+                f"RemovalConfig.context_scale: {self.context_scale!r} must be >= 1 (the window holds the whole mask)"
+            )
 
 
 @dataclass(frozen=True)
@@ -247,6 +270,11 @@ class ScoringConfig:
     # calibrate: on the demo, the two visibly smeared classical removals (motorcycle 33 %, cup 22 %
     # of the image) score 0.13-0.22 on every candidate; every other object has a candidate >= 0.30
     stats_min_texture_ratio: float = 0.25
+
+    @property
+    def uses_device(self) -> bool:
+        """Whether this config runs a model on a device (stats does not)."""
+        return self.backend == "clip"
 
     def __post_init__(self):
         check_fields(
@@ -296,11 +324,14 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtype(dtype: str, device: str):
-    """ "auto" -> float16 on CUDA, float32 elsewhere. Returns a torch dtype."""
+    """ "auto" -> bfloat16 on a CUDA GPU that supports it (Ampere and later), else float16 on CUDA,
+    float32 elsewhere. Returns a torch dtype."""
     import torch
 
     if dtype == "auto":
-        return torch.float16 if device.startswith("cuda") else torch.float32
+        if not device.startswith("cuda"):
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     try:
         return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
     except KeyError:

@@ -8,9 +8,13 @@ two distinct slots on a CPU-only machine (how the tests exercise it).
 A lease is an OS file lock (`filelock`, flock on Unix) on `<lease_dir>/slot<i>.lock`: two
 processes never hold the same slot, and the kernel releases it when the holder exits, `kill -9`
 included. When every slot is taken, `lease_device` waits, calling `on_wait` every `log_every_s`
-seconds with a line saying so. Leases are per node: a pod or host sees only its own devices.
+seconds with a line saying so. Leases are per node: a pod or host sees only its own devices,
+and the lease folder (`default_lease_dir`) must be on a node-local disk (flock on NFS is not
+reliable), which is why it is not under the data root.
 
-Not wired into the stages yet (issue 8): the model stages still resolve `device: auto` themselves.
+`step_device` is what a model step uses: with `device: auto` it leases one slot for the step's
+lifetime; an explicit device (`cuda:1`) is used as given, unleased, after checking it is there.
+The training step leases several slots at once (`lease_devices(count=N)`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 from pbi_ml.errors import ConfigError
 
 DEVICES_ENV = "PBI_DEVICES"
+LEASE_DIR_ENV = "PBI_LEASE_DIR"
 _DEVICE_NAME = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 
 
@@ -65,6 +70,48 @@ def node_devices(configured: tuple[str, ...] = ("auto",)) -> list[str]:
     return list(devices)
 
 
+def check_device(name: str) -> str:
+    """An explicitly configured device, checked to be there (a missing GPU fails naming it)."""
+    (checked,) = parse_devices([name])
+    if checked.startswith("cuda"):
+        count = _cuda_count()
+        index = int(checked.split(":")[1]) if ":" in checked else 0
+        if index >= count:
+            raise ConfigError(f"device: {checked} is not there (this node sees {count} CUDA device(s))")
+    return checked
+
+
+def uses_device(config) -> bool:
+    """Whether a stage config runs a model on a device (embedded backends: no). Configs without
+    a `uses_device` property (training, evaluation) always do."""
+    return bool(getattr(config, "uses_device", True))
+
+
+def device_of(config) -> str:
+    """The device a stage with this config computes on, as its tables record it: "cpu" for an
+    embedded backend, else the config's device (`auto` resolved the way the backends do)."""
+    if not uses_device(config):
+        return "cpu"
+    device = str(getattr(config, "device", "auto"))
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_lease_dir() -> Path:
+    """$PBI_LEASE_DIR, else $DAGSTER_HOME/device-leases, else <tmp>/pbi-device-leases-<uid>:
+    node-local places (leases are per node)."""
+    if os.environ.get(LEASE_DIR_ENV):
+        return Path(os.environ[LEASE_DIR_ENV])
+    if os.environ.get("DAGSTER_HOME"):
+        return Path(os.environ["DAGSTER_HOME"]) / "device-leases"
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"pbi-device-leases-{os.getuid()}"
+
+
 def _cuda_count() -> int:
     import torch
 
@@ -72,40 +119,98 @@ def _cuda_count() -> int:
 
 
 @contextmanager
-def lease_device(
+def lease_devices(
     devices: list[str],
     lease_dir: str | os.PathLike,
     *,
+    count: int = 1,
     timeout_s: float | None = None,
     poll_s: float = 0.2,
     log_every_s: float = 30.0,
     on_wait: Callable[[str], None] | None = None,
-) -> Iterator[Lease]:
-    """Hold one free slot of `devices` for the `with` block (see the module docstring).
-    Raises TimeoutError when `timeout_s` passes with every slot taken."""
+) -> Iterator[list[Lease]]:
+    """Hold `count` free slots of `devices` together for the `with` block (all or none: a step
+    never sits on part of what it needs). Raises TimeoutError when `timeout_s` passes first."""
     from filelock import FileLock, Timeout
 
     if not devices:
         raise ConfigError("devices: the node has no device to lease")
+    if not 1 <= count <= len(devices):
+        raise ConfigError(f"devices: a step asks for {count} device(s) but the node has {len(devices)}: {devices}")
     folder = Path(lease_dir)
     folder.mkdir(parents=True, exist_ok=True)
     started = next_log = time.monotonic()
     while True:
+        held: list[tuple[FileLock, Lease]] = []
         for slot, device in enumerate(devices):
             lock = FileLock(str(folder / f"slot{slot}.lock"))
             try:
                 lock.acquire(timeout=0)
             except Timeout:
                 continue
+            held.append((lock, Lease(device=device, slot=slot)))
+            if len(held) == count:
+                break
+        if len(held) == count:
             try:
-                yield Lease(device=device, slot=slot)
+                yield [lease for _, lease in held]
             finally:
-                lock.release()
+                for lock, _ in held:
+                    lock.release()
             return
+        for lock, _ in held:
+            lock.release()
         now = time.monotonic()
         if timeout_s is not None and now - started >= timeout_s:
-            raise TimeoutError(f"no free device after {timeout_s:.0f} s: all {len(devices)} leased ({folder})")
+            raise TimeoutError(
+                f"no {count} free device(s) after {timeout_s:.0f} s: all {len(devices)} leased ({folder})"
+            )
         if on_wait is not None and now >= next_log:  # at once, then every log_every_s
-            on_wait(f"waiting for a free device: all {len(devices)} of {devices} are leased ({folder})")
+            free = len(held)
+            on_wait(
+                f"waiting for a free device: all {len(devices)} of {devices} are leased ({folder})"
+                if count == 1
+                else f"waiting for {count} free devices of {devices}: {free} free now ({folder})"
+            )
             next_log = now + log_every_s
         time.sleep(poll_s)
+
+
+@contextmanager
+def lease_device(devices: list[str], lease_dir: str | os.PathLike, **kwargs) -> Iterator[Lease]:
+    """Hold one free slot of `devices` for the `with` block (see `lease_devices`)."""
+    with lease_devices(devices, lease_dir, count=1, **kwargs) as leases:
+        yield leases[0]
+
+
+@dataclass(frozen=True)
+class StepDevice:
+    """The device a model step runs on, and how it got it."""
+
+    device: str
+    slot: int | None  # the lease slot; None for an explicitly configured (unleased) device
+    slots: int  # the node's lease slots
+
+    def describe(self) -> str:
+        if self.slot is None:
+            return f"{self.device} (configured explicitly, not leased)"
+        return f"{self.device} (lease slot {self.slot} of {self.slots})"
+
+
+@contextmanager
+def step_device(
+    requested: str,
+    configured: tuple[str, ...] = ("auto",),
+    lease_dir: str | os.PathLike | None = None,
+    *,
+    on_wait: Callable[[str], None] | None = None,
+    log_every_s: float = 30.0,
+) -> Iterator[StepDevice]:
+    """`auto`: lease one of the node's devices for the block; anything else: that device, checked."""
+    if requested != "auto":
+        yield StepDevice(device=check_device(requested), slot=None, slots=0)
+        return
+    devices = node_devices(configured)
+    folder = lease_dir if lease_dir is not None else default_lease_dir()
+    with lease_device(devices, folder, on_wait=on_wait, log_every_s=log_every_s) as lease:
+        yield StepDevice(device=lease.device, slot=lease.slot, slots=len(devices))

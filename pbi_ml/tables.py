@@ -78,6 +78,9 @@ _STATUS = [
     ("error", pa.string()),  # reason code (pbi_ml.reasons) when failed
 ]
 
+# model-stage tables: the device that computed the row ("cuda:1", "cpu"; "cpu" for embedded backends)
+_DEVICE = [("device", pa.string())]
+
 SOURCE_INDEX = TableSpec(
     "source_index",
     INDEX_SCHEMA,
@@ -110,6 +113,7 @@ CLASS_SCORES = TableSpec(
             ("passed", pa.bool_()),  # null when the filter was skipped
             ("class_backend", pa.string()),
             *_STATUS,
+            *_DEVICE,
         ]
     ),
     key=("source", "annotation_id"),
@@ -124,7 +128,9 @@ REMOVALS = TableSpec(
             ("candidate", pa.int32()),  # 0..K-1; -1 on the row of an object that failed
             ("method", pa.string()),  # e.g. "telea r=3", "sd seed=1"
             ("removal_image", pa.string()),  # absolute path of the inpainted PNG
+            ("context", pa.string()),  # how much was inpainted: crop | full (diffusers) | native (opencv)
             *_STATUS,
+            *_DEVICE,
             ("backend", pa.string()),
             ("dilation_px", pa.int32()),  # the dilation the removal used (scores and pairs reuse it)
             ("config_id", pa.string()),
@@ -149,6 +155,7 @@ REMOVAL_SCORES = TableSpec(
             ("reject_reason", pa.string()),
             ("chosen", pa.bool_()),
             *_STATUS,
+            *_DEVICE,
         ]
     ),
     key=("source", "annotation_id", "candidate"),
@@ -196,6 +203,7 @@ DESCRIPTIONS = TableSpec(
             ("describe_backend", pa.string()),
             ("describe_model", pa.string()),
             *_STATUS,
+            *_DEVICE,
         ]
     ),
     key=("pair_id",),
@@ -216,6 +224,7 @@ INSTRUCTIONS = TableSpec(
             ("instruction_check_similarity", pa.float64()),
             ("instruct_backend", pa.string()),
             *_STATUS,
+            *_DEVICE,
         ]
     ),
     key=("pair_id",),
@@ -275,6 +284,7 @@ EVALUATIONS = TableSpec(
             *[(m, pa.float64()) for m in EVALUATION_METRICS],
             *[(f"{m}_null_reason", pa.string()) for m in EVALUATION_METRICS],
             ("cmmd_n", pa.int64()),  # images of each set the reference-style cmmd used
+            ("device", pa.string()),  # where the edits were generated and scored
             ("smoke_model", pa.bool_()),
             ("config", pa.string()),
         ]

@@ -145,6 +145,9 @@ def test_crash_mid_partition_loses_and_duplicates_nothing(tmp_path, demo_root):
         def candidate_labels(self):
             return real.candidate_labels()
 
+        def context_of(self, image, mask):
+            return real.context_of(image, mask)
+
         def inpaint(self, images, masks, categories):
             DiesAfterTwo.calls += 1
             if DiesAfterTwo.calls > 2:

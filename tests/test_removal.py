@@ -191,7 +191,8 @@ def sd_config(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sd_items():
-    """Two 80x60 photos (one working-size group) and a 64x96 portrait (another group)."""
+    """Two 80x60 photos (one working-size group in `full` mode) and a 64x96 portrait (another
+    group); in `crop` mode all three are one batch of 64x64 windows."""
     cat = small(skimage.data.chelsea(), 80, 60)
     coffee = small(skimage.data.coffee(), 80, 60)
     astronaut = small(skimage.data.astronaut(), 64, 96)
@@ -254,6 +255,9 @@ def test_sd_stage_resumed_mid_chunk_gives_the_uninterrupted_bytes(sd_config, tmp
     config = replace(sd_config, batch_size=4)
     clean = run_removals(storage, source, shard, config)
     assert clean.counts["items_ok"] == len(kept) >= 8
+    # small objects in their windows; the demo's objects too wide for any square window: the whole image
+    assert set(clean.table.column("context").to_pylist()) == {"crop", "full"}
+    assert set(clean.table.column("device").to_pylist()) == {"cpu"}
     before = {path: Path(path).read_bytes() for path in clean.table.column("removal_image").to_pylist()}
 
     # the second object of a chunk whose first two objects share a working size
@@ -290,3 +294,83 @@ def test_sd_uncached_hub_id_fails_clearly_offline():
         inpainter.inpaint([small(image, 64, 48)], [small(mask.astype(np.uint8), 64, 48) > 0], [category])
     assert model in str(info.value)
     assert "HF_HUB_OFFLINE=1" in str(info.value)
+
+
+# ---- context: crop (pbi_ml/removal/context.py) ----------------------------------------------
+
+
+def _square_object(height: int, width: int, top: int, left: int, side: int) -> np.ndarray:
+    mask = np.zeros((height, width), dtype=bool)
+    mask[top : top + side, left : left + side] = True
+    return mask
+
+
+def test_crop_mode_gives_a_small_object_a_hole_at_least_8_latents_wide():
+    """A COCO object of median size: 0.4 % of a 640x480 photo (35 x 35 px), dilated by 15 px.
+    Inpainted in the whole image at 512 px its hole is about 6 latents wide; in its crop window
+    at least 8 (N = 8), with the default config."""
+    from pbi_ml.masks import dilate
+    from pbi_ml.removal.context import context_window, crop_to_window, hole_width_in_latents
+    from pbi_ml.removal.sd_inpaint import to_working_size
+
+    config = RemovalConfig()
+    assert config.context == "crop" and (config.min_context_px, config.context_scale) == (384, 3.0)
+    image = np.zeros((480, 640, 3), dtype=np.uint8)
+    mask = dilate(_square_object(480, 640, 200, 300, 35), config.dilation_px)
+    _, full_mask = to_working_size(image, mask, config.resolution)
+    window = context_window(mask, config.min_context_px, config.context_scale)
+    assert window is not None and window.side == 384
+    crop_image, crop_mask = crop_to_window(image, mask, window, config.resolution)
+    assert crop_image.shape == (512, 512, 3) and crop_mask.shape == (512, 512)
+    assert hole_width_in_latents(full_mask) < 8 <= hole_width_in_latents(crop_mask)
+
+
+@pytest.mark.parametrize("top,left", [(0, 0), (445, 605), (0, 300), (200, 0), (240, 320)])
+def test_the_window_is_square_inside_the_image_and_holds_the_whole_mask(top, left):
+    from pbi_ml.removal.context import context_window
+
+    mask = _square_object(480, 640, top, left, 35)
+    window = context_window(mask, 384, 3.0)
+    assert window is not None and window.side == 384
+    assert 0 <= window.top <= 480 - 384 and 0 <= window.left <= 640 - 384
+    rows, cols = window.slices()
+    assert mask[rows, cols].sum() == mask.sum(), "the window holds all of the mask"
+    big = context_window(_square_object(480, 640, 100, 100, 300), 384, 3.0)
+    assert big is not None and big.side == 480, "clamped to the shorter side"
+    wide = np.zeros((480, 640), dtype=bool)
+    wide[200:220, 50:600] = True  # 550 px wide: no square inside the image holds it
+    assert context_window(wide, 384, 3.0) is None
+
+
+def test_sd_crop_keeps_every_pixel_outside_the_mask_and_full_does_not(sd_config, sd_items):
+    crop = make_inpainter(sd_config)
+    full = make_inpainter(replace(sd_config, context="full"))
+    images, masks, categories = ([x[i] for x in sd_items] for i in range(3))
+    assert [crop.context_of(i, m) for i, m in zip(images, masks, strict=True)] == ["crop"] * 3
+    assert [full.context_of(i, m) for i, m in zip(images, masks, strict=True)] == ["full"] * 3
+    for image, mask, candidates in zip(images, masks, crop.inpaint(images, masks, categories), strict=True):
+        for out in candidates:
+            assert np.array_equal(out[~mask], image[~mask]) and not np.array_equal(out[mask], image[mask])
+    for image, mask, candidates in zip(images, masks, full.inpaint(images, masks, categories), strict=True):
+        assert not np.array_equal(candidates[0][~mask], image[~mask]), "full: the raw VAE round trip everywhere"
+
+
+def test_removal_context_is_validated():
+    with pytest.raises(ConfigError, match="RemovalConfig.context"):
+        RemovalConfig(context="window")
+    with pytest.raises(ConfigError, match="RemovalConfig.context_scale"):
+        RemovalConfig(context_scale=0.5)
+
+
+def test_compile_on_a_torch_that_cannot_compile_runs_eager_and_says_so(sd_config, sd_items, monkeypatch, caplog):
+    import torch._dynamo
+
+    monkeypatch.setattr(torch._dynamo.config, "disable", True)  # what TORCHDYNAMO_DISABLE=1 does
+    image, mask, category = sd_items[0]
+    compiled = make_inpainter(replace(sd_config, compile=True))
+    with caplog.at_level("WARNING", logger="pbi_ml.removal.sd_inpaint"):
+        out = compiled.inpaint([image], [mask], [category])[0]
+    assert not compiled.compiled
+    assert "compile: true, but TorchDynamo is disabled" in caplog.text and "runs eager" in caplog.text
+    eager = make_inpainter(sd_config).inpaint([image], [mask], [category])[0]
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(out, eager, strict=True))

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from pbi_assets.assets.gpu import GPU_POOL, GPU_TAGS
+from pbi_assets.assets.gpu import GPU_POOL, GPU_TAGS, on_a_device
 from pbi_assets.assets.removal import pairs
 from pbi_assets.execution import stage_op_tags
 from pbi_assets.metadata import progress_logger, result_metadata
@@ -42,15 +42,17 @@ def descriptions(
     from pbi_ml.stages.descriptions import run_descriptions
 
     part = partition_of(context)
-    stage_config = pbi.stage_config(DESCRIPTIONS.name, DescribeConfig, config)
-    result = run_descriptions(
-        pbi.storage(),
-        pbi.source(part.source),
-        part.shard,
-        stage_config,
-        progress=progress_logger(context, "pairs described"),
-    )
+    with on_a_device(context, pbi, pbi.stage_config(DESCRIPTIONS.name, DescribeConfig, config)) as step:
+        stage_config = step.config
+        result = run_descriptions(
+            pbi.storage(),
+            pbi.source(part.source),
+            part.shard,
+            stage_config,
+            progress=progress_logger(context, "pairs described"),
+        )
     meta = result_metadata(result)
+    meta.update(step.metadata)
     meta["examples"] = _markdown_examples(result.table.to_pylist(), ["category", "description", "error"])
     return dg.MaterializeResult(metadata=meta)
 
@@ -78,15 +80,17 @@ def instructions(
     from pbi_ml.stages.instructions import run_instructions
 
     part = partition_of(context)
-    stage_config = pbi.stage_config(INSTRUCTIONS.name, InstructConfig, config)
-    result = run_instructions(
-        pbi.storage(),
-        pbi.source(part.source),
-        part.shard,
-        stage_config,
-        progress=progress_logger(context, "pairs instructed"),
-    )
+    with on_a_device(context, pbi, pbi.stage_config(INSTRUCTIONS.name, InstructConfig, config)) as step:
+        stage_config = step.config
+        result = run_instructions(
+            pbi.storage(),
+            pbi.source(part.source),
+            part.shard,
+            stage_config,
+            progress=progress_logger(context, "pairs instructed"),
+        )
     meta = result_metadata(result, histograms={"instruction_check_similarity": "instruction check similarity (MiniLM)"})
+    meta.update(step.metadata)
     meta["examples"] = _markdown_examples(
         result.table.to_pylist(),
         ["instruction_class", "instruction_vlm_llm", "instruction_ref", "instruction_check", "object_location"],

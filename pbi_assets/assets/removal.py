@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from pbi_assets.assets.gpu import GPU_POOL, GPU_TAGS
+from pbi_assets.assets.gpu import GPU_POOL, GPU_TAGS, on_a_device
 from pbi_assets.assets.sources import candidates
 from pbi_assets.execution import stage_op_tags
 from pbi_assets.metadata import progress_logger, result_metadata
@@ -37,15 +37,17 @@ def class_scores(
     context: dg.AssetExecutionContext, pbi: PBIProject, config: ClassScoresRunConfig
 ) -> dg.MaterializeResult:
     part = partition_of(context)
-    stage_config = pbi.stage_config(CLASS_SCORES.name, ClassFilterConfig, config)
-    result = run_class_scores(
-        pbi.storage(),
-        pbi.source(part.source),
-        part.shard,
-        stage_config,
-        progress=progress_logger(context, "objects scored against their class"),
-    )
+    with on_a_device(context, pbi, pbi.stage_config(CLASS_SCORES.name, ClassFilterConfig, config)) as step:
+        stage_config = step.config
+        result = run_class_scores(
+            pbi.storage(),
+            pbi.source(part.source),
+            part.shard,
+            stage_config,
+            progress=progress_logger(context, "objects scored against their class"),
+        )
     meta = result_metadata(result, histograms={"clip_class_sim": "CLIP sim(isolated object, class)"})
+    meta.update(step.metadata)
     meta["backend"] = stage_config.backend
     if stage_config.backend == "off":
         meta["filter"] = "skipped: no CLIP weights (class_scores.backend: off); set backend: clip to apply it"
@@ -69,15 +71,17 @@ def class_scores(
 )
 def removals(context: dg.AssetExecutionContext, pbi: PBIProject, config: RemovalRunConfig) -> dg.MaterializeResult:
     part = partition_of(context)
-    stage_config = pbi.stage_config(REMOVALS.name, RemovalConfig, config)
-    result = run_removals(
-        pbi.storage(),
-        pbi.source(part.source),
-        part.shard,
-        stage_config,
-        progress=progress_logger(context, "objects inpainted"),
-    )
+    with on_a_device(context, pbi, pbi.stage_config(REMOVALS.name, RemovalConfig, config)) as step:
+        stage_config = step.config
+        result = run_removals(
+            pbi.storage(),
+            pbi.source(part.source),
+            part.shard,
+            stage_config,
+            progress=progress_logger(context, "objects inpainted"),
+        )
     meta = result_metadata(result)
+    meta.update(step.metadata)
     meta["backend"] = stage_config.backend
     return dg.MaterializeResult(metadata=meta)
 
@@ -101,10 +105,15 @@ def removal_scores(
     context: dg.AssetExecutionContext, pbi: PBIProject, config: ScoringRunConfig
 ) -> dg.MaterializeResult:
     part = partition_of(context)
-    scoring = pbi.stage_config(REMOVAL_SCORES.name, ScoringConfig, config)
-    result = run_scores(
-        pbi.storage(), pbi.source(part.source), part.shard, scoring, progress=progress_logger(context, "objects scored")
-    )
+    with on_a_device(context, pbi, pbi.stage_config(REMOVAL_SCORES.name, ScoringConfig, config)) as step:
+        scoring = step.config
+        result = run_scores(
+            pbi.storage(),
+            pbi.source(part.source),
+            part.shard,
+            scoring,
+            progress=progress_logger(context, "objects scored"),
+        )
     meta = result_metadata(
         result,
         histograms={
@@ -116,6 +125,7 @@ def removal_scores(
         },
     )
     meta["backend"] = scoring.backend
+    meta.update(step.metadata)
     return dg.MaterializeResult(metadata=meta)
 
 

@@ -48,6 +48,11 @@ class DescribeConfig:
     device: str = "auto"
     dtype: str = "auto"
 
+    @property
+    def uses_device(self) -> bool:
+        """Whether this config runs a model on a device (pixels does not)."""
+        return self.backend == "vlm"
+
     def __post_init__(self):
         from pbi_ml.config import DTYPES, check_fields
 

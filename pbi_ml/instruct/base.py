@@ -47,6 +47,11 @@ class InstructConfig:
     check_min_similarity: float = 0.35  # calibrate
     check_lexical: bool = True
 
+    @property
+    def uses_device(self) -> bool:
+        """Whether this config runs a model on a device: the LLM, or the MiniLM instruction check."""
+        return self.backend == "llm" or self.check
+
     def __post_init__(self):
         from pbi_ml.config import check_fields
 

@@ -30,6 +30,11 @@ class Inpainter(Protocol):
         """K short labels, one per candidate, in candidate order (e.g. "telea r=3", "sd seed=1")."""
         ...
 
+    def context_of(self, image: np.ndarray, mask: np.ndarray) -> str:
+        """How much of the image the object is inpainted in: "crop" or "full" (diffusers,
+        pbi_ml/removal/context.py) or "native" (opencv: full resolution, around the mask)."""
+        ...
+
     def inpaint(
         self, images: list[np.ndarray], masks: list[np.ndarray], categories: list[str]
     ) -> list[list[np.ndarray]]:

@@ -49,6 +49,9 @@ class OpenCVInpainter:
         self.config = config
         self.candidates = [OPENCV_CANDIDATES[k % len(OPENCV_CANDIDATES)] for k in range(config.num_candidates)]
 
+    def context_of(self, image: np.ndarray, mask: np.ndarray) -> str:
+        return "native"  # full resolution, a padded crop around the mask (module docstring)
+
     def candidate_labels(self) -> list[str]:
         return [f"{method} r={radius}" for method, radius in self.candidates]
 

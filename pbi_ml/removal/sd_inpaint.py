@@ -10,11 +10,20 @@ Hub repositories in 2024; the same SD 1.5 inpainting weights are re-hosted as
   directory, once per inpainter, lazily on the first `inpaint` call (constructing an inpainter
   touches neither torch nor CUDA). Safety checker off. Device and dtype from the config
   (`auto`: CUDA with float16 when available, else CPU with float32).
-- Working resolution: each image is resized so its longer side is `config.resolution` and both
-  sides are multiples of 8 (aspect kept; INTER_AREA when shrinking, bicubic when enlarging); the
-  mask with nearest neighbour. The result is resized back to the original size (bicubic). The
-  output is the raw pipeline image everywhere (the VAE round trip touches pixels outside the
-  mask too); the pairs stage blends it into the original through the mask.
+- Working image (`context`, pbi_ml/removal/context.py):
+    crop (default)  an object-centred square window, resized to resolution x resolution,
+                    inpainted, resized back and pasted into the original through the mask
+                    (outside the mask the output is the original); every batch has one shape.
+                    An object too wide for any square inside the image falls back to full.
+    full            the whole image, resized so its longer side is `config.resolution` and both
+                    sides are multiples of 8 (aspect kept; INTER_AREA when shrinking, bicubic
+                    when enlarging; the mask nearest), the result resized back (bicubic); the
+                    output is the raw pipeline image everywhere (the VAE round trip touches pixels
+                    outside the mask too). The pairs stage blends either into the original.
+- On CUDA: `dtype: auto` is bfloat16 where the GPU has it (else float16); the UNet and VAE use
+  PyTorch's scaled-dot-product attention (AttnProcessor2_0) and channels-last memory; with
+  `compile: true` the UNet is `torch.compile`d, and where this torch cannot compile (dynamo
+  unsupported or disabled, or the first compiled call fails) it runs eager and logs why.
 - Seeds: candidate k of every object uses seed `config.seed + k`, through its own
   `torch.Generator` on the pipeline's device, so the noise of an object's candidates does not
   depend on which other objects share its batch.
@@ -30,6 +39,7 @@ Hub repositories in 2024; the same SD 1.5 inpainting weights are re-hosted as
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,10 +49,13 @@ import numpy as np
 from pbi_ml.config import RemovalConfig, resolve_device, resolve_dtype
 from pbi_ml.errors import ConfigError
 from pbi_ml.removal.base import check_batch
+from pbi_ml.removal.context import Window, context_window, crop_to_window, paste_through_mask
 
 if TYPE_CHECKING:
     # diffusers' lazy __init__ re-exports its pipelines in a form pyright counts as private
     from diffusers import StableDiffusionInpaintPipeline  # pyright: ignore[reportPrivateImportUsage]
+
+log = logging.getLogger(__name__)
 
 RUNWAYML_ORG = "runwayml"
 SD15_INPAINT_MIRROR = "stable-diffusion-v1-5/stable-diffusion-inpainting"  # the paper's weights, re-hosted
@@ -63,6 +76,8 @@ class DiffusersInpainter:
         self.pipeline: StableDiffusionInpaintPipeline | None = None  # loaded on the first inpaint() call
         self.device: str | None = None
         self.pipeline_calls = 0  # a counter for progress / benchmark reports
+        self.compiled = False  # whether the UNet runs torch.compile'd (compile: true, and it could)
+        self._eager_unet = None
 
     def candidate_labels(self) -> list[str]:
         return [f"sd seed={self.config.seed + k}" for k in range(self.config.num_candidates)]
@@ -74,7 +89,29 @@ class DiffusersInpainter:
             self.pipeline = load_inpaint_pipeline(
                 self.config.model, self.device, resolve_dtype(self.config.dtype, self.device)
             )
+            if self.config.compile:
+                self._compile_unet(self.pipeline)
         return self.pipeline
+
+    def _compile_unet(self, pipeline) -> None:
+        import torch
+
+        reason = cannot_compile_reason()
+        if reason is not None:
+            log.warning("removal: compile: true, but %s; the UNet runs eager", reason)
+            return
+        self._eager_unet = pipeline.unet
+        pipeline.unet = torch.compile(pipeline.unet)
+        self.compiled = True
+
+    def context_of(self, image: np.ndarray, mask: np.ndarray) -> str:
+        """How this object is inpainted: "crop" or "full" (see pbi_ml/removal/context.py)."""
+        return "crop" if self._window(mask) is not None else "full"
+
+    def _window(self, mask: np.ndarray) -> Window | None:
+        if self.config.context != "crop":
+            return None
+        return context_window(mask, self.config.min_context_px, self.config.context_scale)
 
     def negative_prompt_for(self, category: str) -> str:
         from pbi_ml.instruct.templates import clean_category
@@ -90,7 +127,13 @@ class DiffusersInpainter:
             return []
         pipeline = self.load()
         k_count = self.config.num_candidates
-        inputs = [to_working_size(image, mask, self.config.resolution) for image, mask in items]
+        windows = [self._window(mask) for _, mask in items]
+        inputs = [
+            crop_to_window(image, mask, window, self.config.resolution)
+            if window is not None
+            else to_working_size(image, mask, self.config.resolution)
+            for (image, mask), window in zip(items, windows, strict=True)
+        ]
         negatives = [self.negative_prompt_for(c) for c in categories]
 
         # (item, candidate) jobs grouped by working size, in first-seen order
@@ -104,7 +147,7 @@ class DiffusersInpainter:
             for start in range(0, len(jobs), size):
                 chunk = jobs[start : start + size]
                 self.pipeline_calls += 1
-                outputs = self._run(
+                outputs = self._run_or_fall_back(
                     pipeline,
                     [inputs[i][0] for i, _ in chunk],
                     [inputs[i][1] for i, _ in chunk],
@@ -112,8 +155,26 @@ class DiffusersInpainter:
                     [self.config.seed + k for _, k in chunk],
                 )
                 for (i, k), out in zip(chunk, outputs, strict=True):
-                    done[i, k] = from_working_size(out, items[i][0].shape[:2])
+                    image, mask = items[i]
+                    window = windows[i]
+                    done[i, k] = (
+                        paste_through_mask(image, mask, window, out)
+                        if window is not None
+                        else from_working_size(out, image.shape[:2])
+                    )
         return [[done[i, k] for k in range(k_count)] for i in range(len(items))]
+
+    def _run_or_fall_back(self, pipeline, images, masks, negatives, seeds) -> list[np.ndarray]:
+        """`_run`; when a compiled UNet fails on its first calls, log why and go on eager."""
+        if not self.compiled:
+            return self._run(pipeline, images, masks, negatives, seeds)
+        try:
+            return self._run(pipeline, images, masks, negatives, seeds)
+        except Exception as exc:  # torch.compile's errors have no common public base class
+            log.warning("removal: the compiled UNet failed (%s: %s); running eager", type(exc).__name__, exc)
+            pipeline.unet = self._eager_unet
+            self.compiled = False
+            return self._run(pipeline, images, masks, negatives, seeds)
 
     def _run(
         self,
@@ -168,7 +229,31 @@ def load_inpaint_pipeline(model: str, device: str, dtype) -> StableDiffusionInpa
         ) from exc
     pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
+    if device.startswith("cuda"):
+        import torch
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        for module in (pipeline.unet, pipeline.vae):
+            module.set_attn_processor(AttnProcessor2_0())
+            module.to(memory_format=torch.channels_last)
     return pipeline
+
+
+def cannot_compile_reason() -> str | None:
+    """Why this torch cannot `torch.compile` (None when it can, as far as can be told before trying)."""
+    import torch
+
+    if not hasattr(torch, "compile"):
+        return f"torch {torch.__version__} has no torch.compile"
+    import torch._dynamo
+
+    if torch._dynamo.config.disable:
+        return "TorchDynamo is disabled (TORCHDYNAMO_DISABLE is set)"
+    if not torch._dynamo.is_dynamo_supported():  # pyright: ignore[reportPrivateImportUsage]
+        import sys
+
+        return f"TorchDynamo does not support Python {sys.version.split()[0]} with torch {torch.__version__}"
+    return None
 
 
 def _offline_flag() -> str:

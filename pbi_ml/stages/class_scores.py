@@ -20,6 +20,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 
 from pbi_ml.config import ClassFilterConfig, SourceConfig
+from pbi_ml.devices import device_of
 from pbi_ml.masks import load_image_and_mask
 from pbi_ml.stages.common import Progress, StageResult, fingerprint, fingerprint_of
 from pbi_ml.stages.item_stage import ItemOutput, ItemStage, StageItem, run_item_stage
@@ -38,6 +39,7 @@ class ClassScoreStage(ItemStage):
         self.storage, self.source, self.shard, self.config = storage, source, shard, config
         self.batch_size = config.batch_size
         self.config_id = fingerprint(config, exclude=("batch_size", "device"))
+        self.device = device_of(config)
         self._embedder = embedder
 
     def items(self) -> list[StageItem]:

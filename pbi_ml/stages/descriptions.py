@@ -14,6 +14,7 @@ from pathlib import Path
 from pbi_ml import reasons
 from pbi_ml.config import SourceConfig
 from pbi_ml.describe.base import DescribeConfig
+from pbi_ml.devices import device_of
 from pbi_ml.errors import ItemError
 from pbi_ml.imageio import load_mask_png, load_rgb_path
 from pbi_ml.stages.common import Progress, StageResult, fingerprint, fingerprint_of, ok_pairs
@@ -33,6 +34,7 @@ class DescriptionStage(ItemStage):
         self.storage, self.source, self.shard, self.config = storage, source, shard, config
         self.batch_size = config.batch_size
         self.config_id = fingerprint(config, exclude=("batch_size", "device"))
+        self.device = device_of(config)
         self.model = config.model if config.backend == "vlm" else None
         self._describer = describer
 

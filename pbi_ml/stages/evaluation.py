@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pbi_ml.catalog import read_view
+from pbi_ml.devices import device_of
 from pbi_ml.errors import ConfigError
 from pbi_ml.imageio import load_rgb_path, save_png
 from pbi_ml.stages.common import Progress, StageResult
@@ -258,6 +259,7 @@ def run_evaluation(
             "benchmark": benchmark,
             "n": len(samples),
             "smoke_model": bool(checkpoint["smoke_model"]),
+            "device": device_of(config),
             "config": json.dumps(dataclasses.asdict(config), default=str),
         }
         for m in METRICS:

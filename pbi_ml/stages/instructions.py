@@ -21,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pbi_ml.config import SourceConfig
+from pbi_ml.devices import device_of
 from pbi_ml.errors import ConfigError
 from pbi_ml.instruct.base import InstructConfig
 from pbi_ml.stages.common import Progress, StageResult, fingerprint, fingerprint_of, ok_pairs
@@ -69,6 +70,7 @@ class InstructionStage(ItemStage):
         self.storage, self.source, self.shard, self.config = storage, source, shard, config
         self.batch_size = config.batch_size
         self.config_id = instructions_config_id(config)
+        self.device = device_of(config)
         self._writer, self._checker = writer, checker
 
     def items(self) -> list[StageItem]:

@@ -26,12 +26,18 @@ and this module owns everything else, the same way for all of them:
   shares its batch, so this is what makes a resumed run write the bytes of an uninterrupted one
   (at the cost of at most batch_size - 1 extra items per crash).
 - Every item that enters the stage leaves rows in the table: ok, or failed with a reason code.
+- A model stage sets `device` (the device its backend computes on, `pbi_ml.devices.device_of`):
+  each record keeps the device that computed it and every row gets it in a `device` column.
+- The next chunk's items are prepared (images decoded, masks built) in a worker thread while
+  the current chunk computes, so the GPU does not wait for the disk. `prepare` must therefore
+  not touch the model; it reads inputs only.
 - Progress (done, total) at most every few seconds; metadata samples that never fail the stage.
 """
 
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +80,7 @@ class ItemStage:
     table: TableSpec
     batch_size: int = 1
     config_id: str = ""
+    device: str | None = None  # model stages: the device compute() runs on (rows get a `device` column)
 
     def items(self) -> list[StageItem]:
         raise NotImplementedError
@@ -177,6 +184,7 @@ class ItemRecords:
             "upstream": item.upstream,
             "status": status,
             "error": None,
+            "device": self.stage.device,
         }
 
     def _save(self, item: StageItem, record: dict) -> dict:
@@ -214,42 +222,55 @@ def run_item_stage(
     reporter = ProgressReporter(len(items), progress)
     reporter.advance(len(finished))
     recomputed = 0
-    for chunk in chunks_to_run(items, stage.batch_size, lambda item: item.key in finished):
-        ready, prepared = [], []
-        for item in chunk:
-            try:
-                prepared.append(stage.prepare(item))
+    chunks = chunks_to_run(items, stage.batch_size, lambda item: item.key in finished)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"prepare-{stage.table.name}") as prefetch:
+        upcoming = prefetch.submit(_prepare_chunk, stage, chunks[0]) if chunks else None
+        for index, chunk in enumerate(chunks):
+            assert upcoming is not None
+            prepared_chunk = upcoming.result()
+            # decode the next chunk while this one computes
+            upcoming = prefetch.submit(_prepare_chunk, stage, chunks[index + 1]) if index + 1 < len(chunks) else None
+            ready, prepared = [], []
+            for item, value in zip(chunk, prepared_chunk, strict=True):
+                if isinstance(value, _PrepareFailed):
+                    if item.key not in finished:
+                        done[item.key] = records.write_failed(item, value.error)
+                    continue
+                prepared.append(value)
                 ready.append(item)
-            except ItemError as exc:
-                if item.key not in finished:
+            results = stage.compute(prepared) if prepared else []
+            if len(results) != len(ready):
+                raise RuntimeError(
+                    f"{stage.table.name}: compute returned {len(results)} results for {len(ready)} items"
+                )
+            for item, result in zip(ready, results, strict=True):
+                if item.key in finished:
+                    recomputed += 1  # computed only to keep the chunk whole
+                    continue
+                if isinstance(result, ItemError):
+                    done[item.key] = records.write_failed(item, result)
+                    continue
+                try:
+                    output = stage.write(item, result, storage.file_dir(stage.table, source, shard, item.key))
+                except ItemError as exc:
                     done[item.key] = records.write_failed(item, exc)
-        results = stage.compute(prepared) if prepared else []
-        if len(results) != len(ready):
-            raise RuntimeError(f"{stage.table.name}: compute returned {len(results)} results for {len(ready)} items")
-        for item, result in zip(ready, results, strict=True):
-            if item.key in finished:
-                recomputed += 1  # computed only to keep the chunk whole
-                continue
-            if isinstance(result, ItemError):
-                done[item.key] = records.write_failed(item, result)
-                continue
-            try:
-                output = stage.write(item, result, storage.file_dir(stage.table, source, shard, item.key))
-            except ItemError as exc:
-                done[item.key] = records.write_failed(item, exc)
-                continue
-            done[item.key] = records.write_ok(item, output)
-        reporter.advance(sum(1 for item in chunk if item.key not in finished))
+                    continue
+                done[item.key] = records.write_ok(item, output)
+            reporter.advance(sum(1 for item in chunk if item.key not in finished))
 
     rows: list[dict] = []
     failures: dict[str, int] = {}
     for item in items:
         record = done[item.key]
         if record["status"] == "ok":
-            rows.extend(stage.rows(item, record))
+            item_rows = stage.rows(item, record)
         else:
             failures[record["error"]] = failures.get(record["error"], 0) + 1
-            rows.extend(stage.failed_rows(item, record))
+            item_rows = stage.failed_rows(item, record)
+        if stage.device is not None:
+            for row in item_rows:
+                row["device"] = record.get("device")
+        rows.extend(item_rows)
     table = table_from_records(rows, stage.table.schema)
     path = storage.write_table(stage.table, source, shard, table)
 
@@ -264,6 +285,22 @@ def run_item_stage(
         **stage.counts(rows),
     }
     return StageResult(table=table, path=path, counts=counts, samples=_samples(stage, items, done))
+
+
+@dataclass
+class _PrepareFailed:
+    error: ItemError
+
+
+def _prepare_chunk(stage: ItemStage, chunk: list[StageItem]) -> list[Any]:
+    """Each item's prepared input, or _PrepareFailed with its ItemError (runs in the prefetch thread)."""
+    prepared: list[Any] = []
+    for item in chunk:
+        try:
+            prepared.append(stage.prepare(item))
+        except ItemError as exc:
+            prepared.append(_PrepareFailed(exc))
+    return prepared
 
 
 def _samples(stage: ItemStage, items: list[StageItem], done: dict[str, dict]) -> list[tuple[str, np.ndarray]]:

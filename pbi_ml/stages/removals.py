@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from pbi_ml.config import RemovalConfig, SourceConfig
+from pbi_ml.devices import device_of
 from pbi_ml.imageio import load_rgb_path, save_png
 from pbi_ml.masks import dilate, load_image_and_mask
 from pbi_ml.stages.common import Progress, StageResult, fingerprint, fingerprint_of
@@ -29,8 +30,28 @@ INSTANCE_FIELDS = ("image_file", "width", "height", "category", "segmentation", 
 OBJECT_FIELDS = ("source", "shard", "image_id", "annotation_id", "category")
 
 
+# fields the opencv backend does not read (changing them must not redo its work)
+DIFFUSERS_ONLY_FIELDS = (
+    "model",
+    "steps",
+    "guidance_scale",
+    "resolution",
+    "prompt",
+    "negative_prompt",
+    "dtype",
+    "context",
+    "min_context_px",
+    "context_scale",
+    "compile",
+)
+
+
 def removal_config_id(config: RemovalConfig) -> str:
-    return fingerprint(config, exclude=("batch_size", "device"))
+    """What changes a removal's pixels. batch_size and device do not (the stage runs fixed
+    chunks; a device computes what another does, up to the GPU's kernels); for opencv neither do
+    the diffusers-only fields. `compile` does count: a compiled UNet need not give the same bytes."""
+    skip = ("batch_size", "device") + (DIFFUSERS_ONLY_FIELDS if config.backend == "opencv" else ())
+    return fingerprint(config, exclude=skip)
 
 
 def instance_inputs(source: SourceConfig, row: dict) -> tuple[str, ...]:
@@ -48,6 +69,7 @@ class RemovalStage(ItemStage):
         self.storage, self.source, self.shard, self.config = storage, source, shard, config
         self.batch_size = config.batch_size
         self.config_id = removal_config_id(config)
+        self.device = device_of(config)
         self._inpainter = inpainter
 
     @property
@@ -81,12 +103,14 @@ class RemovalStage(ItemStage):
 
     def compute(self, prepared: list) -> list:
         images, masks, categories = (list(x) for x in zip(*prepared, strict=True))
-        return self.inpainter.inpaint(images, masks, categories)
+        contexts = [self.inpainter.context_of(image, mask) for image, mask in zip(images, masks, strict=True)]
+        return list(zip(self.inpainter.inpaint(images, masks, categories), contexts, strict=True))
 
-    def write(self, item: StageItem, result: list[np.ndarray], directory: Path) -> ItemOutput:
+    def write(self, item: StageItem, result: tuple[list[np.ndarray], str], directory: Path) -> ItemOutput:
+        images, context = result
         labels = self.inpainter.candidate_labels()
-        files = {f"cand{k}": save_png(image, directory / f"cand{k}.png") for k, image in enumerate(result)}
-        return ItemOutput(files=files, data={"methods": [labels[k] for k in range(len(result))]})
+        files = {f"cand{k}": save_png(image, directory / f"cand{k}.png") for k, image in enumerate(images)}
+        return ItemOutput(files=files, data={"methods": [labels[k] for k in range(len(images))], "context": context})
 
     def _base(self, item: StageItem, record: dict) -> dict:
         return {
@@ -107,6 +131,7 @@ class RemovalStage(ItemStage):
                 base,
                 candidate=k,
                 method=methods[k],
+                context=record["data"].get("context"),
                 removal_image=str(self.storage.root / record["files"][f"cand{k}"]["path"]),
             )
             for k in range(len(methods))

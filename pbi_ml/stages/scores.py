@@ -14,6 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from pbi_ml.config import ScoringConfig, SourceConfig
+from pbi_ml.devices import device_of
 from pbi_ml.imageio import load_rgb_path
 from pbi_ml.masks import dilate, load_image_and_mask
 from pbi_ml.stages.common import Progress, StageResult, fingerprint, fingerprint_of
@@ -34,6 +35,7 @@ class ScoreStage(ItemStage):
         self.storage, self.source, self.shard, self.config = storage, source, shard, config
         self.batch_size = config.batch_size
         self.config_id = fingerprint(config, exclude=("batch_size", "device"))
+        self.device = device_of(config)
 
     def items(self) -> list[StageItem]:
         removals = self.storage.read_table(REMOVALS, self.source.name, self.shard).to_pylist()
