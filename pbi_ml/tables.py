@@ -262,6 +262,9 @@ CHECKPOINTS = TableSpec(
             ("resumed_from_step", pa.int64()),
             ("loss_curve", pa.string()),  # JSON [[step, loss], ...]
             ("config", pa.string()),  # JSON of the TrainConfig
+            ("world_size", pa.int64()),  # training processes (accelerate launch; 1 = in the step's process)
+            ("effective_batch_size", pa.int64()),  # samples per optimizer step, all processes
+            ("latents", pa.string()),  # on_the_fly | cache
         ]
     ),
     key=("checkpoint_id",),

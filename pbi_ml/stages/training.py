@@ -6,8 +6,17 @@ Two recipes, chosen with `recipe` (any TrainConfig field set in pbi.yaml / run c
             at 32 px on the pairs: it proves the pipeline end to end; it is NOT a useful editor and
             its metadata says so (smoke_model = true)
     paper   SPEC's recipe: SD 1.5 init (init_model), 256 px crops, Adam 5e-5, grad-clip 1,
-            batch 128/device x accumulation 4, 60 epochs, 5 %/5 %/5 % conditioning dropout,
-            location phrase with p = 0.25
+            an effective batch of 4096 (128/device, accumulation from the world size), 60
+            epochs, 5 %/5 %/5 % conditioning dropout, location phrase with p = 0.25; latents
+            cached (`latents: cache`)
+
+Both recipes cache latents (`latents: cache`, under `<data root>/global/latent_cache`, shared by
+every run): smoke too, so the demo goes through the path the paper recipe takes, and a retraining
+run on the same pairs encodes nothing. Set `latents: on_the_fly` to encode at every step.
+
+Several processes: `run_training` is what each process of an `accelerate launch` runs (the
+`checkpoint` asset launches `pbi_assets.train_entry` through Dagster Pipes); only rank 0 writes
+the checkpoints row. The world size is part of the checkpoint id.
 
 The checkpoint folder is named by a fingerprint of the config and the training pairs, so
 re-materializing with the same data resumes (or returns) that run, and new data starts a new one.
@@ -18,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,7 +47,10 @@ SMOKE_OVERRIDES = {
     "num_epochs": None,
     "max_steps": 30,
     "checkpoint_every": 10,
+    "latents": "cache",
 }
+PAPER_OVERRIDES = {"latents": "cache"}  # the rest is TrainConfig's defaults
+LATENT_CACHE = "latent_cache"  # <data root>/global/latent_cache/<vae id>/<resolution>/...
 
 
 def train_config_for(values: dict) -> tuple[str, TrainConfig]:
@@ -46,7 +59,7 @@ def train_config_for(values: dict) -> tuple[str, TrainConfig]:
     recipe = values.pop("recipe", None) or "smoke"
     if recipe not in RECIPES:
         raise ConfigError(f"checkpoint recipe {recipe!r} not one of {RECIPES}")
-    base = dict(SMOKE_OVERRIDES) if recipe == "smoke" else {}
+    base = dict(SMOKE_OVERRIDES if recipe == "smoke" else PAPER_OVERRIDES)
     base.update(values)
     return recipe, config_from_dict(TrainConfig, base)
 
@@ -81,17 +94,16 @@ def training_examples(storage: Storage) -> list:
     return examples
 
 
-def checkpoint_id(recipe: str, config, examples: list) -> str:
-    """Named by what changes the model (config without run length and I/O fields, and the data):
-    raising max_steps resumes the same run instead of starting a new one."""
+def checkpoint_id(recipe: str, config, examples: list, world_size: int = 1) -> str:
+    """Named by what changes the model (config without run length and I/O fields, the world size,
+    and the data): raising max_steps resumes the same run instead of starting a new one."""
     from pbi_ml.train.config import LENGTH_AND_IO_FIELDS
 
     model_config = {k: v for k, v in dataclasses.asdict(config).items() if k not in LENGTH_AND_IO_FIELDS}
-    blob = json.dumps(
-        {"recipe": recipe, "config": model_config, "pairs": [(e.key, e.instructions) for e in examples]},
-        sort_keys=True,
-        default=str,
-    ).encode()
+    identity = {"recipe": recipe, "config": model_config, "pairs": [(e.key, e.instructions) for e in examples]}
+    if world_size != 1:
+        identity["world_size"] = world_size
+    blob = json.dumps(identity, sort_keys=True, default=str).encode()
     return f"{recipe}-{hashlib.blake2b(blob, digest_size=6).hexdigest()}"
 
 
@@ -104,9 +116,14 @@ def run_training(
     *,
     recipe: str = "smoke",
     progress: TrainProgress | None = None,
+    device: str | None = None,
 ) -> StageResult:
     """Train on every train-split pair (`recipe` names the run: smoke or paper; build both with
-    `train_config_for`). With no train pairs, returns a result whose `skipped` says so."""
+    `train_config_for`). With no train pairs, returns a result whose `skipped` says so.
+
+    Under `accelerate launch` every process calls this (the world size comes from $WORLD_SIZE);
+    rank 0 alone writes the row. `device`: where to train instead of `config.device` (the device
+    the step leased; not part of the checkpoint id)."""
     from pbi_ml.train import train_instruct_pix2pix
 
     examples = training_examples(storage)
@@ -117,9 +134,19 @@ def run_training(
             counts={"train_pairs": 0},
             skipped="no train pairs: no pair with an instruction is in the train split",
         )
-    ckpt_id = checkpoint_id(recipe, config, examples)
+    world_size = launched_world_size()
+    ckpt_id = checkpoint_id(recipe, config, examples, world_size)
     out_dir = storage.global_dir(CHECKPOINTS.name) / ckpt_id
-    result = train_instruct_pix2pix(examples, config, out_dir, progress=progress)
+    result = train_instruct_pix2pix(
+        examples,
+        config,
+        out_dir,
+        progress=progress,
+        latent_cache_dir=storage.global_dir(LATENT_CACHE),
+        device=device,
+    )
+    if result.world_size != world_size:
+        raise ConfigError(f"training ran on {result.world_size} processes, $WORLD_SIZE said {world_size}")
     row = {
         "checkpoint_id": ckpt_id,
         "recipe": recipe,
@@ -135,14 +162,29 @@ def run_training(
         "resumed_from_step": result.resumed_from_step,
         "loss_curve": json.dumps([[int(s), float(loss)] for s, loss in result.loss_curve]),
         "config": json.dumps(dataclasses.asdict(config), default=str),
+        "world_size": int(result.world_size),
+        "effective_batch_size": int(result.per_process_batch * result.accumulation * result.world_size),
+        "latents": result.latents,
     }
     table = table_from_records([row], CHECKPOINTS.schema)
+    counts = {
+        "steps": row["steps"],
+        "train_pairs": row["train_pairs"],
+        "latents_encoded": result.latents_encoded,
+        "latents_reused": result.latents_reused,
+    }
+    extra = {"result": result, "checkpoint_id": ckpt_id, "recipe": recipe}
+    if result.process_index != 0:  # rank 0 writes the row (the others return theirs unwritten)
+        return StageResult(table=table, path=None, counts=counts, extra=extra)
     path = storage.write_table(CHECKPOINTS, recipe, ckpt_id, table)
     atomic_write_bytes(storage.global_dir(CHECKPOINTS.name) / "LATEST", ckpt_id.encode())
-    counts = {"steps": row["steps"], "train_pairs": row["train_pairs"]}
-    return StageResult(
-        table=table, path=path, counts=counts, extra={"result": result, "checkpoint_id": ckpt_id, "recipe": recipe}
-    )
+    return StageResult(table=table, path=path, counts=counts, extra=extra)
+
+
+def launched_world_size() -> int:
+    """The number of training processes this one belongs to: $WORLD_SIZE under accelerate launch
+    / torchrun, else 1."""
+    return int(os.environ.get("WORLD_SIZE") or 1)
 
 
 def latest_checkpoint(storage: Storage) -> dict:

@@ -1,8 +1,8 @@
 """Training configuration of the InstructPix2Pix-style "add an object" model.
 
 Defaults are the paper's recipe (SPEC.md, row "model"): SD 1.5 init, 256 px crops, Adam
-lr 5e-5 without warm-up, gradient clipping at 1, batch 128 per GPU x 8 GPUs x accumulation 4 =
-4096, 60 epochs, conditioning dropout 5 % text / 5 % image / 5 % both, and the location phrase
+lr 5e-5 without warm-up, gradient clipping at 1, an effective batch of 4096 (batch 128 per GPU x
+8 GPUs x accumulation 4; written as 128 x accumulation 32 on one process, see below), 60 epochs, conditioning dropout 5 % text / 5 % image / 5 % both, and the location phrase
 appended with probability 0.25.
 
 Crops (`crop`): the model trains on `resolution` x `resolution` squares of each pair.
@@ -21,6 +21,26 @@ The location phrase (" at the top left") always describes where the object is in
 model sees: the 3x3 grid cell of the object mask's centre inside the crop (see
 `pbi_ml.train.data`).
 
+Batch over several processes (`num_processes`, one per device; `accelerate launch`). The
+effective batch E (samples per optimizer step, all processes together) is `effective_batch_size`,
+or `train_batch_size x gradient_accumulation_steps` when that is unset (what one process does with
+the config as written). On W processes `batch_plan` keeps every micro-batch at most
+`train_batch_size` per process and accumulates as few micro-batches as reach E:
+
+    accumulation = ceil(E / (train_batch_size x W)),  per-process batch = E / (accumulation x W)
+
+which must be a whole number, else ConfigError (e.g. E = 4096, batch 128: W = 8 -> 128 x 4,
+W = 1 -> 128 x 32; E = 4, batch 4, W = 2 -> 2 x 1). The world size is part of a run's identity
+(each process draws its own noise), so a run resumes only with the world size it started with.
+
+Latents (`latents`): `on_the_fly` VAE-encodes both images of every sample at every step (the
+original trainer); `cache` encodes each pair once per crop plan (`pbi_ml.train.latents`) and
+trains from the stored latent distributions (target: mean and std, sampled per step exactly as
+on the fly; source: its mode). A pair whose resized image is not a single square gets
+`latent_crops` fixed crop plans (derived from the pair, not the seed) instead of a fresh random
+crop per sample; each sample picks one of them with its seeded generator. Where the crop is unique
+(square pairs, `crop: squash`) both modes see the same samples and the same noise.
+
 `init_model="tiny"` is the embedded CPU default: a tiny random SD built from config
 (`pbi_ml.tiny_sd`), no download. Its result is a smoke test of the training code path, not a
 useful editor (`TrainResult.smoke_model` is True).
@@ -35,10 +55,19 @@ from pbi_ml.errors import ConfigError
 TINY_MODEL = "tiny"
 MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
 CROP_CHOICES = ("object", "squash", "random")
+LATENTS_CHOICES = ("on_the_fly", "cache")
 
 # Fields that do not change the training trajectory: a run may resume with other values of these.
 # Every other field must match the checkpoint's, or resuming would silently mix two recipes.
-LENGTH_AND_IO_FIELDS = ("num_epochs", "max_steps", "checkpoint_every", "keep_checkpoints", "dataloader_workers")
+# `num_processes` is a launch field: the resolved world size is fingerprinted in its place.
+LENGTH_AND_IO_FIELDS = (
+    "num_epochs",
+    "max_steps",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "dataloader_workers",
+    "num_processes",
+)
 
 
 @dataclass(frozen=True)
@@ -56,8 +85,12 @@ class TrainConfig:
     weight_decay: float = 0.0
     epsilon: float = 1e-8
     max_grad_norm: float = 1.0
-    train_batch_size: int = 128  # per device (paper: 128/GPU x 8 A100 x accumulation 4 = 4096)
-    gradient_accumulation_steps: int = 4
+    train_batch_size: int = 128  # per device at most (paper: 128/GPU x 8 A100 x accumulation 4 = 4096)
+    # on one process: 128 x 32 = 4096, the paper's effective batch; on W processes `batch_plan`
+    # recomputes it (8 GPUs: 128 x 4)
+    gradient_accumulation_steps: int = 32
+    effective_batch_size: int | None = None  # samples per optimizer step, all processes (None: batch x accumulation)
+    num_processes: int | None = None  # training processes (accelerate launch); None: one per device of the step
     num_epochs: int | None = 60
     max_steps: int | None = None  # optimizer steps; overrides num_epochs when set
     text_dropout: float = 0.05  # SPEC: 5 % text only ...
@@ -72,6 +105,8 @@ class TrainConfig:
     seed: int = 0
     dataloader_workers: int = 0
     device: str = "auto"  # "auto" = cuda if available else cpu
+    latents: str = "on_the_fly"  # on_the_fly | cache (module docstring; the paper recipe caches)
+    latent_crops: int = 4  # latents: cache: fixed crop plans per pair whose crop is not unique
 
     def __post_init__(self):
         if self.resolution < 8:
@@ -97,10 +132,43 @@ class TrainConfig:
             )
         if self.checkpoint_every < 1 or self.keep_checkpoints < 1:
             raise ConfigError("TrainConfig: checkpoint_every and keep_checkpoints must be >= 1")
+        if self.effective_batch_size is not None and self.effective_batch_size < 1:
+            raise ConfigError(f"TrainConfig.effective_batch_size={self.effective_batch_size}: must be >= 1")
+        if self.num_processes is not None and self.num_processes < 1:
+            raise ConfigError(f"TrainConfig.num_processes={self.num_processes}: must be >= 1")
+        if self.latents not in LATENTS_CHOICES:
+            raise ConfigError(f"TrainConfig.latents={self.latents!r} not one of {LATENTS_CHOICES}")
+        if self.latent_crops < 1:
+            raise ConfigError(f"TrainConfig.latent_crops={self.latent_crops}: must be >= 1")
 
     @property
     def is_tiny(self) -> bool:
         return self.init_model == TINY_MODEL
+
+    @property
+    def effective_batch(self) -> int:
+        """Samples per optimizer step over all processes."""
+        if self.effective_batch_size is not None:
+            return self.effective_batch_size
+        return self.train_batch_size * self.gradient_accumulation_steps
+
+
+def batch_plan(config: TrainConfig, world_size: int) -> tuple[int, int]:
+    """(per-process micro-batch, gradient accumulation) that make the effective batch on
+    `world_size` processes (rule in the module docstring); ConfigError when it does not divide."""
+    if world_size < 1:
+        raise ConfigError(f"world size {world_size}: must be >= 1")
+    effective = config.effective_batch
+    accumulation = -(-effective // (config.train_batch_size * world_size))
+    per_process, rest = divmod(effective, accumulation * world_size)
+    if rest or per_process < 1:
+        raise ConfigError(
+            f"TrainConfig: effective batch {effective} does not split over {world_size} process(es) with at most "
+            f"train_batch_size={config.train_batch_size} per micro-batch (accumulation {accumulation} would need "
+            f"{effective / (accumulation * world_size):g} per process); choose effective_batch_size (or "
+            f"train_batch_size x gradient_accumulation_steps) as a multiple of train_batch_size x {world_size}"
+        )
+    return per_process, accumulation
 
 
 def resolve_mixed_precision(mixed_precision: str, device: str) -> str:

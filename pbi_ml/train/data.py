@@ -6,6 +6,12 @@ run can skip exactly the batches its checkpoint already consumed:
 
     order of epoch e         rng(ORDER, seed, e)            a permutation of the examples
     sample i of epoch e      rng(SAMPLE, seed, e, i)        crop offset, instruction kind, location coin
+    fixed crop k of a pair   rng(CROPS, hash(pair key), k, 0)   `latents: cache` only (no seed: the
+                                                            cache is shared by every run)
+
+With `latents: cache` a sample draws, instead of the crop offset, which of its pair's fixed crop
+plans it uses (no draw when the pair has a single one, as a square pair has; the crop offset of a
+square pair draws nothing either, so both modes then consume the generator alike).
 
 Crops (`TrainConfig.crop`, see `pbi_ml.train.config`): `crop_plan` decides the resize and the
 square box; "object" draws the box uniformly among those that contain the whole edit mask. The
@@ -20,6 +26,7 @@ the top right, i.e. break the location phrases.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -33,7 +40,7 @@ from pbi_ml.masks import object_location
 
 # Purpose tags keep the seed sequences of different uses apart (same length on purpose:
 # NumPy's SeedSequence treats [a, b] and [a, b, 0] alike).
-_ORDER, _SAMPLE, _STEP = 1, 2, 3
+_ORDER, _SAMPLE, _STEP, _CROPS = 1, 2, 3, 4
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,11 @@ class TrainingExample:
 
 def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng([int(k) for k in key])
+
+
+def key_seed(key: str) -> int:
+    """A 63-bit integer from a pair key (seeds its fixed crop plans)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") >> 1
 
 
 def step_seed(seed: int, micro_batch: int, process_index: int = 0) -> int:
@@ -216,12 +228,14 @@ class PairDataset:
         location_prob: float,
         seed: int,
         crop: str = "object",
+        latent_crops: int = 4,
     ):
         self.examples = list(examples)
         self.resolution = resolution
         self.location_prob = location_prob
         self.seed = seed
         self.crop = crop
+        self.latent_crops = latent_crops
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -240,7 +254,7 @@ class PairDataset:
         """(crop plan, location of the object in the crop, the sample's generator after the crop
         draws) of example `index` in `epoch`, whose images are `size` (width, height)."""
         example = self.examples[index]
-        rng = _rng(_SAMPLE, self.seed, epoch, index)
+        rng = self.sample_rng(epoch, index)
         object_mask = self._mask(example.mask, size, example)
         edit_mask = self._mask(example.edit_mask, size, example)
         keep = edit_mask if edit_mask is not None else object_mask
@@ -251,19 +265,53 @@ class PairDataset:
         location = location_in_crop(where, plan) if where is not None else example.object_location
         return plan, location, rng
 
-    def sample(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray, str]:
-        """(source CHW float32, target CHW float32, instruction) of example `index` in `epoch`."""
+    def sample_rng(self, epoch: int, index: int) -> np.random.Generator:
+        """The generator of sample `index` in `epoch` (crop draws first, then the instruction)."""
+        return _rng(_SAMPLE, self.seed, epoch, index)
+
+    def fixed_plans(self, index: int, size: tuple[int, int]) -> list[tuple[CropPlan, str | None]]:
+        """The pair's fixed crop plans for `latents: cache` (distinct, in draw order) with the
+        object's location in each: up to `latent_crops` plans drawn by rng(CROPS, pair key, k)."""
         example = self.examples[index]
-        source = Image.fromarray(load_rgb_path(example.source_image))
-        target = Image.fromarray(load_rgb_path(example.target_image))
-        if source.size != target.size:
-            raise ItemError(reasons.PAIR_SIZE_MISMATCH, f"{example.key}: source {source.size} vs target {target.size}")
-        plan, location, rng = self.plan(epoch, index, target.size)
+        object_mask = self._mask(example.mask, size, example)
+        edit_mask = self._mask(example.edit_mask, size, example)
+        keep = edit_mask if edit_mask is not None else object_mask
+        box = mask_box(keep) if keep is not None else None
+        where = object_mask if object_mask is not None else edit_mask
+        plans: dict[tuple, tuple[CropPlan, str | None]] = {}
+        for k in range(self.latent_crops):
+            plan = crop_plan(
+                size[0], size[1], self.resolution, self.crop, box, _rng(_CROPS, key_seed(example.key), k, 0)
+            )
+            if (plan.size, plan.box) not in plans:
+                location = location_in_crop(where, plan) if where is not None else example.object_location
+                plans[(plan.size, plan.box)] = (plan, location)
+        return list(plans.values())
+
+    def instruction(self, index: int, rng: np.random.Generator, location: str | None) -> str:
+        """The sample's instruction: a kind drawn uniformly, then the location coin."""
+        example = self.examples[index]
         if not example.instructions:
             raise ItemError(reasons.NO_INSTRUCTION, example.key)
         instruction = example.instructions[int(rng.integers(0, len(example.instructions)))]
         if rng.random() < self.location_prob and location:
             instruction = with_location(instruction, location)
+        return instruction
+
+    def images(self, index: int) -> tuple[Image.Image, Image.Image]:
+        """(source, target) of example `index`, checked to be the same size."""
+        example = self.examples[index]
+        source = Image.fromarray(load_rgb_path(example.source_image))
+        target = Image.fromarray(load_rgb_path(example.target_image))
+        if source.size != target.size:
+            raise ItemError(reasons.PAIR_SIZE_MISMATCH, f"{example.key}: source {source.size} vs target {target.size}")
+        return source, target
+
+    def sample(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray, str]:
+        """(source CHW float32, target CHW float32, instruction) of example `index` in `epoch`."""
+        source, target = self.images(index)
+        plan, location, rng = self.plan(epoch, index, target.size)
+        instruction = self.instruction(index, rng, location)
         return to_model_range(apply_plan(source, plan)), to_model_range(apply_plan(target, plan)), instruction
 
     def __getitem__(self, key: tuple[int, int]) -> dict:

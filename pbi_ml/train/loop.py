@@ -25,6 +25,15 @@ Layout of output_dir:
     loss_curve.json              [[step, loss], ...] of the whole run (resumed runs included)
     pipeline/                    StableDiffusionInstructPix2PixPipeline.save_pretrained (atomic)
     training_summary.json
+
+Several processes (`accelerate launch`, one per device): `batch_plan` sets the per-process batch
+and the accumulation so the effective batch is the config's; process r takes every W-th example
+of each global micro-batch and draws from its own generators (seeded by (seed, micro-batch, r)).
+Rank 0 alone writes the checkpoints' extra files, the loss curve and the pipeline; every process
+loads the same checkpoint on resume. The world size is part of the run's identity.
+
+`latents: cache` (see `pbi_ml.train.latents`): before the first step the missing pairs are
+encoded into the latent cache; the loop then reads latent distributions instead of pixels.
 """
 
 from __future__ import annotations
@@ -44,7 +53,7 @@ from typing import cast
 
 from pbi_ml.errors import ConfigError
 from pbi_ml.storage import atomic_write_bytes
-from pbi_ml.train.config import LENGTH_AND_IO_FIELDS, TrainConfig, resolve_mixed_precision
+from pbi_ml.train.config import LENGTH_AND_IO_FIELDS, TrainConfig, batch_plan, resolve_mixed_precision
 from pbi_ml.train.data import (
     PairDataset,
     TrainingExample,
@@ -70,6 +79,13 @@ class TrainResult:
     smoke_model: bool  # True: tiny random init, a smoke test of the code path, not a useful editor
     checkpoints: list[str]
     config: dict
+    world_size: int = 1  # training processes
+    process_index: int = 0  # this process's rank (only rank 0's result is complete on disk)
+    per_process_batch: int = 0  # micro-batch of one process
+    accumulation: int = 1  # micro-batches per optimizer step
+    latents: str = "on_the_fly"
+    latents_encoded: int = 0  # pairs encoded into the latent cache by this call, all processes
+    latents_reused: int = 0  # pairs found in the latent cache, all processes
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,6 +149,17 @@ def denoising_loss(
     return F.mse_loss(model_pred.float(), target.float(), reduction="mean")
 
 
+def cached_pair_latents(batch, scaling_factor: float, generator, device, dtype):
+    """`encode_pair` from a batch of cached latent distributions (`pbi_ml.train.latents`): the
+    target sampled with the same draw `latent_dist.sample(generator)` makes, the source's mode."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    mean = batch["target_mean"].to(device, dtype=dtype)
+    std = batch["target_std"].to(device, dtype=dtype)
+    sample = mean + std * randn_tensor(mean.shape, generator=generator, device=device, dtype=dtype)
+    return sample * scaling_factor, batch["source_mean"].to(device, dtype=dtype)
+
+
 def instruct_pix2pix_loss(
     unet,
     vae,
@@ -173,8 +200,9 @@ def instruct_pix2pix_loss(
 # Checkpoints
 
 
-def _run_identity(examples: list[TrainingExample], config: TrainConfig) -> dict:
-    """What must match for a checkpoint to be resumed: the config (except length / IO fields) and the data."""
+def _run_identity(examples: list[TrainingExample], config: TrainConfig, world_size: int = 1) -> dict:
+    """What must match for a checkpoint to be resumed: the config (except length / IO fields), the
+    world size and the data."""
     trajectory = {k: v for k, v in dataclasses.asdict(config).items() if k not in LENGTH_AND_IO_FIELDS}
     data = hashlib.blake2b(
         json.dumps(
@@ -185,7 +213,10 @@ def _run_identity(examples: list[TrainingExample], config: TrainConfig) -> dict:
         ).encode(),
         digest_size=16,
     ).hexdigest()
-    return {"config": trajectory, "examples": len(examples), "examples_fingerprint": data}
+    identity = {"config": trajectory, "examples": len(examples), "examples_fingerprint": data}
+    if world_size != 1:  # (one process: the identity of runs saved before world sizes were recorded)
+        identity["world_size"] = world_size
+    return identity
 
 
 def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
@@ -248,13 +279,18 @@ def train_instruct_pix2pix(
     config: TrainConfig,
     output_dir: str | Path,
     progress: Callable[[int, int, float], None] | None = None,
+    *,
+    latent_cache_dir: str | Path | None = None,
+    device: str | None = None,
 ) -> TrainResult:
     """Train (or resume training) an InstructPix2Pix model on `examples`; save the pipeline.
 
     `progress(step, total_steps, loss)` is called after every optimizer step. Re-running with the
     same examples and config in the same `output_dir` resumes from the latest checkpoint (and a
     finished run just re-saves its pipeline). Returns a TrainResult; see the module docstring for
-    the files written.
+    the files written. `latent_cache_dir`: the latent cache's root (`latents: cache`; default
+    output_dir/latent_cache). `device`: run there instead of `config.device` (a launcher's choice,
+    not part of the run's identity).
     """
     import torch
     from accelerate import Accelerator
@@ -268,18 +304,19 @@ def train_instruct_pix2pix(
     started = time.perf_counter()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    device_name = resolve_device(config.device)
+    device_name = resolve_device(device or config.device)
     mixed_precision = resolve_mixed_precision(config.mixed_precision, device_name)
-    accum = config.gradient_accumulation_steps
     accelerator = Accelerator(
-        gradient_accumulation_steps=accum,
         mixed_precision=mixed_precision,
         project_dir=str(output_dir),
         cpu=device_name == "cpu",
     )
-    device = accelerator.device
+    num_processes, rank = accelerator.num_processes, accelerator.process_index
+    batch_size, accum = batch_plan(config, num_processes)
+    accelerator.gradient_accumulation_steps = accum
+    torch_device = accelerator.device
     deterministic_before = torch.are_deterministic_algorithms_enabled()
-    if device.type == "cpu":
+    if torch_device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         set_seed(config.seed)
@@ -303,7 +340,7 @@ def train_instruct_pix2pix(
             )
         unet, optimizer = accelerator.prepare(unet, optimizer)
         if ema is not None:
-            ema.to(device)
+            ema.to(torch_device)
             accelerator.register_for_checkpointing(ema)
 
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
@@ -312,18 +349,17 @@ def train_instruct_pix2pix(
         frozen_fp32 = None
         if weight_dtype != torch.float32:
             frozen_fp32 = (copy.deepcopy(parts.vae), copy.deepcopy(parts.text_encoder))
-        vae, text_encoder = parts.vae.to(device), parts.text_encoder.to(device)
+        vae, text_encoder = parts.vae.to(torch_device), parts.text_encoder.to(torch_device)
         if weight_dtype != torch.float32:
             vae, text_encoder = vae.to(dtype=weight_dtype), text_encoder.to(dtype=weight_dtype)
 
-        num_processes, rank = accelerator.num_processes, accelerator.process_index
-        per_epoch = micro_batches_per_epoch(len(examples), config.train_batch_size, num_processes)
+        per_epoch = micro_batches_per_epoch(len(examples), batch_size, num_processes)
         if config.max_steps is not None:
             total_steps = config.max_steps
         else:
             assert config.num_epochs is not None, "TrainConfig requires num_epochs or max_steps"
             total_steps = math.ceil(config.num_epochs * per_epoch / accum)
-        identity = _run_identity(examples, config)
+        identity = _run_identity(examples, config, num_processes)
 
         # ---- resume
         loss_curve: list[tuple[int, float]] = []
@@ -348,16 +384,54 @@ def train_instruct_pix2pix(
             if ema is not None:
                 # accelerate loads registered objects' state with map_location="cpu": the EMA shadow
                 # comes back on the CPU whatever the device, and the next ema.step on CUDA would fail
-                ema.to(device)
+                ema.to(torch_device)
             accelerator.step = step * accum  # micro-batch counter of gradient accumulation (also in the state)
             loss_curve = [(int(s), float(loss)) for s, loss in json.loads((ckpt / "loss_curve.json").read_text())]
             resumed_from = global_step = step
 
         with torch.no_grad():
-            null_text_embeds = encode_prompts(parts.tokenizer, text_encoder, [""], device)
+            null_text_embeds = encode_prompts(parts.tokenizer, text_encoder, [""], torch_device)
+
+        # ---- the data (and the latent cache)
+        dataset = PairDataset(
+            examples,
+            config.resolution,
+            config.location_prob,
+            config.seed,
+            crop=config.crop,
+            latent_crops=config.latent_crops,
+        )
+        encoded = reused = 0
+        if config.latents == "cache":
+            from pbi_ml.train.latents import (
+                CachedLatentDataset,
+                LatentCache,
+                build_cache,
+                collate_latents,
+                vae_identity,
+            )
+
+            cache_root = Path(latent_cache_dir) if latent_cache_dir is not None else output_dir / "latent_cache"
+            cache = LatentCache(cache_root, vae_identity(vae, weight_dtype), config.resolution)
+            keys, stats = build_cache(
+                dataset,
+                cache,
+                vae,
+                torch_device,
+                weight_dtype,
+                batch_size,
+                process_index=rank,
+                num_processes=num_processes,
+            )
+            counts = torch.tensor([stats.pairs_encoded, stats.pairs_reused], device=torch_device)
+            summed = cast(torch.Tensor, accelerator.reduce(counts, reduction="sum"))
+            encoded, reused = (int(v) for v in summed.tolist())
+            accelerator.wait_for_everyone()
+            loader_dataset, collate_fn = CachedLatentDataset(dataset, cache, keys), collate_latents
+        else:
+            loader_dataset, collate_fn = dataset, collate
 
         # ---- train
-        dataset = PairDataset(examples, config.resolution, config.location_prob, config.seed, crop=config.crop)
         micro = global_step * accum  # index in the flat micro-batch stream
         step_losses: list[float] = []
         samples_seen = 0
@@ -365,34 +439,49 @@ def train_instruct_pix2pix(
         unet.train()
         while global_step < total_steps:
             epoch, offset = divmod(micro, per_epoch)
-            batches = epoch_batches(len(examples), config.train_batch_size, config.seed, epoch, num_processes, rank)[
-                offset:
-            ]
+            batches = epoch_batches(len(examples), batch_size, config.seed, epoch, num_processes, rank)[offset:]
             loader = torch.utils.data.DataLoader(
                 # a map-style dataset by duck typing (__getitem__ / __len__), keyed by (epoch, index)
-                cast(torch.utils.data.Dataset[dict], dataset),
+                cast(torch.utils.data.Dataset[dict], loader_dataset),
                 batch_sampler=[[(epoch, i) for i in batch] for batch in batches],
-                collate_fn=collate,
+                collate_fn=collate_fn,
                 num_workers=config.dataloader_workers,
             )
             for batch in loader:
                 with accelerator.accumulate(unet):
-                    generator = torch.Generator(device=device).manual_seed(step_seed(config.seed, micro, rank))
+                    generator = torch.Generator(device=torch_device).manual_seed(step_seed(config.seed, micro, rank))
                     with torch.no_grad():
-                        text_embeds = encode_prompts(parts.tokenizer, text_encoder, batch["instructions"], device)
-                    loss = instruct_pix2pix_loss(
-                        unet,
-                        vae,
-                        parts.noise_scheduler,
-                        batch["source_pixel_values"].to(device, dtype=weight_dtype),
-                        batch["target_pixel_values"].to(device, dtype=weight_dtype),
-                        text_embeds,
-                        null_text_embeds,
-                        generator,
-                        config.text_dropout,
-                        config.image_dropout,
-                        config.both_dropout,
-                    )
+                        text_embeds = encode_prompts(parts.tokenizer, text_encoder, batch["instructions"], torch_device)
+                    if config.latents == "cache":
+                        latents, image_embeds = cached_pair_latents(
+                            batch, vae.config.scaling_factor, generator, torch_device, weight_dtype
+                        )
+                        loss = denoising_loss(
+                            unet,
+                            parts.noise_scheduler,
+                            latents,
+                            image_embeds,
+                            text_embeds,
+                            null_text_embeds,
+                            generator,
+                            config.text_dropout,
+                            config.image_dropout,
+                            config.both_dropout,
+                        )
+                    else:
+                        loss = instruct_pix2pix_loss(
+                            unet,
+                            vae,
+                            parts.noise_scheduler,
+                            batch["source_pixel_values"].to(torch_device, dtype=weight_dtype),
+                            batch["target_pixel_values"].to(torch_device, dtype=weight_dtype),
+                            text_embeds,
+                            null_text_embeds,
+                            generator,
+                            config.text_dropout,
+                            config.image_dropout,
+                            config.both_dropout,
+                        )
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(unet.parameters(), config.max_grad_norm)
@@ -452,6 +541,13 @@ def train_instruct_pix2pix(
             smoke_model=parts.smoke_model,
             checkpoints=[str(p) for _, p in list_checkpoints(output_dir)],
             config=dataclasses.asdict(config),
+            world_size=num_processes,
+            process_index=rank,
+            per_process_batch=batch_size,
+            accumulation=accum,
+            latents=config.latents,
+            latents_encoded=encoded,
+            latents_reused=reused,
         )
         if accelerator.is_main_process:
             _write_json(output_dir / "loss_curve.json", [[s, loss] for s, loss in loss_curve])
@@ -461,7 +557,7 @@ def train_instruct_pix2pix(
                 micro_batches_per_epoch=per_epoch,
                 num_processes=num_processes,
                 mixed_precision=accelerator.mixed_precision,
-                device=str(device),
+                device=str(torch_device),
                 examples=len(examples),
                 samples_this_call=samples_seen,
             )
