@@ -1,6 +1,5 @@
 """Exports, the trained checkpoint, and its evaluation (unpartitioned: they read all partitions)."""
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +8,7 @@ import dagster as dg
 from pbi_assets.assets.catalog import catalog
 from pbi_assets.assets.gpu import GPU_POOL, GPU_TAGS
 from pbi_assets.execution import stage_op_tags
-from pbi_assets.metadata import histogram_markdown, loss_curve_markdown, thumbnails_markdown
+from pbi_assets.metadata import thumbnails_markdown
 from pbi_assets.resources import PBIProject
 from pbi_assets.run_config import CheckpointRunConfig, EvaluationRunConfig, ExportsRunConfig
 
@@ -61,40 +60,17 @@ def skipped_result(context: dg.AssetExecutionContext, why: str, **numbers: int) 
         "channels, zero-initialised; VAE and text encoder frozen; accelerate). recipe `smoke` (default: "
         "a tiny random model a few steps on CPU - NOT a useful editor, labelled smoke_model) or `paper` "
         "(SPEC: SD 1.5 init, 256 px, Adam 5e-5, grad-clip 1, 5/5/5 % conditioning dropout, location "
-        "phrase p=0.25). Checkpoints every N steps; resumes after a crash; saves a diffusers "
-        "StableDiffusionInstructPix2PixPipeline."
+        "phrase p=0.25, cached latents). One process per leased device (or num_processes): several "
+        "train through Dagster Pipes (accelerate launch; logs, loss curve and metadata come back through "
+        "Pipes), the effective batch kept. Checkpoints every N steps; resumes after a crash; saves a "
+        "diffusers StableDiffusionInstructPix2PixPipeline."
     ),
 )
 def checkpoint(context: dg.AssetExecutionContext, pbi: PBIProject, config: CheckpointRunConfig) -> dg.MaterializeResult:
-    from pbi_ml.stages.training import run_training, train_config_for
+    from pbi_assets.training_launch import train_checkpoint
 
-    def progress(step: int, total: int, loss: float) -> None:
-        if step == total or step % 10 == 0:
-            context.log.info(f"training step {step}/{total} loss {loss:.4f}")
-
-    recipe, train_config = train_config_for(pbi.stage_values("checkpoint", config))
-    result = run_training(pbi.storage(), train_config, recipe=recipe, progress=progress)
-    if result.skipped:
-        return skipped_result(context, result.skipped, train_pairs=0)
-    row = result.table.to_pylist()[0]
-    curve = json.loads(row["loss_curve"])
-    meta = {
-        "checkpoint_id": row["checkpoint_id"],
-        "recipe": row["recipe"],
-        "smoke_model": row["smoke_model"],
-        "pipeline_dir": dg.MetadataValue.path(row["pipeline_dir"]),
-        "train_pairs": row["train_pairs"],
-        "steps": row["steps"],
-        "final_loss": row["final_loss"],
-        "samples_per_second": row["samples_per_second"],
-        "wall_time_s": row["wall_time_s"],
-        "resumed_from_step": row["resumed_from_step"] if row["resumed_from_step"] is not None else -1,
-        "loss_curve": loss_curve_markdown(curve),
-        "loss_histogram": histogram_markdown([loss for _, loss in curve], title="training loss"),
-    }
-    if row["smoke_model"]:
-        meta["warning"] = "SMOKE MODEL: tiny random architecture trained a few steps on CPU; not a useful editor."
-    return dg.MaterializeResult(metadata=meta)
+    # its devices leased, in process on one, through Pipes + accelerate launch on several
+    return train_checkpoint(context, pbi, pbi.stage_values("checkpoint", config))
 
 
 @dg.asset(
