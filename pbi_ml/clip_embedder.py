@@ -32,6 +32,7 @@ import logging
 import os
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, cast
 
@@ -251,19 +252,22 @@ class ClipEmbedder:
         from PIL import Image
 
         model, preprocess, _, device = self._loaded()
+
+        def prepared(image: np.ndarray):
+            array = np.asarray(image)
+            if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+                raise ValueError(f"embed_images wants HxWx3 uint8 arrays, got {array.dtype} {array.shape}")
+            return preprocess(Image.fromarray(array))
+
         out = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            tensors = []
-            for image in chunk:
-                array = np.asarray(image)
-                if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-                    raise ValueError(f"embed_images wants HxWx3 uint8 arrays, got {array.dtype} {array.shape}")
-                tensors.append(preprocess(Image.fromarray(array)))
-            batch = torch.stack(tensors).to(device, dtype=self._model_dtype())
-            with torch.inference_mode():
-                features = model.encode_image(batch)
-            out.append(_normalise(features))
+        # PIL's resize releases the GIL: a few threads keep a GPU's CLIP fed (one core does ~1,000/s)
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            for start in range(0, len(images), self.batch_size):
+                tensors = list(pool.map(prepared, images[start : start + self.batch_size]))
+                batch = torch.stack(tensors).to(device, dtype=self._model_dtype())
+                with torch.inference_mode():
+                    features = model.encode_image(batch)
+                out.append(_normalise(features))
         return _stack(out)
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
