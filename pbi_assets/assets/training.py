@@ -6,7 +6,7 @@ from typing import Any
 import dagster as dg
 
 from pbi_assets.assets.catalog import catalog
-from pbi_assets.assets.gpu import GPU_POOL, GPU_TAGS
+from pbi_assets.assets.gpu import GPU_POOL, GPU_TAGS, on_a_device
 from pbi_assets.execution import stage_op_tags
 from pbi_assets.metadata import thumbnails_markdown
 from pbi_assets.resources import PBIProject
@@ -90,12 +90,14 @@ def checkpoint(context: dg.AssetExecutionContext, pbi: PBIProject, config: Check
 def evaluation(context: dg.AssetExecutionContext, pbi: PBIProject, config: EvaluationRunConfig) -> dg.MaterializeResult:
     from pbi_ml.stages.evaluation import METRICS, EvaluationConfig, run_evaluation
 
-    stage_config = pbi.stage_config("evaluation", EvaluationConfig, config)
-    result = run_evaluation(pbi.storage(), stage_config)
+    with on_a_device(context, pbi, pbi.stage_config("evaluation", EvaluationConfig, config)) as step:
+        stage_config = step.config
+        result = run_evaluation(pbi.storage(), stage_config)
     if result.skipped:
         return skipped_result(context, result.skipped)
     ckpt = result.extra["checkpoint"]
     meta: dict[str, Any] = {"checkpoint_id": ckpt["checkpoint_id"], "smoke_model": bool(ckpt["smoke_model"])}
+    meta.update(step.metadata)
     for row in result.table.to_pylist():
         meta[f"{row['benchmark']}/n"] = row["n"]
         for m in METRICS:
