@@ -1,0 +1,201 @@
+"""deploy/: the Dockerfile, the Helm values and the manifests agree with the code.
+
+Parsed, not built (no registry, no cluster here): every YAML file parses; the image's command and
+the chart's code server serve a module that exists and holds the Definitions; every environment
+variable they set is one the code (or the library named) reads; the data volume is the one the
+steps' op tags mount, a ReadWriteMany claim, where PBI_DATA_ROOT lies; and a step pod built by
+dagster-k8s from these values plus the step's op tags has that volume exactly once and the
+stage's own resources.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import re
+import shlex
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+# variables read by a library, not by our code: where they are read
+LIBRARY_VARS = {"HF_HOME": "huggingface_hub.constants", "DAGSTER_HOME": "dagster._core.instance.config"}
+PBI_SOURCES = [p for folder in ("pbi_ml", "pbi_assets") for p in (ROOT / folder).rglob("*.py")]
+
+
+def _values() -> dict:
+    return yaml.safe_load((DEPLOY / "values.yaml").read_text())
+
+
+def _deployment() -> dict:
+    [deployment] = _values()["dagster-user-deployments"]["deployments"]
+    return deployment
+
+
+def _dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of deploy/Dockerfile, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", (DEPLOY / "Dockerfile").read_text())
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+def _dockerfile_env() -> dict[str, str]:
+    env = {}
+    for instruction, args in _dockerfile():
+        if instruction == "ENV":
+            for item in shlex.split(args):
+                name, _, value = item.partition("=")
+                env[name] = value
+    return env
+
+
+def _read_by_the_code(name: str) -> bool:
+    if name in LIBRARY_VARS:
+        spec = importlib.util.find_spec(LIBRARY_VARS[name])
+        return spec is not None and spec.origin is not None and f'"{name}"' in Path(spec.origin).read_text()
+    return any(f'"{name}"' in path.read_text() for path in PBI_SOURCES)
+
+
+def _code_location(args: list[str]) -> dg.Definitions:
+    """The Definitions that `-m MODULE -a ATTR` names (what the code server loads)."""
+    module = args[args.index("-m") + 1]
+    attribute = args[args.index("-a") + 1]
+    assert importlib.util.find_spec(module) is not None, f"{module} does not exist"
+    defs = getattr(importlib.import_module(module), attribute)
+    assert isinstance(defs, dg.Definitions)
+    return defs
+
+
+@pytest.mark.parametrize("name", ["values.yaml", "pvc.yaml", "dagster-postgres.yaml"])
+def test_the_yaml_files_parse(name):
+    assert isinstance(yaml.safe_load((DEPLOY / name).read_text()), dict)
+
+
+def test_the_dockerfile_installs_the_project_non_editable_on_cuda_and_serves_the_code_location():
+    steps = _dockerfile()
+    base = next(args for instruction, args in steps if instruction == "FROM")
+    assert base.startswith("nvidia/cuda:") and "runtime" in base
+    installs = [args for instruction, args in steps if instruction == "RUN" and "pip install" in args]
+    project = [args for args in installs if "/tmp/pbi-src[" in args]
+    assert project and " -e " not in project[0] and "--editable" not in project[0], "non-editable"
+    extras = set(re.search(r"/tmp/pbi-src\[([^\]]+)\]", project[0]).group(1).split(","))  # pyright: ignore[reportOptionalMemberAccess]
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    declared = set(re.findall(r"^(\w+) = \[", pyproject.split("[project.optional-dependencies]")[1], re.M))
+    assert extras == {"k8s", "postgres"} and extras <= declared, declared
+    copied = [shlex.split(args)[:-1] for instruction, args in steps if instruction == "COPY"]
+    sources = {source for group in copied for source in group}
+    assert {"pyproject.toml", "README.md", "pbi_ml", "pbi_assets"} <= sources
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    assert all(f"!{source}" in ignore for source in sources), "the build context lets every COPY source in"
+    [cmd] = [json.loads(args) for instruction, args in steps if instruction == "CMD"]
+    assert cmd[:3] == ["dagster", "code-server", "start"]
+    assert _code_location(cmd).resolve_asset_graph().get_all_asset_keys()
+
+
+def test_every_env_var_the_image_and_the_values_set_is_read_by_the_code():
+    image_env = _dockerfile_env()
+    values_env = {item["name"]: item["value"] for item in _deployment()["env"]}
+    names = {n for n in image_env if n.startswith(("PBI_", "DAGSTER_", "HF_"))} | set(values_env)
+    assert names, "nothing to check"
+    unread = sorted(name for name in names if not _read_by_the_code(name))
+    assert not unread, f"set by deploy/ but read nowhere: {unread}"
+    assert image_env["PBI_EXECUTOR"] == values_env["PBI_EXECUTOR"] == "k8s"
+    from pbi_ml.cluster import EXECUTOR_ENV
+    from pbi_ml.devices import LEASE_DIR_ENV
+
+    assert {EXECUTOR_ENV, LEASE_DIR_ENV, "PBI_CONFIG", "PBI_DATA_ROOT"} <= set(values_env)
+
+
+def test_the_chart_values_serve_the_code_location_and_configure_the_instance():
+    values = _values()
+    deployment = _deployment()
+    assert (
+        deployment["codeServerArgs"]
+        == json.loads(next(args for instruction, args in _dockerfile() if instruction == "CMD"))[-4:]
+    ), "the chart's code server serves what the image's CMD does"
+    _code_location(deployment["codeServerArgs"])
+    assert deployment["includeConfigInLaunchedRuns"]["enabled"] is True, "env and volumes reach run/step pods"
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    daemon = values["dagsterDaemon"]
+    assert daemon["enabled"] and daemon["runCoordinator"]["enabled"]
+    assert daemon["runCoordinator"]["type"] == "QueuedRunCoordinator"
+    assert daemon["runCoordinator"]["config"]["queuedRunCoordinator"]["blockOpConcurrencyLimitedRuns"]["enabled"]
+    assert daemon["runMonitoring"]["enabled"] is True
+    assert values["concurrency"]["enabled"] and values["concurrency"]["pools"]["defaultLimit"] == 1
+    postgres = values["postgresql"]
+    assert postgres["postgresqlScheme"] == "postgresql+psycopg2"
+    assert postgres["enabled"] or postgres["postgresqlHost"], "the bundled Postgres or an external one"
+
+
+def test_the_data_volume_is_the_one_the_steps_mount_and_holds_the_data_root():
+    from pbi_ml.cluster import K8sConfig
+
+    k8s = K8sConfig()  # the defaults: what a pbi.yaml without `k8s:` gives every step
+    deployment = _deployment()
+    env = {item["name"]: item["value"] for item in deployment["env"]}
+    launcher = _values()["runLauncher"]["config"]["k8sRunLauncher"]
+    for where in (deployment, launcher):
+        [volume] = [v for v in where["volumes"] if v["name"] == k8s.data_volume_name]
+        assert volume["persistentVolumeClaim"]["claimName"] == k8s.data_volume_claim
+        [mount] = [m for m in where["volumeMounts"] if m["name"] == k8s.data_volume_name]
+        assert mount["mountPath"] == k8s.data_mount_path
+    assert env["PBI_DATA_ROOT"].startswith(k8s.data_mount_path.rstrip("/") + "/")
+    assert not env["PBI_LEASE_DIR"].startswith(k8s.data_mount_path), "device leases are node-local"
+    config_mount = next(m for m in deployment["volumeMounts"] if m["name"] == "pbi-config")
+    assert env["PBI_CONFIG"].startswith(config_mount["mountPath"] + "/")
+    pvc = yaml.safe_load((DEPLOY / "pvc.yaml").read_text())
+    assert pvc["kind"] == "PersistentVolumeClaim" and pvc["metadata"]["name"] == k8s.data_volume_claim
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+@pytest.mark.parametrize("stage", ["removals", "checkpoint", "splits"])
+def test_a_step_pod_from_these_values_and_the_op_tags_has_one_data_volume_and_the_stage_resources(stage):
+    """The merge dagster-k8s' executor does for a step: the run launcher's config, the code
+    location's (includeConfigInLaunchedRuns), then the step's op tags."""
+    from dagster_k8s import DagsterK8sJobConfig, construct_dagster_k8s_job
+    from dagster_k8s.container_context import K8sContainerContext
+    from dagster_k8s.job import get_user_defined_k8s_config
+
+    from pbi_assets.definitions import defs
+    from pbi_ml.cluster import STAGE_RESOURCES
+
+    launcher = _values()["runLauncher"]["config"]["k8sRunLauncher"]
+    deployment = _deployment()
+    context = K8sContainerContext(
+        volumes=launcher["volumes"], volume_mounts=launcher["volumeMounts"], resources=launcher["resources"]
+    )
+    context = context.merge(
+        K8sContainerContext.create_from_config(
+            {
+                "k8s": {
+                    "env": deployment["env"],
+                    "volumes": deployment["volumes"],
+                    "volume_mounts": deployment["volumeMounts"],
+                }
+            }
+        )
+    )
+    tags = defs.resolve_assets_def(stage).op.tags
+    context = context.merge(K8sContainerContext(run_k8s_config=get_user_defined_k8s_config(tags)))
+    job = construct_dagster_k8s_job(
+        DagsterK8sJobConfig(job_image="registry.example.com/pbi:0.1.0"),
+        args=["dagster", "api", "execute_step"],
+        job_name=f"dagster-step-{stage}",
+        user_defined_k8s_config=context.run_k8s_config,
+    ).to_dict()
+    spec = job["spec"]["template"]["spec"]
+    [container] = spec["containers"]
+    assert [v["name"] for v in spec["volumes"]].count("pbi-data") == 1
+    assert [(m["name"], m["mount_path"]) for m in container["volume_mounts"]].count(("pbi-data", "/data")) == 1
+    assert {"pbi-config"} <= {v["name"] for v in spec["volumes"]}
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["PBI_EXECUTOR"] == "k8s" and env["PBI_DATA_ROOT"] == "/data/pbi"
+    pod = STAGE_RESOURCES[stage]
+    resources = container["resources"]
+    assert resources["requests"]["cpu"] == pod.cpu_request and resources["limits"]["memory"] == pod.memory_limit
+    assert resources["limits"].get("nvidia.com/gpu") == (str(pod.gpus) if pod.gpus else None)
