@@ -89,6 +89,7 @@ def training_examples(storage: Storage) -> list:
                 key=row["pair_id"],
                 mask=row.get("mask"),
                 edit_mask=row.get("edit_mask"),  # crop: "object" keeps all of it in every crop
+                digest=row.get("output_digest"),  # the latent cache's key: the same on every data root
             )
         )
     return examples

@@ -54,6 +54,7 @@ class TrainingExample:
     key: str  # stable id (pair_id)
     mask: str | None = None  # path: the object's mask (where the location phrase is measured)
     edit_mask: str | None = None  # path: the dilated mask, every pixel source and target may differ in
+    digest: str | None = None  # digest of the pair's files (pairs.output_digest): keys the latent cache
 
 
 def _rng(*key: int) -> np.random.Generator:

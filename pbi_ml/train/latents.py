@@ -13,8 +13,10 @@ batched convolutions) whenever both use the same crop.
 Layout: `<root>/<vae id>/<resolution>/<kk>/<entry key>.safetensors`, one file per pair holding
 every crop plan of it (first axis), the plans and the object's location in each in the file's
 metadata. The VAE id hashes the VAE's config, its weights and the dtype it encodes in; the entry
-key hashes the pair key, the paths, sizes and modification times of its files (source, target,
-mask, edit mask), the crop mode and the number of fixed crops. Files are written atomically (temp
+key hashes the pair key, the digest of its four files (`TrainingExample.digest`, the pairs
+table's `output_digest`; without one: the paths, sizes and modification times of source, target,
+mask and edit mask), the crop mode and the number of fixed crops. With digests the cache is the
+same, file for file, on any data root holding the same pairs. Files are written atomically (temp
 + rename), so a killed encoder leaves no torn entry; anything that changes makes a new key, and
 retraining on the same pairs (another seed, learning rate, more steps) encodes nothing.
 
@@ -66,7 +68,11 @@ def entry_key(dataset: PairDataset, index: int) -> str:
         [
             CACHE_VERSION,
             e.key,
-            *(_file_stamp(p) for p in (e.source_image, e.target_image, e.mask, e.edit_mask)),
+            *(
+                [["digest", e.digest]]
+                if e.digest
+                else [_file_stamp(p) for p in (e.source_image, e.target_image, e.mask, e.edit_mask)]
+            ),
             dataset.crop,
             dataset.latent_crops,
         ]

@@ -306,6 +306,10 @@ def train_instruct_pix2pix(
     output_dir.mkdir(parents=True, exist_ok=True)
     device_name = resolve_device(device or config.device)
     mixed_precision = resolve_mixed_precision(config.mixed_precision, device_name)
+    if device_name.startswith("cuda:") and int(os.environ.get("WORLD_SIZE") or 1) == 1:
+        # one process on a given GPU (a leased cuda:1): accelerate's single-process device is
+        # "cuda", the current one (several processes: LOCAL_RANK within CUDA_VISIBLE_DEVICES)
+        torch.cuda.set_device(int(device_name.split(":")[1]))
     accelerator = Accelerator(
         mixed_precision=mixed_precision,
         project_dir=str(output_dir),
