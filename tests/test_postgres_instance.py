@@ -28,7 +28,14 @@ BIN = Path(sys.executable).parent
 TEMPLATE = ROOT / "deploy" / "dagster-postgres.yaml"
 GPU_STEPS = ("class_scores", "removals", "removal_scores", "descriptions", "instructions", "checkpoint", "evaluation")
 # a short training and evaluation: this is about the instance, not the model
-QUICK = {"ops": {"checkpoint": {"config": {"max_steps": 2}}, "evaluation": {"config": {"num_inference_steps": 2}}}}
+QUICK = {
+    "ops": {
+        "checkpoint": {
+            "config": {"max_steps": 2, "train_batch_size": 2, "gradient_accumulation_steps": 1, "resolution": 32}
+        },
+        "evaluation": {"config": {"num_inference_steps": 1, "max_samples": 2, "resolution": 32}},
+    }
+}
 
 
 @pytest.fixture(scope="module")
