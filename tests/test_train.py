@@ -503,3 +503,13 @@ def test_non_square_pairs_get_a_fixed_set_of_crops(examples, tmp_path):
             mean = cached[(epoch, index)]["target_mean"]
             drawn.add(int(torch.argmin(torch.stack([(mean - t).abs().sum() for t in tensors["target_mean"]]))))
         assert drawn <= set(range(len(plans))) and (len(drawn) > 1 or len(plans) == 1)
+
+
+def test_checkpoint_id_names_the_latents_mode_and_the_world_size(examples):
+    from pbi_ml.stages.training import checkpoint_id
+
+    base = checkpoint_id("smoke", SMOKE, examples)
+    assert checkpoint_id("smoke", dataclasses.replace(SMOKE, max_steps=40, num_processes=2), examples) == base
+    assert checkpoint_id("smoke", dataclasses.replace(SMOKE, latents="cache"), examples) != base
+    assert checkpoint_id("smoke", dataclasses.replace(SMOKE, latent_crops=2), examples) != base
+    assert checkpoint_id("smoke", SMOKE, examples, world_size=2) != base
