@@ -263,6 +263,7 @@ CHECKPOINTS = TableSpec(
             ("loss_curve", pa.string()),  # JSON [[step, loss], ...]
             ("config", pa.string()),  # JSON of the TrainConfig
             ("world_size", pa.int64()),  # training processes (accelerate launch; 1 = in the step's process)
+            ("device", pa.string()),  # cuda:1 (one process), cuda / cpu (world_size processes, one device each)
             ("effective_batch_size", pa.int64()),  # samples per optimizer step, all processes
             ("latents", pa.string()),  # on_the_fly | cache
         ]

@@ -96,7 +96,9 @@ def test_two_processes_through_pipes(pairs_root, two_cpus, tmp_path):
     from pbi_ml.catalog import read_view
 
     rows = read_view(Storage(root), "checkpoints").to_pylist()  # the catalog view's columns
-    assert [(r["world_size"], r["latents"], r["effective_batch_size"]) for r in rows] == [(2, "cache", 4)]
+    assert [(r["world_size"], r["latents"], r["effective_batch_size"], r["device"]) for r in rows] == [
+        (2, "cache", 4, "cpu")
+    ]
 
 
 KILLED_CHILD = """

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from pbi_ml.catalog import read_view
 from pbi_ml.config import ConfigError, config_from_dict
+from pbi_ml.devices import device_of
 from pbi_ml.stages.common import StageResult
 from pbi_ml.storage import Storage, atomic_write_bytes, table_from_records
 from pbi_ml.tables import CHECKPOINTS, PAIRS, SPLITS
@@ -164,6 +165,7 @@ def run_training(
         "loss_curve": json.dumps([[int(s), float(loss)] for s, loss in result.loss_curve]),
         "config": json.dumps(dataclasses.asdict(config), default=str),
         "world_size": int(result.world_size),
+        "device": device or device_of(config),
         "effective_batch_size": int(result.per_process_batch * result.accumulation * result.world_size),
         "latents": result.latents,
     }
