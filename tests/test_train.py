@@ -513,3 +513,31 @@ def test_checkpoint_id_names_the_latents_mode_and_the_world_size(examples):
     assert checkpoint_id("smoke", dataclasses.replace(SMOKE, latents="cache"), examples) != base
     assert checkpoint_id("smoke", dataclasses.replace(SMOKE, latent_crops=2), examples) != base
     assert checkpoint_id("smoke", SMOKE, examples, world_size=2) != base
+
+
+WRITE_ENTRY = """
+import sys, torch
+from pbi_ml.train.data import CropPlan
+from pbi_ml.train.latents import LatentCache
+cache = LatentCache(sys.argv[1], "vae", 32)
+torch.manual_seed(0)
+tensors = {name: torch.randn(2, 4, 4, 4) for name in ("target_mean", "target_std", "source_mean")}
+plans = [(CropPlan((40, 32), (0, 0, 32, 32), False), "top left"), (CropPlan((40, 32), (8, 0, 40, 32), False), None)]
+cache.write("abcd", tensors, plans)
+print(cache.read("abcd", 1)[1])
+"""
+
+
+def test_a_latent_cache_entry_has_the_same_bytes_whichever_process_writes_it(tmp_path):
+    """safetensors keeps header metadata in a hash map seeded per process: one entry keeps the
+    bytes of a cache file fixed (the Dagster backfill and `pbi run` write the same files)."""
+    import subprocess
+    import sys
+
+    blobs = []
+    for run in range(3):
+        root = tmp_path / f"run{run}"
+        out = subprocess.run([sys.executable, "-c", WRITE_ENTRY, str(root)], capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == "['top left', None]"
+        blobs.append((root / "vae" / "32" / "ab" / "abcd.safetensors").read_bytes())
+    assert blobs[0] == blobs[1] == blobs[2]

@@ -35,7 +35,7 @@ from pathlib import Path
 from pbi_ml.storage import atomic_write_bytes
 from pbi_ml.train.data import CropPlan, PairDataset, apply_plan, to_model_range
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the metadata in one entry (byte-identical files across processes)
 TENSORS = ("target_mean", "target_std", "source_mean")
 
 
@@ -103,9 +103,16 @@ class LatentCache:
         import torch
         from safetensors.torch import save
 
+        # one metadata entry: safetensors keeps metadata in a hash map whose order changes from one
+        # process to the next, so two entries would give other bytes for the same latents
         meta = {
-            "plans": json.dumps([[list(p.size), list(p.box), p.squashed] for p, _ in plans]),
-            "locations": json.dumps([loc for _, loc in plans]),
+            "pbi": json.dumps(
+                {
+                    "plans": [[list(p.size), list(p.box), p.squashed] for p, _ in plans],
+                    "locations": [loc for _, loc in plans],
+                },
+                sort_keys=True,
+            )
         }
         blob = save(
             {k: v.detach().to("cpu", dtype=torch.float32).contiguous() for k, v in tensors.items()}, metadata=meta
@@ -121,7 +128,7 @@ class LatentCache:
         with safe_open(str(self.path(key)), framework="pt") as f:
             meta = f.metadata() or {}
             tensors = {name: (f.get_slice(name)[plan] if plan is not None else f.get_tensor(name)) for name in TENSORS}
-        return tensors, json.loads(meta.get("locations", "[]"))
+        return tensors, json.loads(meta.get("pbi", "{}")).get("locations", [])
 
     def plan_count(self, key: str) -> int:
         from safetensors import safe_open
