@@ -340,11 +340,11 @@ def test_a_changed_upstream_item_redoes_exactly_its_dependents(tmp_path):
     stage = RemovalStage(pipeline.storage, pipeline.source, pipeline.shard, RemovalConfig(batch_size=4))
     target = pairs[0]["annotation_id"]
     item = next(i for i in stage.items() if i.key == target)
-    [candidates] = stage.compute([stage.prepare(item)])
+    [(candidates, context)] = stage.compute([stage.prepare(item)])
     brighter = [np.where(c < 255, c + 1, c).astype(np.uint8) for c in candidates]
     directory = pipeline.storage.file_dir(tables.REMOVALS, pipeline.source.name, pipeline.shard, target)
     ItemRecords(pipeline.storage, stage, pipeline.source.name, pipeline.shard).write_ok(
-        item, stage.write(item, brighter, directory)
+        item, stage.write(item, (brighter, context), directory)
     )
     assert pipeline.removals().counts["items_computed_this_run"] == 0, "a trusted, intact re-removal"
     assert pipeline.scores().counts["items_computed_this_run"] == 1
