@@ -9,7 +9,7 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 
-from pbi_assets.plots import curve_png, histogram_png, markdown_image
+from pbi_assets.plots import finite_values, histogram_text, loss_curve_text
 from pbi_ml.imageio import thumbnail_png
 
 
@@ -40,54 +40,23 @@ def thumbnails_markdown(samples: list[tuple[str, np.ndarray]], max_side: int = 1
     return dg.MetadataValue.md("\n\n".join(parts) if parts else "_no samples in this partition_")
 
 
-def _finite(values) -> np.ndarray:
-    return np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
-
-
 def histogram_bins(values, bins: int = 10) -> dict:
     """The histogram's numbers, for JSON metadata: n, bin edges and counts (empty lists without values)."""
-    finite = _finite(values)
+    finite = finite_values(values)
     if finite.size == 0:
         return {"n": 0, "edges": [], "counts": []}
     counts, edges = np.histogram(finite, bins=bins)
     return {"n": int(finite.size), "edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
 
 
-def _plot_or_note(title: str, draw) -> str:
-    """`draw()`'s PNG as a markdown image; a note instead if plotting fails (metadata never fails a step)."""
-    try:
-        return markdown_image(title, draw())
-    except Exception as exc:  # matplotlib missing or broken: keep the text and say why
-        return f"_plot unavailable: {type(exc).__name__}: {exc}_"
-
-
 def histogram_markdown(values, bins: int = 10, title: str = "") -> dg.MetadataValue:
     """A small PNG histogram plot (markdown image) above the same histogram as text."""
-    values = _finite(values)
-    if values.size == 0:
-        return dg.MetadataValue.md(f"{title}: _no values_")
-    counts, edges = np.histogram(values, bins=bins)
-    peak = max(int(counts.max()), 1)
-    plot = _plot_or_note(title or "histogram", lambda: histogram_png(counts.tolist(), edges.tolist(), title))
-    lines = [plot, "", f"{title} (n={values.size})", "```"]
-    for c, lo, hi in zip(counts, edges[:-1], edges[1:], strict=True):
-        lines.append(f"{lo:8.4f} – {hi:8.4f} | {'█' * int(round(30 * c / peak)):<30} {c}")
-    lines.append("```")
-    return dg.MetadataValue.md("\n".join(lines))
+    return dg.MetadataValue.md(histogram_text(values, bins, title))
 
 
 def loss_curve_markdown(curve: list[tuple[int, float]] | list[list[float]], max_rows: int = 40) -> dg.MetadataValue:
     """The training loss per step: a small PNG line plot above up to `max_rows` (step, loss) rows as text."""
-    if not curve:
-        return dg.MetadataValue.md("training loss: _no steps_")
-    steps = [int(s) for s, _ in curve]
-    losses = [float(loss) for _, loss in curve]
-    plot = _plot_or_note("training loss", lambda: curve_png(steps, losses, "training loss", "step", "loss"))
-    rows = [
-        f"step {s:>6}  loss {loss:.5f}"
-        for s, loss in list(zip(steps, losses, strict=True))[:: max(1, len(curve) // max_rows)]
-    ]
-    return dg.MetadataValue.md("\n".join([plot, "", "```", *rows, "```"]))
+    return dg.MetadataValue.md(loss_curve_text(curve, max_rows))
 
 
 def result_metadata(result, histograms: dict[str, str] | None = None) -> dict:

@@ -68,3 +68,45 @@ def markdown_image(title: str, png: bytes) -> str:
     """`png` as an inline markdown image (what the Dagster UI renders in MetadataValue.md)."""
     label = title.replace("[", "(").replace("]", ")")
     return f"![{label}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def finite_values(values) -> np.ndarray:
+    """The values that are neither None nor NaN / inf, as floats."""
+    return np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+
+
+def plot_or_note(title: str, draw) -> str:
+    """`draw()`'s PNG as a markdown image; a note instead if plotting fails (metadata never fails a step)."""
+    try:
+        return markdown_image(title, draw())
+    except Exception as exc:  # matplotlib missing or broken: keep the text and say why
+        return f"_plot unavailable: {type(exc).__name__}: {exc}_"
+
+
+def histogram_text(values, bins: int = 10, title: str = "") -> str:
+    """Markdown: a small PNG histogram plot above the same histogram as text."""
+    values = finite_values(values)
+    if values.size == 0:
+        return f"{title}: _no values_"
+    counts, edges = np.histogram(values, bins=bins)
+    peak = max(int(counts.max()), 1)
+    plot = plot_or_note(title or "histogram", lambda: histogram_png(counts.tolist(), edges.tolist(), title))
+    lines = [plot, "", f"{title} (n={values.size})", "```"]
+    for c, lo, hi in zip(counts, edges[:-1], edges[1:], strict=True):
+        lines.append(f"{lo:8.4f} – {hi:8.4f} | {'█' * int(round(30 * c / peak)):<30} {c}")
+    lines.append("```")
+    return "\n".join(lines)
+
+
+def loss_curve_text(curve, max_rows: int = 40) -> str:
+    """Markdown: the training loss per step, a small PNG line plot above up to `max_rows` (step, loss) rows."""
+    if not curve:
+        return "training loss: _no steps_"
+    steps = [int(s) for s, _ in curve]
+    losses = [float(loss) for _, loss in curve]
+    plot = plot_or_note("training loss", lambda: curve_png(steps, losses, "training loss", "step", "loss"))
+    rows = [
+        f"step {s:>6}  loss {loss:.5f}"
+        for s, loss in list(zip(steps, losses, strict=True))[:: max(1, len(curve) // max_rows)]
+    ]
+    return "\n".join([plot, "", "```", *rows, "```"])

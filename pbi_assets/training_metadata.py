@@ -11,51 +11,11 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
-from pbi_assets.plots import curve_png, histogram_png, markdown_image
+from pbi_assets.plots import histogram_text, loss_curve_text
 
 Entry = tuple[str, Any]  # (pipes metadata type: "md", "path", "json", "int", "float", "bool", "text"; value)
 
 SMOKE_WARNING = "SMOKE MODEL: tiny random architecture trained a few steps on CPU; not a useful editor."
-
-
-def _plot_or_note(title: str, draw) -> str:
-    """`draw()`'s PNG as a markdown image; a note instead if plotting fails (metadata never fails a step)."""
-    try:
-        return markdown_image(title, draw())
-    except Exception as exc:  # matplotlib missing or broken: keep the text and say why
-        return f"_plot unavailable: {type(exc).__name__}: {exc}_"
-
-
-def loss_curve_text(curve, max_rows: int = 40) -> str:
-    """The training loss per step: a small PNG line plot above up to `max_rows` (step, loss) rows as text."""
-    if not curve:
-        return "training loss: _no steps_"
-    steps = [int(s) for s, _ in curve]
-    losses = [float(loss) for _, loss in curve]
-    plot = _plot_or_note("training loss", lambda: curve_png(steps, losses, "training loss", "step", "loss"))
-    rows = [
-        f"step {s:>6}  loss {loss:.5f}"
-        for s, loss in list(zip(steps, losses, strict=True))[:: max(1, len(curve) // max_rows)]
-    ]
-    return "\n".join([plot, "", "```", *rows, "```"])
-
-
-def histogram_text(values, bins: int = 10, title: str = "") -> str:
-    """A small PNG histogram plot (markdown image) above the same histogram as text."""
-    values = np.asarray([v for v in values if v is not None], dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return f"{title}: _no values_"
-    counts, edges = np.histogram(values, bins=bins)
-    peak = max(int(counts.max()), 1)
-    plot = _plot_or_note(title or "histogram", lambda: histogram_png(counts.tolist(), edges.tolist(), title))
-    lines = [plot, "", f"{title} (n={values.size})", "```"]
-    for c, lo, hi in zip(counts, edges[:-1], edges[1:], strict=True):
-        lines.append(f"{lo:8.4f} – {hi:8.4f} | {'█' * int(round(30 * c / peak)):<30} {c}")
-    lines.append("```")
-    return "\n".join(lines)
 
 
 def checkpoint_metadata(row: dict, counts: Mapping[str, float] | None = None) -> dict[str, Entry]:

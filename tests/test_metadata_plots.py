@@ -12,6 +12,7 @@ from PIL import Image
 from pipeline_helpers import metadata_of
 
 from pbi_assets import metadata as M
+from pbi_assets import plots
 
 PNG = re.compile(r"!\[[^\]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)")
 MAX_PNG_BYTES = 20_000
@@ -78,7 +79,7 @@ def test_a_failing_plot_keeps_the_text(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("no backend")
 
-    monkeypatch.setattr(M, "histogram_png", broken)
+    monkeypatch.setattr(plots, "histogram_png", broken)  # what every histogram in the metadata draws with
     value = str(M.histogram_markdown([0.1, 0.2, 0.3], title="t").value)
     assert "plot unavailable: RuntimeError: no backend" in value and "t (n=3)" in value
     assert not PNG.search(value)
