@@ -92,12 +92,9 @@ def device_of(config) -> str:
     embedded backend, else the config's device (`auto` resolved the way the backends do)."""
     if not uses_device(config):
         return "cpu"
-    device = str(getattr(config, "device", "auto"))
-    if device != "auto":
-        return device
-    import torch
+    from pbi_ml.config import resolve_device  # what the backends call
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_device(str(getattr(config, "device", "auto")))
 
 
 def default_lease_dir() -> Path:
