@@ -6,35 +6,16 @@ missing (CI installs chromium in .ci/run, and playwright comes with the dev extr
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
-import pytest
+from browser import CHROMIUM, CHROMIUM_ARGS, sync_playwright_or_skip
 
 from pbi_assets.partitions import PROJECT
 from pbi_ml.calibration import sample_for_labelling
 from pbi_ml.storage import Storage
 
-CHROMIUM = Path("/usr/bin/chromium")
-# headless as root in a closed network (/work/shared/ARCHITECTURE.md, "Facts found since")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
 
 def test_label_by_key_download_and_fit(request, tmp_path, capsys):
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright is not installed (it comes with the dev extra: pip install -e '.[dev]')")
-    if not CHROMIUM.exists():
-        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)")
+    sync_playwright = sync_playwright_or_skip()
     from PIL import Image
 
     from pbi_assets.cli import main

@@ -22,22 +22,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from browser import CHROMIUM, CHROMIUM_ARGS, sync_playwright_or_skip
 
 from pbi_assets.partitions import PROJECT
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
-# headless as root in a closed network (/work/shared/ARCHITECTURE.md, "Facts found since")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SERVER_START_S = 180
 BACKFILL_S = 600
 
@@ -104,12 +93,7 @@ def _wait_for_backfill(home: Path, timeout_s: float):
 
 
 def test_materialize_all_backfill_in_the_ui_then_pairs_thumbnails_render(tmp_path):
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright is not installed (it comes with the dev extra: pip install -e '.[dev]')")
-    if not CHROMIUM.exists():
-        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)")
+    sync_playwright = sync_playwright_or_skip()
     import dagster as dg
 
     from pbi_assets.backfill import make_backfill
