@@ -24,6 +24,8 @@ import time
 import traceback
 from pathlib import Path
 
+from pbi_assets.failures import run_failure
+from pbi_assets.pools import initialize_pools, pools_of
 from pbi_assets.run_health import PoolWaitReporter, cleanup_dead_runs, process_tags
 
 UI_URL = "http://127.0.0.1:3000"  # where `dagster dev -w workspace.yaml` serves the UI by default
@@ -82,7 +84,7 @@ def run_source(
 
     _require_source(PROJECT.source_names, source)
     instance = dg.DagsterInstance.get()
-    reap_dead_runs(instance, log=log)
+    prepare_instance(instance, log=log)
     with PoolWaitReporter(instance, log=log):
         return _materialize_all(instance, source, run_config or {}, shards or PROJECT.shard_keys, log, log_level)
 
@@ -90,30 +92,6 @@ def run_source(
 def _require_source(declared: list[str], source: str) -> None:
     if source not in declared:
         raise UserError(f"unknown source {source!r}; declared in the config: {', '.join(declared)}")
-
-
-def step_failures(result) -> list[tuple[str, str]]:
-    """(step key, reason) of every failed step of a `dg.materialize(..., raise_on_error=False)`
-    result; the reason is the step's exception, class name and first line of its message."""
-    failures = []
-    for event in result.get_step_failure_events():
-        data = event.event_specific_data
-        failures.append((event.step_key or "?", _error_reason(getattr(data, "error", None))))
-    return failures
-
-
-def _error_reason(error) -> str:
-    """The user code's exception in a step's SerializableErrorInfo: Dagster wraps it in its own
-    DagsterExecutionStepExecutionError, whose cause it is."""
-    if error is None:
-        return "no error recorded"
-    while error.cause is not None and (error.cls_name or "").startswith("Dagster"):
-        error = error.cause
-    first = next((line.strip() for line in (error.message or "").splitlines() if line.strip()), "")
-    qualified, sep, rest = first.partition(": ")
-    if error.cls_name and sep and qualified.rsplit(".", 1)[-1] == error.cls_name:
-        first = f"{error.cls_name}: {rest}"  # "pbi_ml.errors.AnnotationFileError: x" -> "AnnotationFileError: x"
-    return first or error.cls_name or "unknown error"
 
 
 def skipped_assets(result) -> dict[str, str]:
@@ -127,26 +105,27 @@ def skipped_assets(result) -> dict[str, str]:
     return skipped
 
 
-def _failure_lines(result, what: str, seconds: float) -> list[str]:
-    """Two lines for a failed run: which partition, which step and why; where its logs are."""
-    failures = step_failures(result)
-    if failures:
-        step, reason = failures[0]
-        more = f" (and {len(failures) - 1} more failed steps)" if len(failures) > 1 else ""
-        first = f"  {what}: FAILED in {seconds:.1f}s at step {step}{more}: {reason}"
-    else:
-        step, first = "", f"  {what}: FAILED in {seconds:.1f}s: the run failed before any step did"
-    where = f"Runs → {result.run_id[:8]}" + (f" → the {step} step's logs" if step else "")
+def _failure_lines(instance, run_id: str, what: str, seconds: float) -> list[str]:
+    """Two lines for a failed run: which partition, which step (or Dagster's reason when the run
+    failed outside any step) and why; where its logs are."""
+    failure = run_failure(instance, run_id)
+    first = f"  {what}: FAILED in {seconds:.1f}s {failure.line()}"
+    where = f"Runs → {run_id[:8]}" + (f" → the {failure.step} step's logs" if failure.step else "")
     ui = f"DAGSTER_HOME={os.environ.get('DAGSTER_HOME', '.dagster_home')} dagster dev -w workspace.yaml"
-    return [first, f"    logs: {UI_URL}/runs/{result.run_id} (start the UI: `{ui}`; then {where})"]
+    return [first, f"    logs: {UI_URL}/runs/{run_id} (start the UI: `{ui}`; then {where})"]
 
 
-def reap_dead_runs(instance, log=print) -> list:
-    """Fail the runs whose process died and free the pool slots they hold, one line each (see
-    `pbi_assets.run_health`): call before launching runs (`pbi run`, a backfill)."""
+def prepare_instance(instance, log=print) -> list:
+    """Before launching runs (`pbi run`, a backfill): fail the runs whose process died and free the
+    pool slots they hold, one line each (see `pbi_assets.run_health`), and give every pool the
+    definitions use its limit row (see `pbi_assets.pools`: two processes starting at once on a
+    fresh Postgres instance would otherwise race to create it, and one run would die)."""
+    from pbi_assets.definitions import defs
+
     cleaned = cleanup_dead_runs(instance)
     for item in cleaned:
         log(f"  {item.line()}")
+    initialize_pools(instance, pools_of(defs.assets or []))
     return cleaned
 
 
@@ -177,7 +156,7 @@ def _materialize_all(instance, source: str, run_config: dict, shards: list[str],
         if result.success:
             log(f"  {source}|{shard}: ok in {seconds:.1f}s (run {result.run_id[:8]})")
         else:
-            for line in _failure_lines(result, f"{source}|{shard}", seconds):
+            for line in _failure_lines(instance, result.run_id, f"{source}|{shard}", seconds):
                 log(line)
             summary["failed"].append(f"{source}|{shard}")
     if summary["failed"]:
@@ -197,7 +176,7 @@ def _materialize_all(instance, source: str, run_config: dict, shards: list[str],
     if result.success:
         log(f"  {names}: ok in {time.monotonic() - started:.1f}s (run {result.run_id[:8]})")
     else:
-        for line in _failure_lines(result, names, time.monotonic() - started):
+        for line in _failure_lines(instance, result.run_id, names, time.monotonic() - started):
             log(line)
         summary["failed"].append("unpartitioned")
     summary["skipped"] = skipped_assets(result)
@@ -262,7 +241,7 @@ def cmd_backfill(args) -> int:
     from pbi_assets import backfill as bf
 
     instance = dg.DagsterInstance.get()
-    reap_dead_runs(instance)
+    prepare_instance(instance)
     try:
         launched = bf.launch_backfill(instance, args.source, args.assets)
     except bf.BackfillError as exc:
@@ -335,7 +314,7 @@ def _wait_for_backfill(instance, backfill_id: str, home: Path) -> int:
             bf.forget_daemon(instance, since)
     failed = bf.failed_runs(instance, backfill_id)
     for run in failed[:10]:
-        reason = _run_failure_reason(instance, run.run_id)
+        reason = run_failure(instance, run.run_id).line()
         print(
             f"  run {run.run_id[:8]} ({run.tags.get('dagster/partition', 'unpartitioned')}): {run.status.value}: {reason}"
         )
@@ -367,15 +346,6 @@ def _let_daemon_runs_finish(instance, since: float, timeout_s: float = 300.0) ->
             print(f"  waiting for {len(runs)} other run(s) the daemon launched meanwhile to end: {names}")
             told = True
         time.sleep(2.0)
-
-
-def _run_failure_reason(instance, run_id: str) -> str:
-    import dagster as dg
-
-    for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
-        event = record.dagster_event
-        return f"step {event.step_key}: {_error_reason(getattr(event.event_specific_data, 'error', None))}"
-    return "the run failed before any step did"
 
 
 def print_summary(source: str) -> None:

@@ -215,3 +215,37 @@ def test_a_backfill_through_the_daemon_on_the_postgres_instance(pg, pg_env):
         backfill_id,
     )
     assert in_process == [(2,)], "the daemon's runs took the executor from $PBI_EXECUTOR"
+
+
+_INITIALIZE_AT = """
+import sys, time
+import dagster as dg
+from pbi_assets.pools import initialize_pools
+instance = dg.DagsterInstance.get()
+start = float(sys.argv[1])
+time.sleep(max(0.0, start - time.time()))
+print(sorted(initialize_pools(instance, ["gpu", "duckdb_catalog"])))
+"""
+
+
+def test_processes_starting_at_once_on_a_fresh_instance_initialize_each_pool_once(pg, pg_env):
+    """The race that made one of two `pbi run`s die before any step: Dagster gives a pool its
+    limit on the first slot claim, and on Postgres the loser of two processes doing it at once
+    fails (its INSERT aborts the transaction its fallback UPDATE then runs in). Four processes
+    initialize the pools at the same instant: all succeed, each pool is initialized once, and
+    each has exactly its limit (1) of slots."""
+    # the storage's tables created once, as the first `pbi` process on a new database does
+    subprocess.run([sys.executable, "-c", "import dagster as dg; dg.DagsterInstance.get()"], env=pg_env, check=True)
+    start = time.time() + 8  # every process has imported dagster and connected by then
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _INITIALIZE_AT, str(start)], env=pg_env, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    outs = [proc.communicate(timeout=120)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0, 0], outs
+    won = [pool for out in outs for pool in eval(out.strip().splitlines()[-1])]
+    assert sorted(won) == ["duckdb_catalog", "gpu"], f"each pool initialized by exactly one process: {outs}"
+    slots = dict(_rows(pg, pg_env, "SELECT concurrency_key, count(*) FROM concurrency_slots GROUP BY 1"))
+    assert slots == {"gpu": 1, "duckdb_catalog": 1}
