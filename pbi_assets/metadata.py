@@ -9,7 +9,7 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 
-from pbi_assets.plots import finite_values, histogram_text, loss_curve_text
+from pbi_assets.plots import finite_values, histogram_text
 from pbi_ml.imageio import thumbnail_png
 
 
@@ -52,11 +52,6 @@ def histogram_bins(values, bins: int = 10) -> dict:
 def histogram_markdown(values, bins: int = 10, title: str = "") -> dg.MetadataValue:
     """A small PNG histogram plot (markdown image) above the same histogram as text."""
     return dg.MetadataValue.md(histogram_text(values, bins, title))
-
-
-def loss_curve_markdown(curve: list[tuple[int, float]] | list[list[float]], max_rows: int = 40) -> dg.MetadataValue:
-    """The training loss per step: a small PNG line plot above up to `max_rows` (step, loss) rows as text."""
-    return dg.MetadataValue.md(loss_curve_text(curve, max_rows))
 
 
 def result_metadata(result, histograms: dict[str, str] | None = None) -> dict:

@@ -92,10 +92,3 @@ SCORE_REASONS: dict[str, str] = {
     SMEARED_FILL: "stats: the fill is much smoother than its textured surroundings",
     "<column>_missing": "a score the decision needs is null",
 }
-
-
-def is_known(code: str) -> bool:
-    """True for every code PBI can store (a score reason may be a '+'-joined list)."""
-    if code in ITEM_REASONS or code in CANDIDATE_REASONS:
-        return True
-    return all(part in SCORE_REASONS or part.endswith("_missing") for part in code.split("+"))

@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from pbi_ml.config import resolve_device, resolve_dtype
 from pbi_ml.describe.base import DescribeConfig, DescribeItem, masked_object_view
 from pbi_ml.errors import ConfigError
@@ -193,8 +191,3 @@ def _to(value, device: str, dtype):
     if torch.is_floating_point(value):
         return value.to(device=device, dtype=dtype)
     return value.to(device)
-
-
-def description_views(items: list[DescribeItem]) -> list[np.ndarray]:
-    """The exact pixels the VLM sees for each item (for previews and debugging)."""
-    return [np.asarray(_view_for_model(item)) for item in items]

@@ -209,10 +209,6 @@ def _check_unique_annotation_ids(table: pa.Table, path) -> None:
     )
 
 
-def empty_index() -> pa.Table:
-    return INDEX_SCHEMA.empty_table()
-
-
 # --------------------------------------------------------------------------------------------
 # the public entry points
 

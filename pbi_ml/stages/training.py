@@ -29,7 +29,6 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 from pbi_ml.catalog import read_view
 from pbi_ml.config import ConfigError, config_from_dict
@@ -212,7 +211,3 @@ def last_train_pair_count(storage: Storage) -> int | None:
 
 def current_train_pair_count(storage: Storage) -> int:
     return read_view(storage, SPLITS.name, where="split = 'train'").num_rows
-
-
-def loss_curve_of(path: Path) -> list:
-    return json.loads(Path(path).read_text())

@@ -116,14 +116,6 @@ def shorter_side_size(width: int, height: int, size: int) -> tuple[int, int]:
     return max(size, round(width * scale)), max(size, round(height * scale))
 
 
-def resize_shorter_side(image: Image.Image, size: int) -> Image.Image:
-    """Resize (keeping the aspect ratio) so the shorter side is `size` pixels."""
-    new = shorter_side_size(image.size[0], image.size[1], size)
-    if new == image.size:
-        return image
-    return image.resize(new, Image.Resampling.BICUBIC)
-
-
 @dataclass(frozen=True)
 class CropPlan:
     """How one sample is cut: resize the images to `size` (w, h), then crop `box` (l, t, r, b)."""
