@@ -12,8 +12,6 @@ import typing
 import dagster as dg
 from pydantic import Field, create_model
 
-from pbi_ml import config as C
-
 
 def stage_run_config(name: str, cls, extra: dict | None = None) -> type[dg.Config]:
     """A dg.Config whose fields mirror dataclass `cls`, all optional (None = not set here)."""
@@ -30,42 +28,25 @@ def stage_run_config(name: str, cls, extra: dict | None = None) -> type[dg.Confi
 
 if typing.TYPE_CHECKING:
     # built at import from the dataclasses (below); the type checker sees each as a dg.Config
-    CandidatesRunConfig = RemovalRunConfig = ScoringRunConfig = PairsRunConfig = SplitsRunConfig = dg.Config
-    ClassScoresRunConfig = dg.Config
-    DescriptionsRunConfig = InstructionsRunConfig = ExportsRunConfig = dg.Config
-    CheckpointRunConfig = EvaluationRunConfig = dg.Config
+    ExportsRunConfig = CheckpointRunConfig = EvaluationRunConfig = dg.Config
 else:
-    CandidatesRunConfig = stage_run_config("CandidatesRunConfig", C.CandidateConfig)
-    ClassScoresRunConfig = stage_run_config("ClassScoresRunConfig", C.ClassFilterConfig)
-    RemovalRunConfig = stage_run_config("RemovalRunConfig", C.RemovalConfig)
-    ScoringRunConfig = stage_run_config("ScoringRunConfig", C.ScoringConfig)
-    PairsRunConfig = stage_run_config("PairsRunConfig", C.PairConfig)
-    SplitsRunConfig = stage_run_config("SplitsRunConfig", C.SplitConfig)
+    # the unpartitioned assets' (pbi_assets/assets/training.py); each partitioned stage asset
+    # builds its own in pbi_assets/assets/stage_asset.py
 
-    def _downstream():
+    def _unpartitioned():
         # these dataclasses live beside their stage code; importing them loads no torch
-        from pbi_ml.describe import DescribeConfig
         from pbi_ml.export import ExportConfig
-        from pbi_ml.instruct import InstructConfig
         from pbi_ml.stages.evaluation import EvaluationConfig
         from pbi_ml.train import TrainConfig
 
         recipe = (
             str | None,
-            Field(default=None, description="smoke (default: tiny CPU model) or paper (SPEC's recipe)"),
+            Field(default=None, description="smoke (default: tiny CPU model) or paper (the paper's recipe)"),
         )
         return (
-            stage_run_config("DescriptionsRunConfig", DescribeConfig),
-            stage_run_config("InstructionsRunConfig", InstructConfig),
             stage_run_config("ExportsRunConfig", ExportConfig),
             stage_run_config("CheckpointRunConfig", TrainConfig, extra={"recipe": recipe}),
             stage_run_config("EvaluationRunConfig", EvaluationConfig),
         )
 
-    (
-        DescriptionsRunConfig,
-        InstructionsRunConfig,
-        ExportsRunConfig,
-        CheckpointRunConfig,
-        EvaluationRunConfig,
-    ) = _downstream()
+    ExportsRunConfig, CheckpointRunConfig, EvaluationRunConfig = _unpartitioned()

@@ -429,7 +429,7 @@ def test_config_precedence_default_then_pbi_yaml_then_run_config(tmp_path):
     import yaml
 
     from pbi_assets.resources import PBIProject
-    from pbi_assets.run_config import RemovalRunConfig
+    from pbi_assets.run_config import stage_run_config
 
     path = tmp_path / "pbi.yaml"
     path.write_text(
@@ -439,7 +439,9 @@ def test_config_precedence_default_then_pbi_yaml_then_run_config(tmp_path):
     default = RemovalConfig()
     from_yaml = pbi.stage_config(tables.REMOVALS.name, RemovalConfig, None)
     assert (from_yaml.dilation_px, from_yaml.steps, from_yaml.seed) == (7, 3, default.seed)
-    from_run = pbi.stage_config(tables.REMOVALS.name, RemovalConfig, RemovalRunConfig(steps=5))
+    from_run = pbi.stage_config(
+        tables.REMOVALS.name, RemovalConfig, stage_run_config("RemovalsRunConfig", RemovalConfig)(steps=5)
+    )
     assert (from_run.dilation_px, from_run.steps, from_run.seed) == (7, 5, default.seed)
     assert pbi.project() is pbi.project(), "loaded once per process"
 

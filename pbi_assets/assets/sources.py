@@ -2,11 +2,11 @@
 
 import dagster as dg
 
+from pbi_assets.assets.stage_asset import StageAsset, stage_asset
 from pbi_assets.execution import stage_op_tags
 from pbi_assets.metadata import result_metadata
 from pbi_assets.partitions import partition_of, source_shard_partitions
 from pbi_assets.resources import PBIProject
-from pbi_assets.run_config import CandidatesRunConfig
 from pbi_ml.config import CandidateConfig, SourceIndexConfig
 from pbi_ml.stages.candidates import run_candidates
 from pbi_ml.stages.source_index import run_source_index
@@ -34,23 +34,18 @@ def source_index(context: dg.AssetExecutionContext, pbi: PBIProject) -> dg.Mater
     return dg.MaterializeResult(metadata=result_metadata(result))
 
 
-@dg.asset(
-    partitions_def=source_shard_partitions,
-    group_name="sources",
-    kinds={"python", "parquet"},
-    op_tags=stage_op_tags("candidates"),
-    deps=[source_index],
-    description=(
-        "Every instance, kept or rejected with one reason: path_escapes_root, image_missing, "
-        "image_unreadable, image_size_mismatch, invalid_mask, crowd, excluded_class, too_small, "
-        "too_large, touches_border. Defaults: area fraction 0.5 %-50 %, border margin 0.5 %, crowds "
-        "dropped. No instance silently disappears."
-    ),
-)
-def candidates(context: dg.AssetExecutionContext, pbi: PBIProject, config: CandidatesRunConfig) -> dg.MaterializeResult:
-    part = partition_of(context)
-    stage_config = pbi.stage_config(CANDIDATES.name, CandidateConfig, config)
-    result = run_candidates(pbi.storage(), pbi.source(part.source), part.shard, stage_config)
-    return dg.MaterializeResult(
-        metadata=result_metadata(result, histograms={"area_fraction": "mask area / image area"})
+candidates = stage_asset(
+    StageAsset(
+        name=CANDIDATES.name,
+        run=run_candidates,
+        config_class=CandidateConfig,
+        group="sources",
+        deps=[source_index],
+        histograms={"area_fraction": "mask area / image area"},
+        summary=(
+            "Every instance, kept or rejected with one reason: path_escapes_root, image_missing, "
+            "image_unreadable, image_size_mismatch, invalid_mask, crowd, excluded_class, too_small, "
+            "too_large, touches_border. No instance silently disappears."
+        ),
     )
+)

@@ -1,0 +1,111 @@
+"""One asset per partitioned pbi_ml stage, built from a `StageAsset` declaration.
+
+Every partitioned stage asset does the same thing: resolve its source x shard partition, resolve
+its stage config (dataclass defaults < pbi.yaml `stages.<name>` < run config), lease a device if
+it runs a model, call the stage's `run_<stage>(storage, source, shard, config, progress=...)`, and
+turn the result into metadata (row count, schema, counts, samples, histograms). `stage_asset`
+writes that body once; each domain module only declares what differs.
+
+The description a user reads in the UI is the declaration's summary followed by the stage's
+parameters and their defaults, generated from the config dataclass, so a default is written in
+one place: its dataclass.
+"""
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import dagster as dg
+
+from pbi_assets.assets.gpu import GPU_POOL, GPU_TAGS, on_a_device
+from pbi_assets.execution import stage_op_tags
+from pbi_assets.metadata import progress_logger, result_metadata
+from pbi_assets.partitions import partition_of, source_shard_partitions
+from pbi_assets.resources import PBIProject
+from pbi_assets.run_config import stage_run_config
+
+
+@dataclasses.dataclass(frozen=True)
+class StageAsset:
+    """What one partitioned stage asset is; `stage_asset` builds it."""
+
+    name: str  # the asset key, the stage's table name and its `stages:` key in pbi.yaml
+    run: Callable[..., Any]  # pbi_ml's run_<stage>(storage, source, shard, config, *, progress=None, ...)
+    config_class: type  # the stage's config dataclass
+    summary: str  # what the artifact is and which backends make it; its defaults are generated
+    group: str
+    deps: Sequence[Any] = ()
+    model: bool = False  # a model step: the gpu pool, the GPU tag, a leased device, `backend` in metadata
+    progress: str | None = None  # "objects inpainted": a log line per chunk done
+    histograms: dict[str, str] = dataclasses.field(default_factory=dict)  # column -> plot title
+    # more metadata from the stage's result and config (examples, notes)
+    extra_metadata: Callable[[Any, Any], dict[str, Any]] | None = None
+    # more keyword arguments of `run` from the project (e.g. the splits' view of every source)
+    run_kwargs: Callable[[PBIProject], dict[str, Any]] | None = None
+
+
+def parameters_text(config_class: type) -> str:
+    """'Parameters (default): backend ('opencv'), num_candidates (3), ...' from the dataclass."""
+    parts = []
+    for field in dataclasses.fields(config_class):
+        if field.default is not dataclasses.MISSING:
+            default = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        else:
+            default = "required"
+        parts.append(f"{field.name} ({default!r})")
+    return "Parameters (default), set in pbi.yaml `stages:` or the run config: " + ", ".join(parts) + "."
+
+
+def _run_config_class(stage: StageAsset) -> type[dg.Config]:
+    camel = "".join(word.title() for word in stage.name.split("_"))
+    return stage_run_config(f"{camel}RunConfig", stage.config_class)
+
+
+def stage_asset(stage: StageAsset) -> dg.AssetsDefinition:
+    """The Dagster asset of a partitioned stage."""
+    RunConfig = _run_config_class(stage)  # a class: the config annotation below
+
+    @dg.asset(
+        name=stage.name,
+        partitions_def=source_shard_partitions,
+        group_name=stage.group,
+        kinds={"pytorch", "parquet"} if stage.model else {"python", "parquet"},
+        deps=list(stage.deps),
+        pool=GPU_POOL if stage.model else None,
+        tags=GPU_TAGS if stage.model else None,
+        op_tags=stage_op_tags(stage.name),
+        description=f"{stage.summary}\n\n{parameters_text(stage.config_class)}",
+    )
+    def _asset(context: dg.AssetExecutionContext, pbi: PBIProject, config: RunConfig) -> dg.MaterializeResult:  # type: ignore[valid-type]
+        part = partition_of(context)
+        stage_config = pbi.stage_config(stage.name, stage.config_class, config)
+        progress = progress_logger(context, stage.progress) if stage.progress else None
+        kwargs = {"progress": progress} if progress else {}
+        kwargs.update(stage.run_kwargs(pbi) if stage.run_kwargs else {})
+        device_metadata: dict[str, Any] = {}
+        if stage.model:
+            with on_a_device(context, pbi, stage_config) as step:
+                stage_config = step.config
+                result = stage.run(pbi.storage(), pbi.source(part.source), part.shard, stage_config, **kwargs)
+            device_metadata = step.metadata
+        else:
+            result = stage.run(pbi.storage(), pbi.source(part.source), part.shard, stage_config, **kwargs)
+        meta = result_metadata(result, histograms=stage.histograms)
+        meta.update(device_metadata)
+        if stage.model:
+            meta["backend"] = stage_config.backend
+        if stage.extra_metadata:
+            meta.update(stage.extra_metadata(result, stage_config))
+        return dg.MaterializeResult(metadata=meta)
+
+    return _asset
+
+
+def markdown_examples(rows: list[dict], columns: list[str], n: int = 5) -> dg.MetadataValue:
+    """The first `n` rows' `columns` as a markdown table (values cut at 80 characters)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows[:n]:
+        lines.append("| " + " | ".join(str(row.get(c) or "").replace("|", "/")[:80] for c in columns) + " |")
+    return dg.MetadataValue.md("\n".join(lines))
