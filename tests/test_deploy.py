@@ -10,11 +10,13 @@ stage's own resources.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import json
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import dagster as dg
@@ -26,6 +28,31 @@ DEPLOY = ROOT / "deploy"
 # variables read by a library, not by our code: where they are read
 LIBRARY_VARS = {"HF_HOME": "huggingface_hub.constants", "DAGSTER_HOME": "dagster._core.instance.config"}
 PBI_SOURCES = [p for folder in ("pbi_ml", "pbi_assets") for p in (ROOT / folder).rglob("*.py")]
+
+
+CHART = ROOT.parent / "shared" / "tools" / "dagster-chart"  # a subset of the official chart, beside CI's clone
+HELM = Path("/tmp/pbi-helm/helm")  # where ../shared/tools/helm_instance_check installs real helm
+
+
+@functools.cache
+def _rendered() -> tuple[dict, ...]:
+    """The objects `helm template pbi <chart> -n pbi -f deploy/values.yaml` renders (skips without helm)."""
+    if not (HELM.is_file() and CHART.is_dir()):
+        pytest.skip(f"no helm at {HELM} or no chart at {CHART} (../shared/tools/helm_instance_check installs helm)")
+    done = subprocess.run(
+        [str(HELM), "template", "pbi", str(CHART), "-n", "pbi", "-f", str(DEPLOY / "values.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return tuple(doc for doc in yaml.safe_load_all(done.stdout) if doc)
+
+
+def _rendered_instance() -> str:
+    [config_map] = [d for d in _rendered() if d["kind"] == "ConfigMap" and "dagster.yaml" in (d.get("data") or {})]
+    assert config_map["metadata"]["name"] == "pbi-dagster-instance"
+    return config_map["data"]["dagster.yaml"]
 
 
 def _values() -> dict:
@@ -124,9 +151,12 @@ def test_the_chart_values_serve_the_code_location_and_configure_the_instance():
     daemon = values["dagsterDaemon"]
     assert daemon["enabled"] and daemon["runCoordinator"]["enabled"]
     assert daemon["runCoordinator"]["type"] == "QueuedRunCoordinator"
-    assert daemon["runCoordinator"]["config"]["queuedRunCoordinator"]["blockOpConcurrencyLimitedRuns"]["enabled"]
     assert daemon["runMonitoring"]["enabled"] is True
-    assert values["concurrency"]["enabled"] and values["concurrency"]["pools"]["defaultLimit"] == 1
+    concurrency = values["concurrency"]
+    assert concurrency["enabled"] and concurrency["pools"]["defaultLimit"] == 1
+    assert concurrency["runs"]["maxConcurrentRuns"] > 0, "a backfill queues instead of starting every run"
+    # runs whose steps would only wait for a pool slot stay queued
+    assert concurrency["pools"]["granularity"] == "op" and concurrency["pools"]["opGranularityRunBuffer"] == 0
     postgres = values["postgresql"]
     assert postgres["postgresqlScheme"] == "postgresql+psycopg2"
     assert postgres["enabled"] or postgres["postgresqlHost"], "the bundled Postgres or an external one"
@@ -199,3 +229,122 @@ def test_a_step_pod_from_these_values_and_the_op_tags_has_one_data_volume_and_th
     resources = container["resources"]
     assert resources["requests"]["cpu"] == pod.cpu_request and resources["limits"]["memory"] == pod.memory_limit
     assert resources["limits"].get("nvidia.com/gpu") == (str(pod.gpus) if pod.gpus else None)
+
+
+# ---- the instance: what the chart renders from these values, loaded by Dagster
+
+
+def _instance_from_values(values: dict) -> dict:
+    """The parts of the instance dagster.yaml that the chart renders from the values we set
+    (templates/helpers/instance/_run-coordinator.tpl, _concurrency.tpl, configmap-instance.yaml),
+    for machines without helm and the chart: the run coordinator, the pools and run queue, run
+    monitoring, the run launcher and the Postgres storage."""
+    daemon = values["dagsterDaemon"]
+    queued = daemon["runCoordinator"]["config"].get("queuedRunCoordinator") or {}
+    coordinator: dict = {}
+    if queued.get("maxConcurrentRuns") is not None:
+        coordinator["max_concurrent_runs"] = queued["maxConcurrentRuns"]
+    if queued.get("tagConcurrencyLimits"):
+        coordinator["tag_concurrency_limits"] = queued["tagConcurrencyLimits"]
+    block = queued.get("blockOpConcurrencyLimitedRuns")
+    if block:
+        coordinator["block_op_concurrency_limited_runs"] = {
+            "enabled": block["enabled"],
+            "op_concurrency_slot_buffer": block.get("opConcurrencySlotBuffer"),
+        }
+    instance: dict = {
+        "run_coordinator": {
+            "module": "dagster.core.run_coordinator",
+            "class": daemon["runCoordinator"]["type"],
+            "config": coordinator,
+        },
+        "run_monitoring": {
+            "enabled": daemon["runMonitoring"]["enabled"],
+            "start_timeout_seconds": daemon["runMonitoring"]["startTimeoutSeconds"],
+            "poll_interval_seconds": daemon["runMonitoring"]["pollIntervalSeconds"],
+            "free_slots_after_run_end_seconds": daemon["runMonitoring"]["freeSlotsAfterRunEndSeconds"],
+            "max_resume_run_attempts": daemon["runMonitoring"]["maxResumeRunAttempts"],
+        },
+        "run_launcher": {"module": "dagster_k8s", "class": values["runLauncher"]["type"], "config": {}},
+        "telemetry": {"enabled": values["telemetry"]["enabled"]},
+    }
+    postgres = values["postgresql"]
+    pg = {
+        "postgres_db": {
+            "username": postgres["postgresqlUsername"],
+            "password": {"env": "DAGSTER_PG_PASSWORD"},
+            "hostname": postgres["postgresqlHost"] or "pbi-postgresql",
+            "db_name": postgres["postgresqlDatabase"],
+            "port": postgres["service"]["port"],
+            "scheme": postgres["postgresqlScheme"],
+        }
+    }
+    for storage, module, cls in (
+        ("run_storage", "dagster_postgres.run_storage", "PostgresRunStorage"),
+        ("event_log_storage", "dagster_postgres.event_log", "PostgresEventLogStorage"),
+        ("schedule_storage", "dagster_postgres.schedule_storage", "PostgresScheduleStorage"),
+    ):
+        instance[storage] = {"module": module, "class": cls, "config": pg}
+    concurrency = values.get("concurrency") or {}
+    if concurrency.get("enabled"):
+        pools = {
+            key: concurrency.get("pools", {}).get(name)
+            for key, name in (
+                ("default_limit", "defaultLimit"),
+                ("granularity", "granularity"),
+                ("op_granularity_run_buffer", "opGranularityRunBuffer"),
+            )
+            if concurrency.get("pools", {}).get(name) is not None
+        }
+        runs = {}
+        if (concurrency.get("runs") or {}).get("maxConcurrentRuns") is not None:
+            runs["max_concurrent_runs"] = concurrency["runs"]["maxConcurrentRuns"]
+        instance["concurrency"] = {k: v for k, v in (("pools", pools), ("runs", runs)) if v}
+    return instance
+
+
+def _load_instance_config(tmp_path: Path, text: str) -> dict:
+    """Dagster's own load and validation of a dagster.yaml (what every Dagster process does at start)."""
+    from dagster._core.instance.config import dagster_instance_config
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(text)
+    config, _ = dagster_instance_config(str(home))
+    return config
+
+
+def test_dagster_accepts_the_instance_these_values_imply(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_PG_PASSWORD", "x")
+    config = _load_instance_config(tmp_path, yaml.safe_dump(_instance_from_values(_values())))
+    assert config["concurrency"]["runs"]["max_concurrent_runs"] == 16
+    assert config["concurrency"]["pools"]["default_limit"] == 1
+    coordinator = config["run_coordinator"]["config"] or {}
+    assert not {"max_concurrent_runs", "block_op_concurrency_limited_runs"} & set(coordinator), (
+        "the run limit is in concurrency.runs only"
+    )
+
+
+def test_the_run_limit_in_the_run_coordinator_beside_concurrency_is_refused(tmp_path, monkeypatch):
+    """The check above can fail: the same values with the queue's own run limit are rejected."""
+    import dagster as dg
+
+    monkeypatch.setenv("DAGSTER_PG_PASSWORD", "x")
+    values = _values()
+    values["concurrency"].pop("runs")
+    values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"] = {"maxConcurrentRuns": 16}
+    with pytest.raises(dg.DagsterInvalidConfigError, match="incompatible with the `concurrency > runs` config"):
+        _load_instance_config(tmp_path, yaml.safe_dump(_instance_from_values(values)))
+
+
+def test_dagster_accepts_the_instance_helm_renders(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_PG_PASSWORD", "x")
+    config = _load_instance_config(tmp_path, _rendered_instance())
+    assert config["run_launcher"]["class"] == "K8sRunLauncher"
+    assert config["concurrency"]["runs"]["max_concurrent_runs"] == _values()["concurrency"]["runs"]["maxConcurrentRuns"]
+    assert not {"max_concurrent_runs", "block_op_concurrency_limited_runs"} & set(
+        config["run_coordinator"]["config"] or {}
+    )
+    implied = _instance_from_values(_values())
+    for key in ("concurrency", "run_monitoring"):
+        assert config[key] == implied[key], f"the test's reading of the values agrees with the chart on {key}"
