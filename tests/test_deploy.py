@@ -348,3 +348,42 @@ def test_dagster_accepts_the_instance_helm_renders(tmp_path, monkeypatch):
     implied = _instance_from_values(_values())
     for key in ("concurrency", "run_monitoring"):
         assert config[key] == implied[key], f"the test's reading of the values agrees with the chart on {key}"
+
+
+def _code_server_pod() -> tuple[dict, dict, str]:
+    """(pod spec, container, instance ConfigMap name) of the code server: from helm's rendering when
+    helm and the chart are here, else from the values (volumes, mounts and env go in unchanged)."""
+    try:
+        docs = _rendered()
+    except pytest.skip.Exception:
+        deployment = _deployment()
+        pod = {"volumes": deployment["volumes"]}
+        container = {"volumeMounts": deployment["volumeMounts"], "env": deployment["env"]}
+        return pod, container, "pbi-dagster-instance"  # the chart's name for release `pbi`
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    [config_map] = [d for d in docs if d["kind"] == "ConfigMap" and "dagster.yaml" in (d.get("data") or {})]
+    return pod, container, config_map["metadata"]["name"]
+
+
+def _run_launcher_home() -> str:
+    """Where the run launcher mounts the instance in run and step pods (its DAGSTER_HOME)."""
+    if HELM.is_file() and CHART.is_dir():
+        return yaml.safe_load(_rendered_instance())["run_launcher"]["config"]["dagster_home"]
+    return "/opt/dagster/dagster_home"  # the chart's global.dagsterHome
+
+
+def test_the_code_server_mounts_the_clusters_instance_read_only_where_dagster_home_points():
+    """`kubectl exec ... pbi backfill` in the code server uses the deployment's instance."""
+    pod, container, instance_map = _code_server_pod()
+    [volume] = [v for v in pod["volumes"] if (v.get("configMap") or {}).get("name") == instance_map]
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] is True
+    [home] = [e["value"] for e in container["env"] if e["name"] == "DAGSTER_HOME"]  # env beats the chart's envFrom
+    assert (mount["mountPath"], mount.get("subPath")) in {(f"{home}/dagster.yaml", "dagster.yaml"), (home, None)}
+    run_launcher_home = _run_launcher_home()
+    assert not mount["mountPath"].startswith(run_launcher_home + "/"), (
+        "its own path: run pods also get the run launcher's mount of the instance"
+    )
+    assert volume["name"] != "dagster-instance", "the run launcher's own volume name in run and step pods"
