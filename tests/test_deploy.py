@@ -14,9 +14,11 @@ import functools
 import importlib
 import importlib.util
 import json
+import os
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -103,14 +105,13 @@ def test_the_yaml_files_parse(name):
     assert isinstance(yaml.safe_load((DEPLOY / name).read_text()), dict)
 
 
-def test_the_dockerfile_installs_the_project_non_editable_on_cuda_and_serves_the_code_location():
+def test_the_dockerfile_installs_the_project_non_editable_and_serves_the_code_location():
     steps = _dockerfile()
-    base = next(args for instruction, args in steps if instruction == "FROM")
-    assert base.startswith("nvidia/cuda:") and "runtime" in base
     installs = [args for instruction, args in steps if instruction == "RUN" and "pip install" in args]
-    project = [args for args in installs if "/tmp/pbi-src[" in args]
-    assert project and " -e " not in project[0] and "--editable" not in project[0], "non-editable"
-    extras = set(re.search(r"/tmp/pbi-src\[([^\]]+)\]", project[0]).group(1).split(","))  # pyright: ignore[reportOptionalMemberAccess]
+    project = [args for args in installs if "/tmp/pbi-src" in args]
+    assert len(project) == 1 and "--no-deps" in project[0], "the project alone: its dependencies are a layer below"
+    assert " -e " not in project[0] and "--editable" not in project[0], "non-editable"
+    extras = set(_dockerfile_args()["PBI_EXTRAS"].split(","))
     pyproject = (ROOT / "pyproject.toml").read_text()
     declared = set(re.findall(r"^(\w+) = \[", pyproject.split("[project.optional-dependencies]")[1], re.M))
     assert extras == {"k8s", "postgres"} and extras <= declared, declared
@@ -122,6 +123,117 @@ def test_the_dockerfile_installs_the_project_non_editable_on_cuda_and_serves_the
     [cmd] = [json.loads(args) for instruction, args in steps if instruction == "CMD"]
     assert cmd[:3] == ["dagster", "code-server", "start"]
     assert _code_location(cmd).resolve_asset_graph().get_all_asset_keys()
+
+
+def _dockerfile_args() -> dict[str, str]:
+    return dict(args.partition("=")[::2] for instruction, args in _dockerfile() if instruction == "ARG")
+
+
+def test_the_image_has_one_cuda_stack_torchs_wheels_of_one_flavour():
+    """No CUDA in the base image: the CUDA libraries are the torch wheels' own, from PyTorch's index
+    for one flavour (TORCH_CUDA), pinned while the other dependencies install from PyPI."""
+    steps = _dockerfile()
+    [base] = [args for instruction, args in steps if instruction == "FROM"]
+    assert base.startswith("python:") and "slim" in base and "cuda" not in base.lower(), base
+    text = " ".join(args for _, args in steps).lower()
+    assert "nvidia/cuda" not in text and not re.search(r"apt-get install[^&]*cuda", text), "no second CUDA"
+    assert re.fullmatch(r"cu\d{3}", _dockerfile_args()["TORCH_CUDA"])
+    runs = [args for instruction, args in steps if instruction == "RUN"]
+    [torch_install] = [r for r in runs if "download.pytorch.org" in r]
+    assert '--index-url "https://download.pytorch.org/whl/${TORCH_CUDA}"' in torch_install
+    assert "-r /tmp/pbi-deps/torch.txt" in torch_install and "> /tmp/pbi-deps/torch-constraints.txt" in torch_install
+    [deps_install] = [r for r in runs if "-r /tmp/pbi-deps/deps.txt" in r]
+    assert "-c /tmp/pbi-deps/torch-constraints.txt" in deps_install, "PyPI's torch (another CUDA) cannot replace it"
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="the image's Python (3.11) reads pyproject.toml with tomllib")
+def test_the_dependency_layer_comes_before_the_source_and_holds_pyprojects_requirements(tmp_path):
+    """The requirements step, run as the image runs it: every dependency and the extras' from
+    pyproject.toml, torch and torchvision apart; only pyproject.toml is copied in before the
+    dependencies install, so a change to the code reinstalls none of them."""
+    import tomllib
+
+    steps = _dockerfile()
+    [requirements] = [args for instruction, args in steps if instruction == "RUN" and "tomllib" in args]
+    where = tmp_path / "deps"
+    where.mkdir()
+    (where / "pyproject.toml").write_bytes((ROOT / "pyproject.toml").read_bytes())
+    env = dict(os.environ, PBI_EXTRAS=_dockerfile_args()["PBI_EXTRAS"])
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    done = subprocess.run(
+        ["sh", "-c", requirements.replace("/tmp/pbi-deps", str(where))], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    expected = project["dependencies"] + [r for e in ("k8s", "postgres") for r in project["optional-dependencies"][e]]
+    assert (where / "deps.txt").read_text().splitlines() == expected
+    assert (where / "torch.txt").read_text().splitlines() == [
+        r for r in project["dependencies"] if re.match(r"(torch|torchvision)\b(?!-)", r) and not r.startswith("torch_")
+    ]
+    order = [(instruction, args) for instruction, args in steps]
+    deps_at = next(i for i, (ins, args) in enumerate(order) if ins == "RUN" and "-r /tmp/pbi-deps/deps.txt" in args)
+    copies_before = [args for ins, args in order[:deps_at] if ins == "COPY"]
+    assert copies_before == ["pyproject.toml /tmp/pbi-deps/pyproject.toml"], copies_before
+    code_at = next(i for i, (ins, args) in enumerate(order) if ins == "COPY" and "pbi_ml" in args)
+    assert code_at > deps_at
+
+
+def test_the_image_runs_as_a_fixed_non_root_user_the_values_run_every_pod_as():
+    steps = _dockerfile()
+    [user] = [args for instruction, args in steps if instruction == "USER"]
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit() and int(uid) != 0 and gid == uid, "numeric, so that runAsNonRoot can check it"
+    assert any(f"--uid {uid}" in args for instruction, args in steps if instruction == "RUN")
+    assert [i for i, (ins, _) in enumerate(steps) if ins == "USER"][0] > max(
+        i for i, (ins, args) in enumerate(steps) if ins == "RUN"
+    ), "nothing runs as root after USER"
+    home = _dockerfile_env()["DAGSTER_HOME"]
+    assert any(home in args and f"chown -R {uid}:{gid}" in args for ins, args in steps if ins == "RUN"), (
+        "DAGSTER_HOME is the user's (the instance file is mounted into it)"
+    )
+    expected = {"runAsNonRoot": True, "runAsUser": int(uid), "runAsGroup": int(gid), "fsGroup": int(gid)}
+    deployment = _deployment()
+    launcher = _values()["runLauncher"]["config"]["k8sRunLauncher"]
+    for name, context in (
+        ("the code server", deployment["podSecurityContext"]),
+        ("run and step pods", launcher["runK8sConfig"]["podSpecConfig"]["securityContext"]),
+    ):
+        assert expected.items() <= context.items(), name
+        assert context.get("fsGroupChangePolicy") == "OnRootMismatch", f"{name}: no chown of the whole volume"
+    for context in (deployment["securityContext"], launcher["securityContext"]):
+        assert context["allowPrivilegeEscalation"] is False
+    assert {e["name"]: e["value"] for e in deployment["env"]}["DAGSTER_HOME"] == home
+
+
+def test_the_postgres_password_comes_from_a_secret_not_the_values():
+    values = _values()
+    secret = values["global"]["postgresqlSecretName"]
+    assert secret and values["generatePostgresqlPasswordSecret"] is False, "the chart makes no Secret from values"
+    assert values["postgresql"].get("existingSecret") == secret, "the bundled PostgreSQL reads the same Secret"
+
+    def passwords(node, path=()):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if str(key).lower().endswith("password") and not isinstance(value, dict | list):
+                    yield ".".join((*path, str(key)))
+                yield from passwords(value, (*path, str(key)))
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                yield from passwords(value, (*path, str(i)))
+
+    assert list(passwords(values)) == [], "no literal password in values.yaml"
+    readme = (DEPLOY / "README.md").read_text()
+    assert f"kubectl create secret generic {secret} " in readme and "postgresql-password" in readme
+    assert "postgresqlPassword" not in readme and "postgresqlPassword" not in (ROOT / "README.md").read_text()
+    try:
+        docs = _rendered()
+    except pytest.skip.Exception:
+        return
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    [pg] = [e for e in container["env"] if e["name"] == "DAGSTER_PG_PASSWORD"]
+    assert pg["valueFrom"]["secretKeyRef"] == {"name": secret, "key": "postgresql-password"}
+    assert yaml.safe_load(_rendered_instance())["run_launcher"]["config"]["postgres_password_secret"] == secret
 
 
 def test_every_env_var_the_image_and_the_values_set_is_read_by_the_code():
@@ -189,7 +301,7 @@ def test_a_step_pod_from_these_values_and_the_op_tags_has_one_data_volume_and_th
     location's (includeConfigInLaunchedRuns), then the step's op tags."""
     from dagster_k8s import DagsterK8sJobConfig, construct_dagster_k8s_job
     from dagster_k8s.container_context import K8sContainerContext
-    from dagster_k8s.job import get_user_defined_k8s_config
+    from dagster_k8s.job import UserDefinedDagsterK8sConfig, get_user_defined_k8s_config
 
     from pbi_assets.definitions import defs
     from pbi_ml.cluster import STAGE_RESOURCES
@@ -197,7 +309,13 @@ def test_a_step_pod_from_these_values_and_the_op_tags_has_one_data_volume_and_th
     launcher = _values()["runLauncher"]["config"]["k8sRunLauncher"]
     deployment = _deployment()
     context = K8sContainerContext(
-        volumes=launcher["volumes"], volume_mounts=launcher["volumeMounts"], resources=launcher["resources"]
+        volumes=launcher["volumes"],
+        volume_mounts=launcher["volumeMounts"],
+        resources=launcher["resources"],
+        security_context=launcher["securityContext"],
+        run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(
+            {"pod_spec_config": launcher["runK8sConfig"]["podSpecConfig"]}  # what the chart renders it to
+        ),
     )
     context = context.merge(
         K8sContainerContext.create_from_config(
@@ -213,17 +331,31 @@ def test_a_step_pod_from_these_values_and_the_op_tags_has_one_data_volume_and_th
     tags = defs.resolve_assets_def(stage).op.tags
     context = context.merge(K8sContainerContext(run_k8s_config=get_user_defined_k8s_config(tags)))
     job = construct_dagster_k8s_job(
-        DagsterK8sJobConfig(job_image="registry.example.com/pbi:0.1.0"),
+        DagsterK8sJobConfig(  # the run launcher's own mount of the instance, as the chart configures it
+            job_image="registry.example.com/pbi:0.1.0",
+            dagster_home=_run_launcher_home(),
+            instance_config_map="pbi-dagster-instance",
+        ),
         args=["dagster", "api", "execute_step"],
         job_name=f"dagster-step-{stage}",
         user_defined_k8s_config=context.run_k8s_config,
     ).to_dict()
     spec = job["spec"]["template"]["spec"]
     [container] = spec["containers"]
+    # a valid pod: volume names and mount paths unique (the code server's instance mount is here too)
+    assert len({v["name"] for v in spec["volumes"]}) == len(spec["volumes"]), spec["volumes"]
+    mount_paths = [m["mount_path"] for m in container["volume_mounts"]]
+    assert len(set(mount_paths)) == len(mount_paths), mount_paths
+    homes = [e["value"] for e in container["env"] if e["name"] == "DAGSTER_HOME"]
+    assert f"{homes[-1]}/dagster.yaml" in mount_paths, "the DAGSTER_HOME that wins (the last) holds the instance"
+    # the image's non-root user, from the run launcher's config
+    security = spec["security_context"]
+    assert (security["run_as_non_root"], security["run_as_user"], security["fs_group"]) == (True, 10001, 10001)
+    assert container["security_context"]["allow_privilege_escalation"] is False
     assert [v["name"] for v in spec["volumes"]].count("pbi-data") == 1
     assert [(m["name"], m["mount_path"]) for m in container["volume_mounts"]].count(("pbi-data", "/data")) == 1
     assert {"pbi-config"} <= {v["name"] for v in spec["volumes"]}
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["PBI_EXECUTOR"] == "k8s" and env["PBI_DATA_ROOT"] == "/data/pbi"
     pod = STAGE_RESOURCES[stage]
     resources = container["resources"]
