@@ -4,8 +4,12 @@ Parsed, not built (no registry, no cluster here): every YAML file parses; the im
 the chart's code server serve a module that exists and holds the Definitions; every environment
 variable they set is one the code (or the library named) reads; the data volume is the one the
 steps' op tags mount, a ReadWriteMany claim, where PBI_DATA_ROOT lies; and a step pod built by
-dagster-k8s from these values plus the step's op tags has that volume exactly once and the
-stage's own resources.
+dagster-k8s from these values plus the step's op tags has that volume exactly once, the
+stage's own resources and the image's non-root user. Dagster loads the instance dagster.yaml the
+values give (the chart's rendering of it, when helm is in /tmp/pbi-helm and the chart in
+../shared/tools/dagster-chart); the code server mounts that instance where its DAGSTER_HOME points;
+the image has one CUDA stack, its dependencies in layers before the code, and a fixed non-root
+user; the Postgres password comes from a Secret.
 """
 
 from __future__ import annotations
