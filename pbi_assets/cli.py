@@ -11,7 +11,9 @@ naming the problem and the file or field, with a non-zero exit; a failed partiti
 the reason and where its logs are in the UI. `pbi --debug ...` shows the full traceback instead.
 
 Runs go through the Dagster instance in $DAGSTER_HOME (default ./.dagster_home, created from the
-packaged dagster.yaml template), so they show up in the UI (`dagster dev -w workspace.yaml`).
+packaged dagster.yaml template), so they show up in the UI (`dagster dev -w workspace.yaml`). In a
+Kubernetes pod (or with PBI_EXECUTOR=k8s) the instance must be the deployment's: a missing
+$DAGSTER_HOME/dagster.yaml is an error there, and `backfill --wait` leaves the runs to its daemon.
 """
 
 from __future__ import annotations
@@ -35,14 +37,40 @@ class UserError(Exception):
     """A problem in the user's input (a file, an argument): printed as its message, no traceback."""
 
 
+def in_cluster() -> bool:
+    """A deployment's instance is expected: running in a Kubernetes pod (the kubelet sets
+    KUBERNETES_SERVICE_HOST in every container) or with steps as pods ($PBI_EXECUTOR=k8s)."""
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) or os.environ.get("PBI_EXECUTOR", "").strip() == "k8s"
+
+
 def ensure_dagster_home() -> Path:
+    """$DAGSTER_HOME (default ./.dagster_home), with its dagster.yaml. Locally a missing one is made
+    from the packaged SQLite template; where a deployment's instance is expected (`in_cluster`) a
+    missing one is an error naming the file to mount, never a private SQLite instance."""
     home = Path(os.environ.get("DAGSTER_HOME") or Path.cwd() / ".dagster_home").resolve()
-    home.mkdir(parents=True, exist_ok=True)
     target = home / "dagster.yaml"
     if not target.exists():
+        if in_cluster():
+            raise UserError(
+                f"no Dagster instance: {target} does not exist; in Kubernetes pbi uses the deployment's instance, "
+                "so mount the chart's instance ConfigMap (<release>-dagster-instance, key dagster.yaml) there "
+                "and set DAGSTER_HOME (deploy/values.yaml does both for the code server); for a private local "
+                "instance instead, copy the template pbi_assets/dagster.yaml there yourself"
+            )
+        home.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(Path(__file__).with_name("dagster.yaml"), target)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
+
+
+def starts_own_daemon(instance) -> bool:
+    """Whether `pbi backfill --wait` may start a `dagster-daemon` when none heartbeats: only for a
+    local instance, i.e. outside a cluster (`in_cluster`) and with Dagster's DefaultRunLauncher
+    (runs are processes on this machine). A deployment's instance (K8sRunLauncher, or any other
+    launcher) has its own daemon; pbi only follows the backfill there."""
+    import dagster as dg
+
+    return not in_cluster() and type(instance.run_launcher) is dg.DefaultRunLauncher
 
 
 def _load_run_config(path: str | None) -> dict:
@@ -258,6 +286,8 @@ def cmd_backfill(args) -> int:
     if not args.wait:
         if bf.daemon_alive(instance):
             print("     the Dagster daemon runs it (partitions concurrently, gated by the pools)")
+        elif not starts_own_daemon(instance):
+            print(_no_deployment_daemon())
         else:
             print(
                 "     no Dagster daemon is running for this DAGSTER_HOME: the backfill starts when one does "
@@ -284,17 +314,30 @@ def _wait_for_backfill(instance, backfill_id: str, home: Path) -> int:
         print(f"     {why}: started `dagster-daemon run` for this backfill (pid {daemon.pid}, log {daemon.log_path});")
         print("     it stops when the backfill ends")
 
+    own = starts_own_daemon(instance)
+    warned = False
+
     def check_daemon() -> None:
+        nonlocal warned
         if daemon is None:
             if not bf.daemon_alive(instance):
-                start_daemon("the Dagster daemon stopped heartbeating")
+                if own:
+                    start_daemon("the Dagster daemon stopped heartbeating")
+                elif not warned:
+                    print(_no_deployment_daemon())
+                    warned = True
         elif daemon.exited() is not None:
             raise RuntimeError(
                 f"the daemon this command started exited (code {daemon.exited()}); its log: {daemon.log_path}"
             )
 
-    if not bf.daemon_alive(instance):
+    if own and not bf.daemon_alive(instance):
         start_daemon("no Dagster daemon was running")
+    elif not own:
+        print(
+            "     the deployment's Dagster daemon runs it; following it here (Ctrl-C stops following, not the backfill)"
+        )
+        check_daemon()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         progress = bf.follow_backfill(instance, backfill_id, on_poll=check_daemon)
@@ -324,6 +367,15 @@ def _wait_for_backfill(instance, backfill_id: str, home: Path) -> int:
     )
     print(f"\nbackfill {backfill_id}: {progress.status.lower()}" + ("" if ok else f", {len(failed)} run(s) failed"))
     return 0 if ok else 1
+
+
+def _no_deployment_daemon() -> str:
+    home = os.environ.get("DAGSTER_HOME", ".dagster_home")
+    return (
+        f"     no Dagster daemon heartbeats for the instance in {home}: it is the deployment's, and pbi does not "
+        "start one for it; the backfill starts when the deployment's daemon runs (kubectl get pods: the "
+        "dagster-daemon pod)"
+    )
 
 
 def _raise_interrupt(signum, frame):
@@ -535,7 +587,9 @@ def main(argv: list[str] | None = None) -> int:
         "'group:removal', 'key:catalog'; default: every asset",
     )
     backfill.add_argument(
-        "--wait", action="store_true", help="follow it to the end (starting a daemon if none runs); exit 1 on a failure"
+        "--wait",
+        action="store_true",
+        help="follow it to the end (for a local instance starting a daemon if none runs); exit 1 on a failure",
     )
     backfill.set_defaults(func=cmd_backfill)
     check = sub.add_parser(

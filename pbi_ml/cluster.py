@@ -14,8 +14,10 @@ backfills, schedules, sensors) execute their steps; `$PBI_EXECUTOR` overrides it
 `k8s:` in pbi.yaml sizes the pods. Every stage has CPU and memory requests and limits and a GPU
 count (`STAGE_RESOURCES` holds the defaults; `k8s: {stages: {checkpoint: {gpus: 4}}}` overrides
 one field of one stage). A stage with gpus > 0 asks for `nvidia.com/gpu` and gets the GPU node
-selector and tolerations; every stage mounts the data volume (a ReadWriteMany claim) at
-`data_mount_path`, where the data root lives.
+selector and tolerations; one with gpus > 1 also gets an in-memory `/dev/shm` (an emptyDir of
+medium Memory, at most `shm_size_limit`: NCCL's shared-memory transport needs more than the
+container runtime's 64 MB default, and it counts against the pod's memory limit); every stage
+mounts the data volume (a ReadWriteMany claim) at `data_mount_path`, where the data root lives.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ STAGE_RESOURCES: dict[str, StageResources] = {
 GPU_RESOURCE = "nvidia.com/gpu"
 DEFAULT_GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}  # the label NVIDIA's GPU feature discovery sets
 DEFAULT_GPU_TOLERATIONS = ({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},)
+SHM_VOLUME = "dshm"  # the in-memory /dev/shm of multi-GPU pods
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class K8sConfig:
     data_mount_path: str = "/data"  # the data root ($PBI_DATA_ROOT) lies under it
     gpu_node_selector: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_GPU_NODE_SELECTOR))
     gpu_tolerations: tuple[dict[str, str], ...] = DEFAULT_GPU_TOLERATIONS
+    shm_size_limit: str = "16Gi"  # the /dev/shm of a pod with more than one GPU (in its memory limit)
     stages: dict[str, StageResources] = field(default_factory=lambda: dict(STAGE_RESOURCES))
 
     def __post_init__(self):
@@ -107,6 +111,10 @@ class K8sConfig:
             raise ConfigError(f"K8sConfig.data_mount_path: {self.data_mount_path!r} is not an absolute path")
         if not isinstance(self.gpu_node_selector, dict):
             raise ConfigError(f"K8sConfig.gpu_node_selector: {self.gpu_node_selector!r} is not a mapping")
+        if not isinstance(self.shm_size_limit, str) or not _MEMORY.match(self.shm_size_limit):
+            raise ConfigError(
+                f"K8sConfig.shm_size_limit: {self.shm_size_limit!r} is not a memory quantity such as '16Gi'"
+            )
         if not all(isinstance(t, dict) for t in self.gpu_tolerations):
             raise ConfigError(f"K8sConfig.gpu_tolerations: {self.gpu_tolerations!r} is not a list of mappings")
 
@@ -120,15 +128,18 @@ class K8sConfig:
                 {"name": self.data_volume_name, "persistent_volume_claim": {"claim_name": self.data_volume_claim}}
             ]
         }
+        mounts = [{"name": self.data_volume_name, "mount_path": self.data_mount_path}]
         if pod.gpus:
             requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = str(pod.gpus)
             pod_spec["node_selector"] = dict(self.gpu_node_selector)
             pod_spec["tolerations"] = [dict(t) for t in self.gpu_tolerations]
+        if pod.gpus > 1:  # NCCL between the pod's GPUs goes through /dev/shm
+            pod_spec["volumes"].append(
+                {"name": SHM_VOLUME, "empty_dir": {"medium": "Memory", "size_limit": self.shm_size_limit}}
+            )
+            mounts.append({"name": SHM_VOLUME, "mount_path": "/dev/shm"})
         return {
-            "container_config": {
-                "resources": {"requests": requests, "limits": limits},
-                "volume_mounts": [{"name": self.data_volume_name, "mount_path": self.data_mount_path}],
-            },
+            "container_config": {"resources": {"requests": requests, "limits": limits}, "volume_mounts": mounts},
             "pod_spec_config": pod_spec,
         }
 

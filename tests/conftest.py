@@ -65,6 +65,9 @@ def _write_session_config() -> Path:
 
 os.environ["PBI_CONFIG"] = str(_write_session_config())
 os.environ.pop("PBI_DATA_ROOT", None)
+# a CI runner may itself be a Kubernetes pod: the suite tests the local instance (pbi makes none
+# in a pod); the tests of the in-cluster behaviour set KUBERNETES_SERVICE_HOST themselves
+os.environ.pop("KUBERNETES_SERVICE_HOST", None)
 os.environ["DAGSTER_HOME"] = str(_SESSION_DIR / "dagster_home")
 Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
 

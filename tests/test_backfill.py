@@ -175,3 +175,62 @@ def test_backfill_without_wait_stores_a_backfill_the_daemon_picks_up(tmp_path, c
     else:
         assert targeted == {"catalog"}
     assert backfill.tags["pbi/source"] == "demo"
+
+
+def test_backfill_wait_starts_a_daemon_only_for_a_local_instance(tmp_path, monkeypatch):
+    """The rule: a daemon of its own only outside a cluster and for Dagster's DefaultRunLauncher
+    (runs are processes here); a deployment's instance is left to the deployment's daemon."""
+    import dagster as dg
+
+    from pbi_assets.cli import starts_own_daemon
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.delenv("PBI_EXECUTOR", raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_bytes((REPO / "pbi_assets" / "dagster.yaml").read_bytes())
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert starts_own_daemon(instance)
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+        assert not starts_own_daemon(instance)
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
+        monkeypatch.setenv("PBI_EXECUTOR", "k8s")
+        assert not starts_own_daemon(instance)
+    monkeypatch.delenv("PBI_EXECUTOR")
+    launcher = {"module": "dagster._core.test_utils", "class": "MockedRunLauncher"}  # not runs on this machine
+    with dg.instance_for_test(overrides={"run_launcher": launcher}) as instance:
+        assert not starts_own_daemon(instance)
+
+
+def test_backfill_wait_in_a_pod_follows_the_deployments_daemon_and_starts_none(tmp_path):
+    """`pbi backfill --wait` in a pod with the instance mounted: no `dagster-daemon` of its own; it
+    says the deployment's daemon runs the backfill (none heartbeats here) and keeps following."""
+    import signal
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_bytes((REPO / "pbi_assets" / "dagster.yaml").read_bytes())
+    env = dict(os.environ, KUBERNETES_SERVICE_HOST="10.96.0.1", DAGSTER_HOME=str(home), HF_HUB_OFFLINE="1")
+    env["PBI_DATA_ROOT"] = str(tmp_path / "data")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pbi_assets.cli", "backfill", "--source", "demo", "--assets", "key:catalog", "--wait"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if "no Dagster daemon heartbeats" in line:
+                break
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    out = "".join(lines)
+    assert "the deployment's Dagster daemon runs it" in out and "no Dagster daemon heartbeats" in out, out
+    assert "started `dagster-daemon run`" not in out and not (home / "pbi-daemon").exists(), out

@@ -121,3 +121,22 @@ def test_a_failed_partition_names_its_step_the_reason_and_the_run_in_the_ui(tmp_
     with dg.DagsterInstance.get() as instance:  # the run the line points at, failed, in the instance
         run = instance.get_run_by_id(run_id)
         assert run is not None and run.status == dg.DagsterRunStatus.FAILURE
+
+
+def test_in_a_pod_without_the_instance_file_backfill_fails_in_one_line_naming_it(tmp_path):
+    """In Kubernetes pbi never makes its own SQLite instance: an empty DAGSTER_HOME is an error."""
+    env = dict(os.environ, KUBERNETES_SERVICE_HOST="10.96.0.1", HF_HUB_OFFLINE="1")
+    env.update(PBI_DATA_ROOT=str(tmp_path / "data"), DAGSTER_HOME=str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "pbi_assets.cli", "backfill", "--source", "demo"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    err = _brief_error(done)
+    assert len(err.strip().splitlines()) == 1, err
+    assert str(tmp_path / "home" / "dagster.yaml") in err and "instance ConfigMap" in err, err
+    assert list((tmp_path / "home").iterdir()) == [], "no instance made"

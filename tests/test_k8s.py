@@ -90,6 +90,7 @@ OVERRIDE = {
         "data_volume_claim": "lab-nfs",
         "data_mount_path": "/mnt/pbi",
         "gpu_node_selector": {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"},
+        "shm_size_limit": "8Gi",
         "stages": {
             "checkpoint": {"gpus": 8, "memory_limit": "400Gi", "cpu_request": 32},
             "candidates": {"cpu_limit": "500m"},
@@ -113,9 +114,34 @@ def _check_override(checkpoint_tags: dict, candidates_tags: dict) -> None:
     assert spec["node_selector"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
     assert spec["volumes"][0]["persistent_volume_claim"]["claim_name"] == "lab-nfs"
     assert container["volume_mounts"][0]["mount_path"] == "/mnt/pbi"
-    _, container = _pod(_step_job(candidates_tags))
+    _assert_shm(spec, container, "8Gi")  # 8 GPUs: NCCL's in-memory /dev/shm
+    spec, container = _pod(_step_job(candidates_tags))
     assert container["resources"]["limits"]["cpu"] == "500m"
     assert "nvidia.com/gpu" not in container["resources"]["limits"]
+    _assert_shm(spec, container, None)
+
+
+def _assert_shm(spec: dict, container: dict, size_limit: str | None) -> None:
+    """An in-memory emptyDir at /dev/shm of `size_limit` in the step pod, or (None) no /dev/shm volume."""
+    shm = [m["name"] for m in container["volume_mounts"] if m["mount_path"] == "/dev/shm"]
+    if size_limit is None:
+        assert shm == [], container["volume_mounts"]
+        return
+    [name] = shm
+    [volume] = [v for v in spec["volumes"] if v["name"] == name]
+    assert volume["empty_dir"] == {"medium": "Memory", "size_limit": size_limit}, volume
+
+
+def test_dev_shm_in_memory_only_on_multi_gpu_step_pods():
+    """The checkpoint step with 4 GPUs gets /dev/shm in memory (in the Job dagster-k8s builds from its
+    op tags); the single-GPU and CPU steps keep the container's default."""
+    k8s = parse_k8s({"stages": {"checkpoint": {"gpus": 4}}})
+    spec, container = _pod(_step_job({K8S_CONFIG_TAG: json.dumps(k8s.step_k8s_config("checkpoint"))}))
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    _assert_shm(spec, container, K8sConfig().shm_size_limit)
+    for asset in _assets().values():  # the defaults: one GPU at most per stage
+        spec, container = _pod(_step_job(asset.op.tags))
+        _assert_shm(spec, container, None)
 
 
 def test_a_config_override_changes_the_pod_spec(tmp_path):
@@ -168,6 +194,7 @@ def test_the_default_executor_is_what_ran_before():
         ({"k8s": {"stages": {"removals": {"vram": "80Gi"}}}}, "k8s.stages.removals: unknown keys ['vram']"),
         ({"k8s": {"data_mount_path": "data"}}, "K8sConfig.data_mount_path: 'data' is not an absolute path"),
         ({"k8s": {"volume": "x"}}, "k8s: unknown keys ['volume']"),
+        ({"k8s": {"shm_size_limit": "big"}}, "K8sConfig.shm_size_limit: 'big' is not a memory quantity"),
     ],
 )
 def test_bad_executor_and_pod_config_fail_naming_the_field(tmp_path, raw, message):
