@@ -76,11 +76,7 @@ def launch_backfill(instance, source: str, selection: str | None = None) -> Laun
 
 def make_backfill(instance, source: str, selection: str | None = None):
     """(the PartitionBackfill, its summary), not stored yet."""
-    from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
-    from dagster._core.execution.backfill import PartitionBackfill
-    from dagster._core.utils import make_new_backfill_id
-    from dagster._time import get_current_timestamp
-
+    from pbi_assets.dagster_internals import AssetGraphSubset, PartitionBackfill, make_new_backfill_id
     from pbi_assets.definitions import defs
     from pbi_assets.partitions import partition_keys_for_source
 
@@ -90,7 +86,7 @@ def make_backfill(instance, source: str, selection: str | None = None):
     unpartitioned = [k for k in keys if not asset_graph.get(k).is_partitioned]
     partitions = [str(k) for k in partition_keys_for_source(source)]
     backfill_id = make_new_backfill_id()
-    timestamp = get_current_timestamp()
+    timestamp = time.time()
     what = f" --assets {selection}" if selection else ""
     common: dict[str, Any] = dict(
         backfill_id=backfill_id,
@@ -244,9 +240,9 @@ class Progress:
 
 
 def backfill_progress(instance, backfill_id: str, asset_graph) -> Progress:
-    from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES
-    from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
-    from dagster._core.storage.tags import BACKFILL_ID_TAG, PARTITION_NAME_TAG
+    from dagster import DagsterRunStatus, RunsFilter
+
+    from pbi_assets.dagster_internals import BACKFILL_ID_TAG, BULK_ACTION_TERMINAL_STATUSES, PARTITION_NAME_TAG
 
     backfill = instance.get_backfill(backfill_id)
     if backfill is None:
@@ -331,8 +327,9 @@ def follow_backfill(
 
 
 def failed_runs(instance, backfill_id: str) -> list:
-    from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
-    from dagster._core.storage.tags import BACKFILL_ID_TAG
+    from dagster import DagsterRunStatus, RunsFilter
+
+    from pbi_assets.dagster_internals import BACKFILL_ID_TAG
 
     return list(
         instance.get_runs(
@@ -345,11 +342,13 @@ def failed_runs(instance, backfill_id: str) -> list:
 
 def runs_in_flight_since(instance, since: float) -> Sequence:
     """Unfinished runs created after `since` (epoch seconds): what a daemon launched meanwhile."""
-    from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES, RunsFilter
+    from dagster import DagsterRunStatus, RunsFilter
 
+    S = DagsterRunStatus
+    unfinished = [S.QUEUED, S.NOT_STARTED, S.STARTING, S.STARTED, S.SUSPENDED, S.CANCELING]  # MANAGED: not ours
     return [
         record.dagster_run
-        for record in instance.get_run_records(RunsFilter(statuses=NOT_FINISHED_STATUSES))
+        for record in instance.get_run_records(RunsFilter(statuses=unfinished))
         if record.create_timestamp.timestamp() >= since
     ]
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from dagster._utils.concurrency import ConcurrencyKeyInfo
+    from pbi_assets.dagster_internals import ConcurrencyKeyInfo
 
 HOST_TAG = "pbi/host"
 PID_TAG = "pbi/pid"
@@ -165,10 +165,8 @@ class RunProcess:
 
 def _storage_is_local(instance) -> bool:
     """Runs stored in local SQLite files: their processes are on this machine."""
-    try:
-        from dagster._core.storage.runs.sqlite import SqliteRunStorage
-    except ImportError:  # pragma: no cover - dagster moved it
-        return False
+    from pbi_assets.dagster_internals import SqliteRunStorage
+
     return isinstance(getattr(instance, "run_storage", None), SqliteRunStorage)
 
 

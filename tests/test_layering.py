@@ -50,3 +50,44 @@ def test_code_location_import_is_light():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+# every private Dagster name the project uses, each with its reason in pbi_assets/dagster_internals.py
+PRIVATE_DAGSTER_NAMES = {
+    "dagster._core.definitions.assets.graph.asset_graph_subset": {"AssetGraphSubset"},
+    "dagster._core.execution.backfill": {"BULK_ACTION_TERMINAL_STATUSES", "PartitionBackfill"},
+    "dagster._core.storage.runs.sqlite": {"SqliteRunStorage"},
+    "dagster._core.storage.tags": {"BACKFILL_ID_TAG", "PARTITION_NAME_TAG"},
+    "dagster._core.utils": {"make_new_backfill_id"},
+    "dagster._utils.concurrency": {"ConcurrencyKeyInfo"},
+}
+
+
+def _private_dagster_imports(path: Path) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            modules = [(node.module, {alias.name for alias in node.names})]
+        elif isinstance(node, ast.Import):
+            modules = [(alias.name, {"*"}) for alias in node.names]
+        else:
+            continue
+        for module, names in modules:
+            parts = module.split(".")
+            if parts[0].startswith("dagster") and any(part.startswith("_") for part in parts[1:]):
+                found.setdefault(module, set()).update(names)
+    return found
+
+
+def test_private_dagster_imports_are_listed_in_one_module_with_their_reasons():
+    internals = ROOT / "pbi_assets" / "dagster_internals.py"
+    elsewhere = {
+        str(path.relative_to(ROOT)): imports
+        for package in ("pbi_assets", "pbi_ml")
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if path != internals and (imports := _private_dagster_imports(path))
+    }
+    assert elsewhere == {}, "import private Dagster names through pbi_assets/dagster_internals.py (with the reason)"
+    assert _private_dagster_imports(internals) == PRIVATE_DAGSTER_NAMES, (
+        "a private Dagster name added or dropped: update PRIVATE_DAGSTER_NAMES with its reason in dagster_internals.py"
+    )
