@@ -239,6 +239,23 @@ def query(storage: Storage, sql: str):
         con.close()
 
 
+def source_summary(storage: Storage, source: str):
+    """What one source gave, stage by stage (instances, kept, removal candidates, pairs, test pairs):
+    the table `pbi run` prints at its end."""
+    sql = (
+        "SELECT 'instances' AS what, count(*) AS n FROM candidates WHERE source = $source "
+        "UNION ALL SELECT 'candidates kept', count(*) FROM candidates WHERE source = $source AND kept "
+        "UNION ALL SELECT 'removal candidates', count(*) FROM removals WHERE source = $source AND status = 'ok' "
+        "UNION ALL SELECT 'pairs', count(*) FROM pairs WHERE source = $source "
+        "UNION ALL SELECT 'pairs in test split', count(*) FROM pairs WHERE source = $source AND split = 'test'"
+    )
+    con = connect(storage)
+    try:
+        return con.execute(sql, {"source": source}).df()
+    finally:
+        con.close()
+
+
 def read_view(storage: Storage, name: str, where: str = "") -> pa.Table:
     """One catalog name's rows as Arrow, computed in memory straight from the Parquet files (no
     catalog file needed, no lock taken): for a stored table such as `pairs` that is the live join,

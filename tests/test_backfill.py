@@ -182,7 +182,7 @@ def test_backfill_wait_starts_a_daemon_only_for_a_local_instance(tmp_path, monke
     (runs are processes here); a deployment's instance is left to the deployment's daemon."""
     import dagster as dg
 
-    from pbi_assets.cli import starts_own_daemon
+    from pbi_assets.cli.instance import starts_own_daemon
 
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.delenv("PBI_EXECUTOR", raising=False)

@@ -1,0 +1,180 @@
+"""`pbi run`: materialize every asset of a source in process, shard by shard, then the unpartitioned
+assets; a failed run in two lines (its step or Dagster's reason, and where its logs are)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from pbi_assets.cli.errors import UserError, require_source
+from pbi_assets.cli.instance import UI_URL, ensure_dagster_home, prepare_instance
+from pbi_assets.cli.report import print_summary
+from pbi_assets.failures import run_failure
+from pbi_assets.run_health import PoolWaitReporter, process_tags
+
+
+def _load_run_config(path: str | None) -> dict:
+    if not path:
+        return {}
+    import yaml
+
+    try:
+        config = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise UserError(f"--run-config {path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"--run-config {path}: cannot be read ({exc.__class__.__name__}: {exc})") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"--run-config {path}: not valid YAML: {exc}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"--run-config {path}: top level must be a mapping ({{ops: {{<stage>: {{config: ...}}}}}})")
+    return config
+
+
+def _with_log_level(run_config: dict, level: str) -> dict:
+    """Dagster's in-process console logger at `level` (DEBUG shows every event)."""
+    config = dict(run_config)
+    config.setdefault("loggers", {"console": {"config": {"log_level": level}}})
+    return config
+
+
+def run_source(
+    source: str, run_config: dict | None = None, shards: list[str] | None = None, log=print, log_level: str = "WARNING"
+) -> dict:
+    """Materialize the partitioned assets for each shard of `source`, then the unpartitioned ones.
+    Runs whose process died are failed first (their pool slots freed); while a step waits for a
+    pool slot, a line every $PBI_POOL_WAIT_LOG_SECONDS (30) says who holds it.
+    Returns {"runs": [...], "failed": [...], "skipped": {asset: why}}; a failed run's step and
+    reason, and where its logs are, are logged in two lines."""
+    import dagster as dg
+
+    from pbi_assets.partitions import PROJECT
+
+    require_source(PROJECT.source_names, source)
+    instance = dg.DagsterInstance.get()
+    prepare_instance(instance, log=log)
+    with PoolWaitReporter(instance, log=log):
+        return _materialize_all(instance, source, run_config or {}, shards or PROJECT.shard_keys, log, log_level)
+
+
+def skipped_assets(result) -> dict[str, str]:
+    """asset -> why, for each materialization whose `skipped` metadata says it did nothing."""
+    skipped = {}
+    for event in result.get_asset_materialization_events():
+        materialization = event.event_specific_data.materialization
+        value = materialization.metadata.get("skipped")
+        if value is not None:
+            skipped[materialization.asset_key.to_user_string()] = str(getattr(value, "value", value))
+    return skipped
+
+
+def _failure_lines(instance, run_id: str, what: str, seconds: float) -> list[str]:
+    """Two lines for a failed run: which partition, which step (or Dagster's reason when the run
+    failed outside any step) and why; where its logs are."""
+    failure = run_failure(instance, run_id)
+    first = f"  {what}: FAILED in {seconds:.1f}s {failure.line()}"
+    where = f"Runs → {run_id[:8]}" + (f" → the {failure.step} step's logs" if failure.step else "")
+    ui = f"DAGSTER_HOME={os.environ.get('DAGSTER_HOME', '.dagster_home')} dagster dev -w workspace.yaml"
+    return [first, f"    logs: {UI_URL}/runs/{run_id} (start the UI: `{ui}`; then {where})"]
+
+
+def _materialize_all(instance, source: str, run_config: dict, shards: list[str], log, log_level: str) -> dict:
+    import dagster as dg
+
+    from pbi_assets.definitions import PARTITIONED_ASSETS, UNPARTITIONED_ASSETS, defs
+
+    everything = [*(defs.assets or []), *(defs.asset_checks or [])]
+    all_assets = [a for a in everything if isinstance(a, dg.AssetsDefinition | dg.AssetSpec | dg.SourceAsset)]
+    resources = dict(defs.resources or {})
+    summary: dict = {"runs": [], "failed": [], "skipped": {}}
+    for shard in shards:
+        key = dg.MultiPartitionKey({"source": source, "shard": shard})
+        started = time.monotonic()
+        result = dg.materialize(
+            all_assets,
+            selection=PARTITIONED_ASSETS,
+            partition_key=key,
+            instance=instance,
+            resources=resources,
+            run_config=_with_log_level(_ops_subset(run_config, PARTITIONED_ASSETS), log_level),
+            raise_on_error=False,
+            tags={"pbi/source": source, "pbi/shard": shard, **process_tags()},
+        )
+        summary["runs"].append(result.run_id)
+        seconds = time.monotonic() - started
+        if result.success:
+            log(f"  {source}|{shard}: ok in {seconds:.1f}s (run {result.run_id[:8]})")
+        else:
+            for line in _failure_lines(instance, result.run_id, f"{source}|{shard}", seconds):
+                log(line)
+            summary["failed"].append(f"{source}|{shard}")
+    if summary["failed"]:
+        log("  some partitions failed; the unpartitioned assets still run on what exists")
+    started = time.monotonic()
+    result = dg.materialize(
+        all_assets,
+        selection=UNPARTITIONED_ASSETS,
+        instance=instance,
+        resources=resources,
+        run_config=_with_log_level(_ops_subset(run_config, UNPARTITIONED_ASSETS), log_level),
+        raise_on_error=False,
+        tags={"pbi/source": source, **process_tags()},
+    )
+    summary["runs"].append(result.run_id)
+    names = ", ".join(a.key.to_user_string() for a in UNPARTITIONED_ASSETS)
+    if result.success:
+        log(f"  {names}: ok in {time.monotonic() - started:.1f}s (run {result.run_id[:8]})")
+    else:
+        for line in _failure_lines(instance, result.run_id, names, time.monotonic() - started):
+            log(line)
+        summary["failed"].append("unpartitioned")
+    summary["skipped"] = skipped_assets(result)
+    for asset, why in summary["skipped"].items():
+        log(f"  {asset}: skipped: {why}")
+    return summary
+
+
+def _ops_subset(run_config: dict, assets) -> dict:
+    ops = run_config.get("ops") or {}
+    names = {a.key.to_python_identifier() for a in assets}
+    subset = {k: v for k, v in ops.items() if k in names}
+    return {"ops": subset} if subset else {}
+
+
+def cmd_run(args) -> int:
+    run_config = _load_run_config(args.run_config)
+    from pbi_assets.partitions import PROJECT  # reads the config: an error names the file and field
+
+    require_source(PROJECT.source_names, args.source)
+    unknown = sorted(set(args.shard or []) - set(PROJECT.shard_keys))
+    if unknown:
+        keys = PROJECT.shard_keys
+        raise UserError(f"--shard {unknown[0]}: not a shard of this project (shards {keys[0]} to {keys[-1]})")
+    home = ensure_dagster_home()
+    print(f"PBI: running source {args.source!r} ({PROJECT.num_shards} shards), data root {PROJECT.data_root}")
+    print(f"     Dagster runs recorded in {home}")
+    # Dagster's console logger prints a failed step's whole traceback: pbi prints the two lines
+    # that matter itself, and shows Dagster's log only with --verbose (every event) or --debug
+    log_level = "DEBUG" if args.verbose else "WARNING" if args.debug else "CRITICAL"
+    import dagster as dg
+
+    try:
+        summary = run_source(args.source, run_config, args.shard or None, log_level=log_level)
+    except dg.DagsterInvalidConfigError as exc:  # the run config does not fit the assets' config schema
+        problems = [e.message for e in exc.errors] or [str(exc)]
+        more = f" ({len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        first, _, expected = problems[0].partition(" Expected: ")
+        raise UserError(
+            f"--run-config {args.run_config}: {first}{more}" + (f"\n  expected: {expected}" if expected else "")
+        ) from None
+    print()
+    print_summary(args.source)
+    if summary["skipped"].get("checkpoint"):
+        print(f"\nnothing was trained: {summary['skipped']['checkpoint']}")
+    if summary["failed"]:
+        print(
+            f"\n{len(summary['failed'])} run(s) failed: {', '.join(summary['failed'])} (the logs: see the lines above)"
+        )
+        return 1
+    return 0
