@@ -230,11 +230,12 @@ def connect(storage_or_path: Storage | str | os.PathLike, read_only: bool = True
     return duckdb.connect(str(path), read_only=read_only)
 
 
-def query(storage: Storage, sql: str):
-    """Run read-only SQL on the catalog; returns a pandas DataFrame."""
+def query(storage: Storage, sql: str, params: dict | None = None):
+    """Run read-only SQL on the catalog (`$name` placeholders bound from `params`); returns a pandas
+    DataFrame."""
     con = connect(storage)
     try:
-        return con.execute(sql).df()
+        return con.execute(sql, params).df()
     finally:
         con.close()
 
@@ -249,11 +250,7 @@ def source_summary(storage: Storage, source: str):
         "UNION ALL SELECT 'pairs', count(*) FROM pairs WHERE source = $source "
         "UNION ALL SELECT 'pairs in test split', count(*) FROM pairs WHERE source = $source AND split = 'test'"
     )
-    con = connect(storage)
-    try:
-        return con.execute(sql, {"source": source}).df()
-    finally:
-        con.close()
+    return query(storage, sql, {"source": source})
 
 
 def read_view(storage: Storage, name: str, where: str = "") -> pa.Table:
