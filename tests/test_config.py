@@ -1,6 +1,7 @@
 import pytest
 
-from pbi_ml.config import CandidateConfig, ConfigError, config_from_dict, load_project_config
+from pbi_ml.config import CandidateConfig, config_from_dict, load_project_config
+from pbi_ml.errors import ConfigError
 
 
 def test_missing_file_gives_demo_only(tmp_path, monkeypatch):
