@@ -99,12 +99,8 @@ MAX_DEFAULT_CHARS = 160
 def _default_text(value) -> str:
     """repr of a default; a config dataclass with its own defaults reads `K8sConfig()`, a long
     value is cut at MAX_DEFAULT_CHARS (its field's comment says where the whole value is)."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        try:
-            if value == type(value)():
-                return f"{type(value).__name__}()"
-        except TypeError:  # it has required fields
-            pass
+    if dataclasses.is_dataclass(value) and not isinstance(value, type) and value == type(value)():
+        return f"{type(value).__name__}()"
     text = repr(value)
     return text if len(text) <= MAX_DEFAULT_CHARS else text[: MAX_DEFAULT_CHARS - 3] + "..."
 

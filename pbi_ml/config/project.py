@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pbi_ml.cluster import K8sConfig, parse_executor, parse_k8s
+from pbi_ml.cluster import DEFAULT_EXECUTOR, K8sConfig, parse_executor, parse_k8s
 from pbi_ml.devices import parse_devices
 from pbi_ml.errors import ConfigError
 
@@ -63,7 +63,7 @@ class ProjectConfig:
     sources: tuple[SourceConfig, ...] = ()  # the datasets (below); the bundled demo source is always first
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage name -> its parameters (below)
     devices: tuple[str, ...] = ("auto",)  # this node's lease slots (pbi_ml.devices); $PBI_DEVICES overrides
-    executor: str = "multiprocess"  # how launched runs execute steps (pbi_ml.cluster); $PBI_EXECUTOR overrides
+    executor: str = DEFAULT_EXECUTOR  # how launched runs execute steps (pbi_ml.cluster); $PBI_EXECUTOR overrides
     k8s: K8sConfig = field(default_factory=K8sConfig)  # the pod of every stage under executor k8s
 
     def source(self, name: str) -> SourceConfig:
