@@ -109,7 +109,8 @@ def bench_opencv(args) -> float:
 
 
 def bench_diffusers(args, opencv_rate: float) -> None:
-    from pbi_ml.config import RemovalConfig, resolve_device
+    from pbi_ml.config import RemovalConfig
+    from pbi_ml.devices import resolve_device
     from pbi_ml.removal import make_inpainter
 
     meaningful = args.model is not None

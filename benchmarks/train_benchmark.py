@@ -36,7 +36,7 @@ def benchmark(
     import torch
     from accelerate import Accelerator
 
-    from pbi_ml.config import resolve_device
+    from pbi_ml.devices import resolve_device
     from pbi_ml.train.config import resolve_mixed_precision
     from pbi_ml.train.loop import denoising_loss, encode_pair, encode_prompts
     from pbi_ml.train.model import load_model_parts

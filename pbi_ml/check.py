@@ -94,36 +94,13 @@ class CheckReport:
 
 def _stage_builders() -> dict:
     """stage name -> a function building that stage's config from its pbi.yaml section."""
-    from pbi_ml.config import (
-        CandidateConfig,
-        ClassFilterConfig,
-        PairConfig,
-        RemovalConfig,
-        ScoringConfig,
-        SplitConfig,
-    )
-    from pbi_ml.describe import DescribeConfig
-    from pbi_ml.export import ExportConfig
-    from pbi_ml.instruct import InstructConfig
-    from pbi_ml.stages.evaluation import EvaluationConfig
+    from pbi_ml.config.reference import STAGE_CONFIGS
     from pbi_ml.stages.training import train_config_for
 
     def of(cls):
         return lambda values: config_from_dict(cls, values)
 
-    return {
-        "candidates": of(CandidateConfig),
-        "class_scores": of(ClassFilterConfig),
-        "removals": of(RemovalConfig),
-        "removal_scores": of(ScoringConfig),
-        "pairs": of(PairConfig),
-        "descriptions": of(DescribeConfig),
-        "instructions": of(InstructConfig),
-        "splits": of(SplitConfig),
-        "exports": of(ExportConfig),
-        "checkpoint": train_config_for,
-        "evaluation": of(EvaluationConfig),
-    }
+    return {stage: train_config_for if stage == "checkpoint" else of(cls) for stage, cls in STAGE_CONFIGS.items()}
 
 
 def check_stages(project: ProjectConfig) -> list[Problem]:

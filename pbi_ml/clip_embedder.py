@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 import numpy as np
 
-from pbi_ml.config import resolve_device
+from pbi_ml.devices import resolve_device
 from pbi_ml.errors import ConfigError
 
 if TYPE_CHECKING:

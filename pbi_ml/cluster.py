@@ -98,10 +98,10 @@ class K8sConfig:
     data_volume_claim: str = "pbi-data"  # a ReadWriteMany PersistentVolumeClaim
     data_volume_name: str = "pbi-data"  # the volume's name inside the pod
     data_mount_path: str = "/data"  # the data root ($PBI_DATA_ROOT) lies under it
-    gpu_node_selector: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_GPU_NODE_SELECTOR))
-    gpu_tolerations: tuple[dict[str, str], ...] = DEFAULT_GPU_TOLERATIONS
+    gpu_node_selector: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_GPU_NODE_SELECTOR))  # GPU pods only
+    gpu_tolerations: tuple[dict[str, str], ...] = DEFAULT_GPU_TOLERATIONS  # GPU pods only
     shm_size_limit: str = "16Gi"  # the /dev/shm of a pod with more than one GPU (in its memory limit)
-    stages: dict[str, StageResources] = field(default_factory=lambda: dict(STAGE_RESOURCES))
+    stages: dict[str, StageResources] = field(default_factory=lambda: dict(STAGE_RESOURCES))  # each stage's pod (below)
 
     def __post_init__(self):
         for name in ("data_volume_claim", "data_volume_name", "data_mount_path"):

@@ -15,6 +15,8 @@ reliable), which is why it is not under the data root.
 `step_device` is what a model step uses: with `device: auto` it leases one slot for the step's
 lifetime; an explicit device (`cuda:1`) is used as given, unleased, after checking it is there.
 The training step leases several slots at once (`lease_devices(count=N)`).
+
+`resolve_device` and `resolve_dtype` turn a config's `device` / `dtype` into what torch takes.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pbi_ml.errors import ConfigError
 DEVICES_ENV = "PBI_DEVICES"
 LEASE_DIR_ENV = "PBI_LEASE_DIR"
 _DEVICE_NAME = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+DTYPES = ("auto", "float32", "float16", "bfloat16")  # a model config's `dtype`
 
 
 @dataclass(frozen=True)
@@ -92,9 +95,31 @@ def device_of(config) -> str:
     embedded backend, else the config's device (`auto` resolved the way the backends do)."""
     if not uses_device(config):
         return "cpu"
-    from pbi_ml.config import resolve_device  # what the backends call
-
     return resolve_device(str(getattr(config, "device", "auto")))
+
+
+def resolve_device(device: str) -> str:
+    """ "auto" -> "cuda" when torch sees a GPU, else "cpu". Imports torch lazily."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: str, device: str):
+    """ "auto" -> bfloat16 on a CUDA GPU that supports it (Ampere and later), else float16 on CUDA,
+    float32 elsewhere. Returns a torch dtype."""
+    import torch
+
+    if dtype == "auto":
+        if not device.startswith("cuda"):
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    try:
+        return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+    except KeyError:
+        raise ConfigError(f"dtype {dtype!r} not one of {DTYPES}") from None
 
 
 def default_lease_dir() -> Path:

@@ -21,15 +21,13 @@ VLM-LLM rewrite, referring expression), without location phrases: diffusers' scr
 append them at training time the way our trainer does (p = 0.25). The removal export has one row
 per pair: the original -> "remove the ..." -> the object-removed image, the prompt chosen per pair
 by `ExportConfig.seed` between "remove the <class>" and the description's noun phrase
-(`removal_instruction`). Both carry `pair_id` and the object `mask` (an Image) in every row;
+(`pbi_ml.instruct.templates.removal_prompt`). Both carry `pair_id` and the object `mask` (an Image) in every row;
 diffusers' script reads only its three columns.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import shutil
 import tempfile
 from collections import Counter
@@ -39,8 +37,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pbi_ml.instruct.check import name_is_head, name_variants
-from pbi_ml.instruct.templates import clean_category
+from pbi_ml.config.fields import check_fields
+from pbi_ml.instruct.templates import removal_prompt
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
@@ -76,9 +74,14 @@ FORMATS = ("pipe", "instruct_pix2pix", "remove_pix2pix")
 
 @dataclass(frozen=True)
 class ExportConfig:
-    max_shard_bytes: int = 256 * 1024 * 1024
-    formats: tuple[str, ...] = FORMATS
+    """The Hugging Face Parquet exports of the pairs (see pbi_ml/export.py)."""
+
+    max_shard_bytes: int = 256 * 1024 * 1024  # a Parquet file is cut when the next row would pass this size
+    formats: tuple[str, ...] = FORMATS  # which file sets to write: pipe, instruct_pix2pix, remove_pix2pix
     seed: int = 0  # picks each pair's removal prompt (class or description form) in remove_pix2pix
+
+    def __post_init__(self):
+        check_fields(self, max_shard_bytes="positive", formats=FORMATS, seed="non_negative")
 
 
 @dataclass
@@ -104,70 +107,6 @@ def dataset_name(source: str, source_format: str) -> str:
     if name.startswith(("coco", "lvis")):
         return "COCO"
     return source
-
-
-# Words that end a noun phrase when read backwards from the object's name ("a photo of a brown dog").
-_PHRASE_BREAKS = frozenset(
-    """
-    of on in into onto at near next beside behind under over above below beneath between by from to
-    toward towards for across along around against among inside outside with without
-    is are was were be being been has have there here shows showing
-    """.split()
-)
-_DETERMINERS = frozenset("a an the this that these those some one his her its their my your our".split())
-_MODIFIER = re.compile(r"[a-z][a-z-]*|,")
-MAX_MODIFIERS = 6
-
-
-def removal_instruction(description: str | None, category: str) -> str:
-    """ "remove the <noun phrase>" from the description when its first sentence names the class as the
-    head of a noun phrase (see `pbi_ml.instruct.check.name_is_head`), else "remove the <class>".
-
-    The phrase is the name as written plus at most MAX_MODIFIERS plain words before it, back to a
-    determiner, a preposition or verb, or other punctuation: "a small brown dog on the grass" ->
-    "remove the small brown dog"; "A photo of a dog bowl" -> "remove the dog" for class dog
-    (there "dog" only modifies "bowl": the class form); "" when there is no class name either."""
-    fallback = fallback_removal(category)
-    sentence = re.split(r"[.;:!?\n]", (description or "").strip().lower(), maxsplit=1)[0]
-    best: re.Match | None = None
-    for variant in name_variants([category]):
-        pattern = r"[\s\-]+".join(re.escape(part) for part in variant.split(" "))
-        for match in re.finditer(rf"(?<![a-z0-9]){pattern}(?![a-z0-9])", sentence):
-            if name_is_head(sentence, match.end()):
-                if best is None or (match.start(), -match.end()) < (best.start(), -best.end()):
-                    best = match
-                break
-    if best is None:
-        return fallback
-    modifiers: list[str] = []
-    for word in reversed(sentence[: best.start()].replace(",", " , ").split()):
-        if word in _DETERMINERS or word in _PHRASE_BREAKS or not _MODIFIER.fullmatch(word):
-            break
-        modifiers.insert(0, word)
-    modifiers = modifiers[-MAX_MODIFIERS:]
-    while modifiers and modifiers[0] in (",", "and", "or"):
-        modifiers.pop(0)
-    while modifiers and modifiers[-1] == ",":
-        modifiers.pop()
-    return "remove the " + " ".join([*modifiers, best.group(0)]).replace(" ,", ",")
-
-
-def removal_prompt(pair_id: str, description: str | None, category: str, seed: int) -> str:
-    """The pair's removal prompt: "remove the <class>" or `removal_instruction`'s description form,
-    picked by a hash of (seed, pair_id), so the same seed always gives the same prompt."""
-    options = list(
-        dict.fromkeys(p for p in (fallback_removal(category), removal_instruction(description, category)) if p)
-    )
-    if not options:
-        return ""
-    digest = hashlib.blake2b(f"{seed}|{pair_id}".encode(), digest_size=8).digest()
-    return options[int.from_bytes(digest, "big") % len(options)]
-
-
-def fallback_removal(category: str) -> str:
-    """ "remove the <class>" ("" without a class name)."""
-    name = clean_category(category)
-    return f"remove the {name}" if name else ""
 
 
 def _image(path: str) -> dict:
@@ -217,7 +156,6 @@ def export_pairs(
     `formats_of_sources`: source name -> its format (for PIPE's target_img_dataset).
     `stats`: filter statistics for the dataset card ({"candidates": {...}, "scores": {...}}).
     """
-    _check_formats(config.formats)  # fails at once, before any file is read
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
@@ -305,12 +243,6 @@ def export_pairs(
     (tmp / "README.md").write_text(dataset_card(rows, stats, counts, splits_of))
     _swap_into_place(tmp, out_dir)
     return ExportResult(directory=out_dir, files=sorted(files), counts=dict(counts))
-
-
-def _check_formats(formats) -> None:
-    unknown = sorted(set(formats) - set(FORMATS))
-    if unknown:
-        raise ValueError(f"unknown export format(s) {unknown}; known: {list(FORMATS)}")
 
 
 # the card's config name of each file set; instruct_pix2pix is the default config, so

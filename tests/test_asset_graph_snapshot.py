@@ -113,3 +113,23 @@ def test_asset_graph_matches_snapshot():
             f"the asset graph differs from its snapshot; if the change is intended, rerun with "
             f"{UPDATE_ENV}=1 and commit the file:\n{diff}"
         )
+
+
+def test_stage_assets_describe_their_parameters_as_docs_configuration_md_does():
+    # the partitioned stage assets (pbi_assets/assets/stage_asset.py); exports, checkpoint and
+    # evaluation describe their parameters in their run config's fields
+    from pbi_assets.definitions import defs
+    from pbi_ml.config.fields import fields_table
+    from pbi_ml.config.reference import STAGE_CONFIGS, configuration_markdown
+
+    docs = configuration_markdown()
+    partitioned = [stage for stage in STAGE_CONFIGS if stage not in ("exports", "checkpoint", "evaluation")]
+    for stage in partitioned:
+        table = fields_table(STAGE_CONFIGS[stage])
+        description = defs.resolve_assets_def(stage).specs_by_key[dg.AssetKey(stage)].description or ""
+        assert description.endswith(table) and table in docs, stage
+    from pbi_assets.run_config import ExportsRunConfig
+    from pbi_ml.config.fields import describe_fields
+
+    seed = {f.name: f for f in describe_fields(STAGE_CONFIGS["exports"])}["seed"]
+    assert ExportsRunConfig.model_fields["seed"].description == f"default: 0; {seed.doc}" and seed.doc

@@ -14,14 +14,9 @@ from PIL import Image
 
 from pbi_ml import tables
 from pbi_ml.catalog import read_view
-from pbi_ml.export import (
-    FORMATS,
-    ExportConfig,
-    export_pairs,
-    fallback_removal,
-    removal_instruction,
-    removal_prompt,
-)
+from pbi_ml.errors import ConfigError
+from pbi_ml.export import FORMATS, ExportConfig, export_pairs
+from pbi_ml.instruct.templates import fallback_removal, removal_instruction, removal_prompt
 from pbi_ml.storage import Storage
 
 datasets = pytest.importorskip("datasets")
@@ -210,9 +205,9 @@ def test_removal_prompt_depends_only_on_seed_and_pair():
 
 def test_export_formats_default_and_unknown_format(tmp_path):
     assert set(FORMATS) == {"pipe", "instruct_pix2pix", "remove_pix2pix"} and ExportConfig().formats == FORMATS
+    with pytest.raises(ConfigError, match=r"ExportConfig\.formats: 'webdataset' is not one of \('pipe', "):
+        ExportConfig(formats=("pipe", "webdataset"))
     table = tables.PAIRS.schema.empty_table()
-    with pytest.raises(ValueError, match="unknown export format"):
-        export_pairs(table, {}, {}, tmp_path / "out", ExportConfig(formats=("webdataset",)))
     # no pairs: no (zero-row, unreadable by `datasets`) shards and no card configs naming absent files
     result = export_pairs(table, {}, {}, tmp_path / "empty", ExportConfig())
     card = (tmp_path / "empty" / "README.md").read_text()

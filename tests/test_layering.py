@@ -1,4 +1,5 @@
-"""pbi_ml never imports dagster; pbi_assets does not import heavy ML libraries at import time."""
+"""pbi_ml never imports dagster; pbi_assets does not import heavy ML libraries at import time;
+pbi_ml's modules import each other without cycles."""
 
 import ast
 import subprocess
@@ -39,6 +40,79 @@ def test_importing_everything_in_pbi_ml_loads_no_dagster():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def _pbi_ml_imports() -> dict[str, set[str]]:
+    """pbi_ml module -> the pbi_ml modules it imports, at the top or inside a function (what runs:
+    `if TYPE_CHECKING:` blocks left out); importing `a.b.c` also runs the packages `a.b` and `a`."""
+    modules = {}
+    for path in sorted((ROOT / "pbi_ml").rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        type_only = {
+            id(inner)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+            for inner in ast.walk(node)
+        }
+        imported = set()
+        for node in ast.walk(tree):
+            if id(node) in type_only:
+                continue
+            if isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                imported.add(node.module)
+                imported.update(f"{node.module}.{alias.name}" for alias in node.names)
+        with_packages = {".".join(m.split(".")[:i]) for m in imported for i in range(2, m.count(".") + 2)}
+        graph[name] = {m for m in with_packages if m in modules and m != name and not name.startswith(m + ".")}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_pbi_ml_modules_import_each_other_without_cycles():
+    # counting imports inside functions too: a lazy import only hides a cycle. The one kind allowed:
+    # inside one subpackage, a factory importing its backends lazily (describe.base -> describe.vlm)
+    graph = _pbi_ml_imports()
+    assert "pbi_ml.describe.vlm" in graph["pbi_ml.describe.base"], "the walk sees imports inside functions"
+    crossing = [
+        cycle for cycle in _cycles(graph) if len({m.rsplit(".", 1)[0] for m in cycle}) > 1 or cycle[0].count(".") == 1
+    ]
+    assert crossing == []
 
 
 def test_code_location_import_is_light():

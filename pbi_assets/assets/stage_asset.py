@@ -7,8 +7,9 @@ turn the result into metadata (row count, schema, counts, samples, histograms). 
 writes that body once; each domain module only declares what differs.
 
 The description a user reads in the UI is the declaration's summary followed by the stage's
-parameters and their defaults, generated from the config dataclass, so a default is written in
-one place: its dataclass.
+parameters (type, default, meaning), generated from the config dataclass by the code that writes
+docs/configuration.md (`pbi_ml.config.fields.fields_table`), so a default is written in one
+place: its dataclass.
 """
 
 import dataclasses
@@ -23,6 +24,7 @@ from pbi_assets.metadata import progress_logger, result_metadata
 from pbi_assets.partitions import partition_of, source_shard_partitions
 from pbi_assets.resources import PBIProject
 from pbi_assets.run_config import stage_run_config
+from pbi_ml.config.fields import fields_table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,20 +46,6 @@ class StageAsset:
     run_kwargs: Callable[[PBIProject], dict[str, Any]] | None = None
 
 
-def parameters_text(config_class: type) -> str:
-    """'Parameters (default): backend ('opencv'), num_candidates (3), ...' from the dataclass."""
-    parts = []
-    for field in dataclasses.fields(config_class):
-        if field.default is not dataclasses.MISSING:
-            default = field.default
-        elif field.default_factory is not dataclasses.MISSING:
-            default = field.default_factory()
-        else:
-            default = "required"
-        parts.append(f"{field.name} ({default!r})")
-    return "Parameters (default), set in pbi.yaml `stages:` or the run config: " + ", ".join(parts) + "."
-
-
 def _run_config_class(stage: StageAsset) -> type[dg.Config]:
     camel = "".join(word.title() for word in stage.name.split("_"))
     return stage_run_config(f"{camel}RunConfig", stage.config_class)
@@ -76,7 +64,10 @@ def stage_asset(stage: StageAsset) -> dg.AssetsDefinition:
         pool=GPU_POOL if stage.model else None,
         tags=GPU_TAGS if stage.model else None,
         op_tags=stage_op_tags(stage.name),
-        description=f"{stage.summary}\n\n{parameters_text(stage.config_class)}",
+        description=(
+            f"{stage.summary}\n\nParameters, set in pbi.yaml `stages.{stage.name}` or the run config "
+            f"(docs/configuration.md):\n\n{fields_table(stage.config_class)}"
+        ),
     )
     def _asset(context: dg.AssetExecutionContext, pbi: PBIProject, config: RunConfig) -> dg.MaterializeResult:  # type: ignore[valid-type]
         part = partition_of(context)

@@ -17,6 +17,8 @@ from typing import Protocol
 
 import numpy as np
 
+from pbi_ml.config.fields import check_fields
+from pbi_ml.devices import DTYPES
 from pbi_ml.errors import ConfigError, ItemError
 from pbi_ml.masks import bbox_of, check_image_and_mask, crop_box
 
@@ -35,18 +37,19 @@ class DescribeConfig:
     `AutoModelForImageTextToText` (default Qwen2-VL-2B-Instruct). The paper's CogVLM
     (`THUDM/cogvlm-chat-hf`) ships its own modelling code: it loads only with
     `trust_remote_code: true`, set explicitly, and needs `tokenizer` (its model card uses
-    `lmsys/vicuna-7b-v1.5`). `prompt` is SPEC's prompt; `{category}` is replaced by the class name.
+    `lmsys/vicuna-7b-v1.5`). `prompt` is the paper's prompt (docs/method.md); `{category}` is replaced by
+    the class name.
     """
 
     backend: str = "pixels"  # "pixels" (embedded, CPU, no weights) or "vlm"
-    model: str = "Qwen/Qwen2-VL-2B-Instruct"
-    trust_remote_code: bool = False
+    model: str = "Qwen/Qwen2-VL-2B-Instruct"  # Hub id or local directory (vlm)
+    trust_remote_code: bool = False  # load a model's own modelling code (CogVLM); set explicitly
     tokenizer: str | None = None  # only for models whose repo ships no tokenizer (CogVLM)
-    prompt: str = SPEC_PROMPT
-    max_new_tokens: int = 40
-    batch_size: int = 4
-    device: str = "auto"
-    dtype: str = "auto"
+    prompt: str = SPEC_PROMPT  # {category}: the object's class name
+    max_new_tokens: int = 40  # the longest description, in tokens
+    batch_size: int = 4  # objects per model call
+    device: str = "auto"  # "auto" = a leased device of the node (pbi_ml.devices), else cuda if available, else cpu
+    dtype: str = "auto"  # "auto" = bfloat16 on a GPU that has it (else float16), float32 on cpu
 
     @property
     def uses_device(self) -> bool:
@@ -54,8 +57,6 @@ class DescribeConfig:
         return self.backend == "vlm"
 
     def __post_init__(self):
-        from pbi_ml.config import DTYPES, check_fields
-
         check_fields(self, backend=DESCRIBE_BACKENDS, max_new_tokens="positive", batch_size="positive", dtype=DTYPES)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from pbi_ml.describe.base import DescribeConfig, DescribeItem
-from pbi_ml.instruct.templates import clean_category, noun_phrase
+from pbi_ml.instruct.grammar import clean_category, noun_phrase
 
 COLOUR_NAMES = (
     "black",

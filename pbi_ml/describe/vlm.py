@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pbi_ml.config import resolve_device, resolve_dtype
 from pbi_ml.describe.base import DescribeConfig, DescribeItem, masked_object_view
+from pbi_ml.devices import resolve_device, resolve_dtype
 from pbi_ml.errors import ConfigError
 
 # Hub ids known to need their own modelling code (a local directory is checked by its config.json).
@@ -115,7 +115,7 @@ class VLMDescriber:
         self.cogvlm = True
 
     def prompt_for(self, category: str) -> str:
-        from pbi_ml.instruct.templates import clean_category
+        from pbi_ml.instruct.grammar import clean_category
 
         return self.config.prompt.format(category=clean_category(category))
 

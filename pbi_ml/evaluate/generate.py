@@ -79,7 +79,7 @@ def load_edit_pipeline(pipeline_dir: str, config: GenerateConfig):
         StableDiffusionInstructPix2PixPipeline,
     )
 
-    from pbi_ml.config import resolve_device, resolve_dtype
+    from pbi_ml.devices import resolve_device, resolve_dtype
 
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)

@@ -49,8 +49,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pbi_ml.config import resolve_device
-from pbi_ml.errors import ConfigError
+from pbi_ml.config.fields import check_fields
+from pbi_ml.devices import resolve_device
 
 SAMPLE_METRICS = ("l1", "l2", "clip_i", "clip_t", "clip_t_instruction", "dino")
 SET_METRICS = ("cmmd", "cmmd_all")
@@ -82,8 +82,7 @@ class MetricsConfig:
     enabled: bool = True
 
     def __post_init__(self):
-        if self.cmmd_batch_size < 1 or self.batch_size < 1:
-            raise ConfigError("MetricsConfig: batch_size and cmmd_batch_size must be >= 1")
+        check_fields(self, cmmd_batch_size="positive", batch_size="positive")
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
-"""Instructions per pair (SPEC stage "instructions"). Importing this loads no torch."""
+"""Instructions per pair (the "instructions" stage), and the export's removal prompts. Importing
+this loads no torch."""
 
 from pbi_ml.instruct.base import INSTRUCT_BACKENDS, InstructConfig, InstructionWriter, make_instruction_writer
 from pbi_ml.instruct.check import CheckResult, InstructionChecker, names_object, object_name_problem
+from pbi_ml.instruct.grammar import clean_category
 from pbi_ml.instruct.refs import load_refs, ref_instruction
-from pbi_ml.instruct.templates import TemplateWriter, class_instruction, clean_category, location_phrase
+from pbi_ml.instruct.templates import TemplateWriter, class_instruction, location_phrase, removal_prompt
 
 __all__ = [
     "INSTRUCT_BACKENDS",
@@ -20,4 +22,5 @@ __all__ = [
     "names_object",
     "object_name_problem",
     "ref_instruction",
+    "removal_prompt",
 ]

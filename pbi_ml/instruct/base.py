@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from pbi_ml.config.fields import check_fields
 from pbi_ml.errors import ConfigError
 
 INSTRUCT_BACKENDS = ("templates", "llm")
@@ -34,18 +35,18 @@ class InstructConfig:
     """
 
     backend: str = "templates"  # "templates" (embedded, no model) or "llm"
-    model: str = "mistralai/Mistral-7B-Instruct-v0.2"
-    gguf_file: str | None = None
-    fewshot_file: str | None = None
-    max_new_tokens: int = 40
-    batch_size: int = 8
-    device: str = "auto"
-    dtype: str = "auto"
-    seed: int = 0
-    check: bool = True
-    check_model: str | None = None
-    check_min_similarity: float = 0.35  # calibrate
-    check_lexical: bool = True
+    model: str = "mistralai/Mistral-7B-Instruct-v0.2"  # Hub id or local directory of a causal LM (llm)
+    gguf_file: str | None = None  # a GGUF file inside the `model` directory (dequantised on load)
+    fewshot_file: str | None = None  # the in-context examples; None: the packaged fewshot_v2.json
+    max_new_tokens: int = 40  # the longest rewrite, in tokens
+    batch_size: int = 8  # descriptions per model call
+    device: str = "auto"  # "auto" = a leased device of the node (pbi_ml.devices), else cuda if available, else cpu
+    dtype: str = "auto"  # "auto" = bfloat16 on a GPU that has it (else float16), float32 on cpu
+    seed: int = 0  # picks the template (templates) and seeds sampling (llm)
+    check: bool = True  # check each rewrite names the object; a rejected one falls back to the class template
+    check_model: str | None = None  # a sentence-transformers directory; None: the packaged all-MiniLM-L6-v2
+    check_min_similarity: float = 0.35  # calibrate: the least cosine between the rewrite and its reference
+    check_lexical: bool = True  # require the class name (or a synonym) as the head of a noun phrase
 
     @property
     def uses_device(self) -> bool:
@@ -53,8 +54,6 @@ class InstructConfig:
         return self.backend == "llm" or self.check
 
     def __post_init__(self):
-        from pbi_ml.config import check_fields
-
         check_fields(self, backend=INSTRUCT_BACKENDS, max_new_tokens="positive", batch_size="positive")
         if not -1.0 <= self.check_min_similarity <= 1.0:
             raise ConfigError(

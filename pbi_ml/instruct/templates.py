@@ -1,64 +1,25 @@
-"""Instruction text without a model: class templates, the embedded rewrite writer, location phrases.
+"""Instruction text without a model: class templates, removal prompts, the embedded rewrite writer,
+location phrases. The English (articles, noun phrases, class names) is pbi_ml/instruct/grammar.py.
 
 - `class_instruction("cat")` -> "add a cat" (PIPE's `Instruction_Class`), with a/an, "a pair of"
   for pair nouns ("add a pair of scissors") and no article for plural or mass nouns
   ("add stairs", "add broccoli").
+- `removal_prompt`: the export's reverse pair prompt, "remove the <class>" or "remove the <the
+  description's noun phrase>" (`removal_instruction`), picked per pair by a seeded hash.
 - `TemplateWriter`: the embedded default for the rewrite kind (PIPE's `Instruction_VLM-LLM`):
   varied "add / put / insert / place ..." templates over the description. The template is chosen by
   a stable hash of (seed, item key), so a re-run writes identical text.
 - `location_phrase("top left")` -> " at the top left": appended by the trainer with probability
-  0.25 (SPEC), never stored in the instruction columns.
-
-Class names arrive as their source spells them: COCO "baseball bat", LVIS "bow_(weapon)", Open
-Images "Human face". `clean_category` makes them readable: underscores to spaces, the
-parenthesised LVIS disambiguator dropped, a capitalised first word lower-cased.
+  0.25 (docs/method.md), never stored in the instruction columns.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 
+from pbi_ml.instruct.grammar import class_noun_phrase, clean_category, description_noun_phrase, head_noun_phrase
 from pbi_ml.sources.base import stable_hash
-
-# Nouns used as "a pair of X".
-PAIR_NOUNS = frozenset(
-    "scissors jeans pants trousers shorts slacks leggings tights overalls pajamas pyjamas sweatpants "
-    "glasses sunglasses eyeglasses spectacles goggles binoculars tongs pliers tweezers shears clippers "
-    "headphones earphones earmuffs skis handcuffs".split()
-)
-# Nouns that take no article ("add broccoli", "add stairs").
-MASS_NOUNS = frozenset(
-    "broccoli lettuce spinach rice pasta spaghetti popcorn cereal hay sand snow stairs honey milk water sugar salt butter".split()
-)
-# Words ending in "s" that are singular.
-SINGULAR_S = frozenset(
-    "bus lens canvas gas glass grass dress mattress chess compass harness cactus octopus walrus hippopotamus "
-    "platypus asparagus hibiscus iris bonus virus fungus hummus tennis series species news mess boss cross "
-    "moss press brass class kiss christmas atlas bias yes this his abacus papyrus tortoise hovercraft "
-    "pancreas analysis axis oasis".split()
-)
-# A vowel letter pronounced as a consonant ("a unicorn", "a euro", "a one-way sign").
-_CONSONANT_SOUND_VOWEL = (
-    "uni",
-    "use",
-    "usu",
-    "uti",
-    "ura",
-    "ure",
-    "uri",
-    "uro",
-    "uku",
-    "eu",
-    "ewe",
-    "one",
-    "once",
-    "ubiq",
-)
-# A consonant letter pronounced as a vowel ("an hour", "an honest").
-_VOWEL_SOUND_CONSONANT = ("hour", "honest", "honor", "honour", "heir", "x-ray", "xray")
-DETERMINERS = frozenset(
-    "a an the this that these those some one two three several his her its their my your our".split()
-)
 
 # (verb, ending): "add {np}", "put {np} in the picture", ... The ending is dropped when the noun
 # phrase ends in a clause ("add a cat, orange fur and white paws").
@@ -72,80 +33,6 @@ VERB_TEMPLATES = (
     ("insert", " into the scene"),
     ("place", " in the image"),
 )
-
-_PAREN = re.compile(r"\s*\([^)]*\)")
-_SPACES = re.compile(r"\s+")
-
-
-def clean_category(name: str) -> str:
-    """A readable class name: "bow_(weapon)" -> "bow", "Human face" -> "human face"."""
-    text = _PAREN.sub("", str(name)).replace("_", " ")
-    text = _SPACES.sub(" ", text).strip()
-    words = text.split(" ")
-    if words and len(words[0]) > 1 and words[0][0].isupper() and words[0][1:].islower():
-        words[0] = words[0].lower()
-    return " ".join(words)
-
-
-def indefinite_article(phrase: str) -> str:
-    """ "a" or "an" for the first word of `phrase` (by sound, for common English exceptions)."""
-    word = phrase.strip().lower()
-    if not word:
-        return "a"
-    if word.startswith(_VOWEL_SOUND_CONSONANT):
-        return "an"
-    if word.startswith(_CONSONANT_SOUND_VOWEL):
-        return "a"
-    if word[0] in "aeiou":
-        return "an"
-    if word[0] == "8" or word.startswith(("11 ", "18 ")):
-        return "an"
-    return "a"
-
-
-def with_article(phrase: str) -> str:
-    """ "cat" -> "a cat", "apple" -> "an apple"; a phrase already starting with a determiner is kept."""
-    phrase = phrase.strip()
-    first = phrase.split(" ", 1)[0].lower() if phrase else ""
-    if first in DETERMINERS:
-        return phrase
-    return f"{indefinite_article(phrase)} {phrase}"
-
-
-def noun_kind(category: str) -> str:
-    """How the (cleaned) class name takes an article: "pair", "plural", "mass" or "count"."""
-    last = clean_category(category).lower().split(" ")[-1] if category else ""
-    if last in PAIR_NOUNS:
-        return "pair"
-    if last in MASS_NOUNS:
-        return "mass"
-    if looks_plural(last):
-        return "plural"
-    return "count"
-
-
-def looks_plural(word: str) -> bool:
-    """A conservative guess that `word` is a plural ("bananas", "stairs"), not a singular in -s ("bus")."""
-    word = word.lower()
-    if len(word) < 4 or not word.endswith("s") or word in SINGULAR_S:
-        return False
-    return not word.endswith(("ss", "us", "is", "ous", "sis"))
-
-
-def class_noun_phrase(category: str) -> str:
-    """The class as a noun phrase with the right article: "a cat", "a pair of scissors", "stairs"."""
-    return noun_phrase(clean_category(category), category)
-
-
-def noun_phrase(phrase: str, category: str) -> str:
-    """`phrase` (ending in the class name) with what the class needs in front: "a pair of ..." for
-    pair nouns, nothing for plural and mass nouns, else "a"/"an"."""
-    kind = noun_kind(clean_category(category))
-    if kind == "pair":
-        return f"a pair of {phrase}"
-    if kind in ("plural", "mass"):
-        return phrase
-    return with_article(phrase)
 
 
 def class_instruction(category: str) -> str:
@@ -161,44 +48,36 @@ def location_phrase(location: str | None) -> str:
     return f" at the {location}" if location else ""
 
 
+def removal_instruction(description: str | None, category: str) -> str:
+    """ "remove the <noun phrase>" from the description when its first sentence names the class as
+    the head of a noun phrase (`pbi_ml.instruct.grammar.head_noun_phrase`), else "remove the
+    <class>": "a small brown dog on the grass" -> "remove the small brown dog"; "A photo of a dog
+    bowl" -> "remove the dog" for class dog; "" when there is no class name either."""
+    sentence = re.split(r"[.;:!?\n]", (description or "").strip().lower(), maxsplit=1)[0]
+    phrase = head_noun_phrase(sentence, [category])
+    return f"remove the {phrase}" if phrase else fallback_removal(category)
+
+
+def fallback_removal(category: str) -> str:
+    """ "remove the <class>" ("" without a class name)."""
+    name = clean_category(category)
+    return f"remove the {name}" if name else ""
+
+
+def removal_prompt(pair_id: str, description: str | None, category: str, seed: int) -> str:
+    """The pair's removal prompt: "remove the <class>" or `removal_instruction`'s description form,
+    picked by a hash of (seed, pair_id), so the same seed always gives the same prompt."""
+    options = list(
+        dict.fromkeys(p for p in (fallback_removal(category), removal_instruction(description, category)) if p)
+    )
+    if not options:
+        return ""
+    digest = hashlib.blake2b(f"{seed}|{pair_id}".encode(), digest_size=8).digest()
+    return options[int.from_bytes(digest, "big") % len(options)]
+
+
 # --------------------------------------------------------------------------------------------
 # The embedded rewrite writer
-
-_LEADING_FILLER = re.compile(
-    r"^(?:the image shows|this image shows|the picture shows|in the image,?|this is|it is|it's|there is|there's|an image of|a photo of|a picture of)\s+",
-    re.IGNORECASE,
-)
-_SENTENCE_VERB = re.compile(r"\b(?:is|are|was|were|has|have|appears|seems|looks|sits|stands|lies)\b", re.IGNORECASE)
-
-
-def description_noun_phrase(description: str, category: str) -> str:
-    """The description as a noun phrase to put after "add".
-
-    A short phrase that names the class ("a large brown and white cat", "red double-decker bus")
-    is used as is (with an article); anything else (a sentence, a phrase without the class) is
-    attached to the class phrase: "a cat, orange fur and white paws"."""
-    text = _SPACES.sub(" ", (description or "").strip()).strip(" .;:!\"'")
-    text = _LEADING_FILLER.sub("", text)
-    if not text:
-        return class_noun_phrase(category)
-    name = clean_category(category).lower()
-    sentence = text[0].lower() + text[1:]
-    words = sentence.split(" ")
-    if words[0] == "the" and len(words) > 1:  # "the red bus" -> "a red bus" (the object is new)
-        words = words[1:]
-    lowered = " ".join(words)
-    names_class = bool(re.search(rf"\b{re.escape(name)}(?:s|es)?\b", lowered.lower())) or (
-        name.split(" ")[-1] in {w.strip(",.").lower() for w in words}
-    )
-    is_phrase = len(words) <= 12 and "," not in lowered and not _SENTENCE_VERB.search(lowered)
-    if names_class and is_phrase:
-        kind = noun_kind(name)
-        if kind in ("plural", "mass") or words[0] in DETERMINERS:
-            return lowered
-        if kind == "pair" and not lowered.startswith("pair"):
-            return f"a pair of {lowered}"
-        return with_article(lowered)
-    return f"{class_noun_phrase(category)}, {sentence}"
 
 
 class TemplateWriter:

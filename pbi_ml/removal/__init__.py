@@ -8,8 +8,9 @@
 from __future__ import annotations
 
 from pbi_ml.config import RemovalConfig
+from pbi_ml.config.stages import REMOVAL_BACKENDS
 from pbi_ml.errors import ConfigError
-from pbi_ml.removal.base import REMOVAL_BACKENDS, Inpainter
+from pbi_ml.removal.base import Inpainter
 
 
 def make_inpainter(config: RemovalConfig) -> Inpainter:

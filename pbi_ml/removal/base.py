@@ -18,8 +18,6 @@ import numpy as np
 
 from pbi_ml.masks import check_image_and_mask
 
-REMOVAL_BACKENDS = ("opencv", "diffusers")
-
 
 class Inpainter(Protocol):
     """What every removal backend provides."""

@@ -46,7 +46,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pbi_ml.config import RemovalConfig, resolve_device, resolve_dtype
+from pbi_ml.config import RemovalConfig
+from pbi_ml.devices import resolve_device, resolve_dtype
 from pbi_ml.errors import ConfigError
 from pbi_ml.removal.base import check_batch
 from pbi_ml.removal.context import Window, context_window, crop_to_window, paste_through_mask
@@ -114,7 +115,7 @@ class DiffusersInpainter:
         return context_window(mask, self.config.min_context_px, self.config.context_scale)
 
     def negative_prompt_for(self, category: str) -> str:
-        from pbi_ml.instruct.templates import clean_category
+        from pbi_ml.instruct.grammar import clean_category
 
         return self.config.negative_prompt.format(category=clean_category(category))
 

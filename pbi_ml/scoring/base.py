@@ -35,11 +35,10 @@ import numpy as np
 
 from pbi_ml import reasons
 from pbi_ml.config import ScoringConfig
+from pbi_ml.config.stages import SCORING_BACKENDS
 from pbi_ml.errors import ConfigError, ItemError
 from pbi_ml.masks import check_image, check_image_and_mask
 from pbi_ml.tables import CLIP_COLUMNS, SCORE_COLUMNS
-
-SCORING_BACKENDS = ("stats", "clip")
 
 STATS_BACKEND_CLIP_REASON = "scoring backend 'stats' has no CLIP weights; set scoring.backend: clip"
 

@@ -31,12 +31,11 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ijson
 import pyarrow as pa
 
-from pbi_ml.config import SourceConfig
 from pbi_ml.errors import AnnotationFileError
 from pbi_ml.sources.checks import (
     POLYGONS_TEXT,
@@ -49,6 +48,9 @@ from pbi_ml.sources.checks import (
     short_repr,
 )
 from pbi_ml.sources.index import IndexBuilder
+
+if TYPE_CHECKING:  # the readers take a SourceConfig; the config package imports the demo source
+    from pbi_ml.config import SourceConfig
 
 _EXACT_ERROR_LOCATION_MAX_BYTES = 64 * 2**20
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import numbers
-from typing import TypeGuard
+from typing import TYPE_CHECKING, TypeGuard
 
 import numpy as np
 
 from pbi_ml import reasons
-from pbi_ml.config import SourceConfig
 from pbi_ml.errors import ItemError
 from pbi_ml.sources.checks import (
     MAX_IMAGE_PIXELS,
@@ -29,6 +28,9 @@ from pbi_ml.sources.checks import (
     rle_is_consistent,
     short_repr,
 )
+
+if TYPE_CHECKING:  # the readers take a SourceConfig; the config package imports the demo source
+    from pbi_ml.config import SourceConfig
 
 __all__ = ["decode_mask", "resolve_mask", "rle_counts_from_string", "rle_is_consistent"]
 

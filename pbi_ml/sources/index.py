@@ -27,16 +27,19 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pbi_ml.config import SourceConfig
 from pbi_ml.errors import AnnotationFileError
 from pbi_ml.sources.base import INDEX_SCHEMA, shard_of
 from pbi_ml.sources.checks import coco_mask, short_repr
 from pbi_ml.storage import Storage, write_parquet
+
+if TYPE_CHECKING:  # the readers take a SourceConfig; the config package imports the demo source
+    from pbi_ml.config import SourceConfig
 
 # Bump when a reader's output for the same input files changes: it invalidates every cached index.
 READER_VERSION = "2"

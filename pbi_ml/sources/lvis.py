@@ -21,12 +21,11 @@ read here): the candidate stage rejects their instances as image_missing.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import pyarrow as pa
 
-from pbi_ml.config import SourceConfig
 from pbi_ml.errors import AnnotationFileError
 from pbi_ml.sources.checks import short_repr
 from pbi_ml.sources.coco import (
@@ -38,6 +37,9 @@ from pbi_ml.sources.coco import (
     require_size,
 )
 from pbi_ml.sources.index import IndexBuilder
+
+if TYPE_CHECKING:  # the readers take a SourceConfig; the config package imports the demo source
+    from pbi_ml.config import SourceConfig
 
 LVIS_FREQUENCIES = ("r", "c", "f")
 

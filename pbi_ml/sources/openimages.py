@@ -30,18 +30,21 @@ import csv
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from pbi_ml import reasons
-from pbi_ml.config import SourceConfig
 from pbi_ml.errors import AnnotationFileError, ItemError
 from pbi_ml.imageio import check_image, load_gray
 from pbi_ml.sources.checks import short_repr
 from pbi_ml.sources.decode import resolve_mask
 from pbi_ml.sources.index import IndexBuilder
+
+if TYPE_CHECKING:  # the readers take a SourceConfig; the config package imports the demo source
+    from pbi_ml.config import SourceConfig
 
 REQUIRED_COLUMNS = ("MaskPath", "ImageID", "LabelName", "BoxID", "BoxXMin", "BoxXMax", "BoxYMin", "BoxYMax")
 _BOX_COLUMNS = ("BoxXMin", "BoxXMax", "BoxYMin", "BoxYMax")

@@ -40,7 +40,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pbi_ml.catalog import read_view
-from pbi_ml.devices import device_of
+from pbi_ml.config.fields import check_fields
+from pbi_ml.devices import DTYPES, device_of
 from pbi_ml.errors import ConfigError
 from pbi_ml.imageio import load_rgb_path, save_png
 from pbi_ml.stages.common import Progress, StageResult
@@ -53,30 +54,30 @@ MAGICBRUSH_ADD_RULES = ("substring", "word")
 
 @dataclass(frozen=True)
 class EvaluationConfig:
+    """How the evaluation stage edits with a checkpoint and scores the edits (see the module docstring)."""
+
     instruction_kind: str = "vlm_llm"  # vlm_llm | class | ref: which stored instruction drives the edit
-    max_samples: int | None = None
-    magicbrush_parquet: str | None = None
+    max_samples: int | None = None  # the first N samples of each benchmark; None: all
+    magicbrush_parquet: str | None = None  # a MagicBrush-format parquet: adds the magicbrush_add benchmark
     # MagicBrush's local_captions.json, {img_id: {"<img_id>-output<k>.png": caption}}: CLIP-T's captions
     magicbrush_captions: str | None = None
     magicbrush_add_rule: str = "substring"  # or "word": how "contains" is read (see the module docstring)
-    num_inference_steps: int = 50
-    guidance_scale: float = 7.0
+    num_inference_steps: int = 50  # EulerAncestral steps
+    guidance_scale: float = 7.0  # text guidance
     image_guidance_scale: float = 1.5
-    seed: int = 0
+    seed: int = 0  # the generator's seed for every edit
     resolution: int | None = None  # None: 512 for real models, 64 for a smoke model
-    batch_size: int = 4
-    device: str = "auto"
-    dtype: str = "auto"
-    clip_model: str = "ViT-B-32"
-    clip_pretrained: str = "openai"
-    dino_model: str = "facebook/dino-vits16"
-    cmmd_clip_model: str = "ViT-L-14-336"
+    batch_size: int = 4  # edits per pipeline call
+    device: str = "auto"  # "auto" = a leased device of the node (pbi_ml.devices), else cuda if available, else cpu
+    dtype: str = "auto"  # "auto" = bfloat16 on a GPU that has it (else float16), float32 on cpu
+    clip_model: str = "ViT-B-32"  # CLIP-I / CLIP-T: open_clip name or model-config JSON path
+    clip_pretrained: str = "openai"  # open_clip tag or checkpoint file
+    dino_model: str = "facebook/dino-vits16"  # DINO: Hub id or local directory (transformers ViTModel)
+    cmmd_clip_model: str = "ViT-L-14-336"  # CMMD's CLIP (google-research/cmmd's)
     cmmd_clip_pretrained: str = "openai"
     cmmd_batch_size: int = 32  # google-research/cmmd: batches of 32, remainder dropped
 
     def __post_init__(self):
-        from pbi_ml.config import DTYPES, check_fields
-
         check_fields(
             self,
             instruction_kind=("vlm_llm", "class", "ref"),

@@ -31,8 +31,9 @@ import os
 from collections.abc import Callable
 
 from pbi_ml.catalog import read_view
-from pbi_ml.config import ConfigError, config_from_dict
+from pbi_ml.config import config_from_dict
 from pbi_ml.devices import device_of
+from pbi_ml.errors import ConfigError
 from pbi_ml.stages.common import StageResult
 from pbi_ml.storage import Storage, atomic_write_bytes, table_from_records
 from pbi_ml.tables import CHECKPOINTS, PAIRS, SPLITS

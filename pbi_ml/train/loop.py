@@ -296,7 +296,7 @@ def train_instruct_pix2pix(
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from pbi_ml.config import resolve_device
+    from pbi_ml.devices import resolve_device
     from pbi_ml.train.model import build_pipeline, load_model_parts
 
     if not examples:
