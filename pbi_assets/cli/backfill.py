@@ -1,9 +1,9 @@
-"""`pbi backfill`: store a real Dagster asset backfill of a source (pbi_assets.backfill) and, with
+"""`pbi backfill`: launch a real Dagster asset backfill of a source (pbi_assets.backfill) and, with
 --wait, follow it to the end, starting a daemon for a local instance when none runs."""
 
 from __future__ import annotations
 
-import os
+import signal
 import time
 from pathlib import Path
 
@@ -13,7 +13,6 @@ from pbi_assets.failures import run_failure
 
 
 def cmd_backfill(args) -> int:
-    """A real Dagster asset backfill over every partition of the source (see pbi_assets.backfill)."""
     from pbi_assets.partitions import PROJECT  # reads the config: an error names the file and field
 
     require_source(PROJECT.source_names, args.source)
@@ -25,73 +24,68 @@ def cmd_backfill(args) -> int:
     instance = dg.DagsterInstance.get()
     prepare_instance(instance)
     try:
-        launched = bf.launch_backfill(instance, args.source, args.assets)
+        launched = bf.launch_backfill(args.source, args.assets)
     except bf.BackfillError as exc:
         raise UserError(str(exc)) from None
-    what = (
-        f"{len(launched.partitions)} partitions x {len(launched.partitioned_assets)} assets"
-        if launched.partitions
-        else "no partitioned asset"
-    )
+    what = f"{len(launched.partitions)} partitions x {len(launched.partitioned_assets)} assets"
+    what = what if launched.partitions else "no partitioned asset"
     downstream = f", then {', '.join(launched.unpartitioned_assets)}" if launched.unpartitioned_assets else ""
     print(f"PBI: backfill {launched.backfill_id} of source {args.source!r}: {what}{downstream}")
     print(f"     data root {PROJECT.data_root}; Dagster runs recorded in {home}")
     print(f"     follow it in the UI: {UI_URL}/runs/b/{launched.backfill_id}")
-    if not args.wait:
-        if bf.daemon_alive(instance):
-            print("     the Dagster daemon runs it (partitions concurrently, gated by the pools)")
-        elif not starts_own_daemon(instance):
-            print(_no_deployment_daemon())
-        else:
-            print(
-                "     no Dagster daemon is running for this DAGSTER_HOME: the backfill starts when one does "
-                "(`dagster dev -w workspace.yaml`, or `dagster-daemon run -w workspace.yaml`); "
-                "or rerun with --wait, which starts one for the duration"
-            )
-        return 0
-    return _wait_for_backfill(instance, launched.backfill_id, home)
+    own = starts_own_daemon(instance)
+    if args.wait:
+        return _wait_for_backfill(instance, launched.backfill_id, home, own)
+    if bf.daemon_alive(instance):
+        print("     the Dagster daemon runs it (partitions concurrently, gated by the pools)")
+    elif own:
+        print(
+            "     no Dagster daemon is running for this DAGSTER_HOME: the backfill starts when one does "
+            "(`dagster dev -w workspace.yaml`, or `dagster-daemon run -w workspace.yaml`); "
+            "or rerun with --wait, which starts one for the duration"
+        )
+    else:
+        print(_NO_DEPLOYMENT_DAEMON.format(home=home))
+    return 0
 
 
-def _wait_for_backfill(instance, backfill_id: str, home: Path) -> int:
-    """Follow the backfill to its end, starting a daemon (and stopping it after) if none runs."""
-    import signal
+_NO_DEPLOYMENT_DAEMON = (
+    "     no Dagster daemon heartbeats for the instance in {home}: it is the deployment's, and pbi does not "
+    "start one for it; the backfill starts when the deployment's daemon runs (kubectl get pods: the "
+    "dagster-daemon pod)"
+)
+
+
+def _wait_for_backfill(instance, backfill_id: str, home: Path, own: bool) -> int:
+    """Follow the backfill to its end. For a local instance (`own`) start `dagster-daemon run` when
+    none heartbeats (also later, if the one that ran stops), and stop it once the backfill and the
+    runs it launched meanwhile have ended."""
+    import dagster as dg
 
     from pbi_assets import backfill as bf
 
     daemon: bf.DaemonProcess | None = None
-    since = time.time()
-
-    def start_daemon(why: str) -> None:
-        nonlocal daemon
-        daemon = bf.DaemonProcess(home / "pbi-daemon" / f"{backfill_id}.log")
-        daemon.start()
-        print(f"     {why}: started `dagster-daemon run` for this backfill (pid {daemon.pid}, log {daemon.log_path});")
-        print("     it stops when the backfill ends")
-
-    own = starts_own_daemon(instance)
-    warned = False
+    since, warned = time.time(), False
 
     def check_daemon() -> None:
-        nonlocal warned
-        if daemon is None:
-            if not bf.daemon_alive(instance):
-                if own:
-                    start_daemon("the Dagster daemon stopped heartbeating")
-                elif not warned:
-                    print(_no_deployment_daemon())
-                    warned = True
-        elif daemon.exited() is not None:
-            raise RuntimeError(
-                f"the daemon this command started exited (code {daemon.exited()}); its log: {daemon.log_path}"
-            )
+        nonlocal daemon, warned
+        if daemon is not None and daemon.process.poll() is not None:
+            raise RuntimeError(f"the daemon this command started exited; its log: {daemon.log_path}")
+        if daemon is None and not bf.daemon_alive(instance):
+            if own:
+                daemon = bf.DaemonProcess(home / "pbi-daemon" / f"{backfill_id}.log")
+                print(
+                    f"     no Dagster daemon was running: started `dagster-daemon run` for this backfill "
+                    f"(pid {daemon.process.pid}, log {daemon.log_path}); it stops when the backfill ends"
+                )
+            elif not warned:
+                print(_NO_DEPLOYMENT_DAEMON.format(home=home))
+                warned = True
 
-    if own and not bf.daemon_alive(instance):
-        start_daemon("no Dagster daemon was running")
-    elif not own:
+    if not own:
         print(
             "     the deployment's Dagster daemon runs it; following it here (Ctrl-C stops following, not the backfill)"
         )
-        check_daemon()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         progress = bf.follow_backfill(instance, backfill_id, on_poll=check_daemon)
@@ -106,49 +100,40 @@ def _wait_for_backfill(instance, backfill_id: str, home: Path) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
         if daemon is not None:
-            print(f"     stopping the daemon this command started (process group {daemon.pid})")
+            print(f"     stopping the daemon this command started (process group {daemon.process.pid})")
             daemon.stop()
             bf.forget_daemon(instance, since)
-    failed = bf.failed_runs(instance, backfill_id)
+    S = dg.DagsterRunStatus
+    failed = [
+        r for r in instance.get_runs(dg.RunsFilter.for_backfill(backfill_id)) if r.status in (S.FAILURE, S.CANCELED)
+    ]
     for run in failed[:10]:
-        reason = run_failure(instance, run.run_id).line()
-        print(
-            f"  run {run.run_id[:8]} ({run.tags.get('dagster/partition', 'unpartitioned')}): {run.status.value}: {reason}"
-        )
+        partition = run.tags.get("dagster/partition", "unpartitioned")
+        print(f"  run {run.run_id[:8]} ({partition}): {run.status.value}: {run_failure(instance, run.run_id).line()}")
         print(f"    logs: {UI_URL}/runs/{run.run_id}")
-    ok = (
-        progress.status == "COMPLETED_SUCCESS" and not failed and not progress.failed and not progress.downstream_failed
-    )
+    ok = progress.status == "COMPLETED_SUCCESS" and not (failed or progress.failed or progress.downstream_failed)
     print(f"\nbackfill {backfill_id}: {progress.status.lower()}" + ("" if ok else f", {len(failed)} run(s) failed"))
     return 0 if ok else 1
 
 
-def _no_deployment_daemon() -> str:
-    home = os.environ.get("DAGSTER_HOME", ".dagster_home")
-    return (
-        f"     no Dagster daemon heartbeats for the instance in {home}: it is the deployment's, and pbi does not "
-        "start one for it; the backfill starts when the deployment's daemon runs (kubectl get pods: the "
-        "dagster-daemon pod)"
-    )
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def _let_daemon_runs_finish(instance, since: float, timeout_s: float = 300.0) -> None:
-    """Runs the daemon launched meanwhile besides the backfill's (the catalog's automation sensor)
-    finish before it stops: stopping it kills their workers."""
-    from pbi_assets.backfill import runs_in_flight_since
+    """Stopping the daemon kills the workers of its runs: let those it launched meanwhile besides the
+    backfill's (the catalog's automation sensor) end first."""
+    from datetime import datetime, timezone
 
-    deadline = time.monotonic() + timeout_s
-    told = False
-    while time.monotonic() < deadline:
-        runs = runs_in_flight_since(instance, since)
-        if not runs:
-            return
+    import dagster as dg
+
+    S = dg.DagsterRunStatus
+    unfinished = [S.QUEUED, S.NOT_STARTED, S.STARTING, S.STARTED, S.CANCELING]
+    in_flight = dg.RunsFilter(statuses=unfinished, created_after=datetime.fromtimestamp(since, tz=timezone.utc))
+    deadline, told = time.monotonic() + timeout_s, False
+    while (runs := instance.get_runs(in_flight)) and time.monotonic() < deadline:
         if not told:
             names = ", ".join(f"{r.job_name} {r.run_id[:8]}" for r in runs)
             print(f"  waiting for {len(runs)} other run(s) the daemon launched meanwhile to end: {names}")
             told = True
         time.sleep(2.0)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
