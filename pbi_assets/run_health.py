@@ -1,19 +1,11 @@
 """A run `pbi run` executed in a process that died (kill -9, OOM, a closed laptop) must not block
-the next run.
-
-`pbi run` executes its runs in its own process (`dg.materialize`): no code server and no run
-monitoring watch them, so one killed while a step holds a pool slot stays STARTED and keeps the
-slot. `process_tags()` marks every run `pbi run` makes with who executes it (`pbi/host`, `pbi/pid`,
-`pbi/pid_started`: the process's start time, so a recycled pid is not taken for the run's), and
-`cleanup_dead_runs` fails such a run of this host whose process is gone and frees its pool slots
-(`report_run_failed` alone frees none).
-
-Runs the daemon or the UI launched are Dagster's to watch, and pbi never touches them: the code
-server fails a run whose worker died, and run monitoring (`run_monitoring:` in the instance's
-dagster.yaml) frees the pool slots of an ended run after `free_slots_after_run_end_seconds`.
-
-`PoolWaitReporter` says, while a step of `pbi run` waits for a pool slot, which runs hold it
-(Dagster logs "Step blocked by limit for pool" only at DEBUG, without the holder).
+the next run. `pbi run` executes runs in its own process (`dg.materialize`), which no code server
+and no run monitoring watch: killed while a step holds a pool slot, such a run stays STARTED with
+the slot. So every run `pbi run` makes carries `process_tags()` (host, pid, and the process's start
+time, so a recycled pid is not taken for it), and `cleanup_dead_runs` fails such a run of this host
+whose process is gone and frees its slots. Runs the daemon or the UI launched are Dagster's: the
+code server fails a run whose worker died, and run monitoring (`run_monitoring:` in dagster.yaml)
+frees an ended run's slots; pbi never touches them.
 """
 
 from __future__ import annotations
@@ -23,7 +15,6 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from functools import partial
 
 import psutil
@@ -60,48 +51,26 @@ def why_dead(run) -> str | None:
     return None
 
 
-def held_slots(instance, run_id: str) -> list[str]:
-    """The pool slots the run holds, as "pool:step"."""
-    storage = instance.event_log_storage
-    infos = storage.get_concurrency_infos(sorted(storage.get_concurrency_keys()))
-    return [f"{pool}:{s.step_key}" for pool, info in infos.items() for s in info.claimed_slots if s.run_id == run_id]
-
-
-@dataclass(frozen=True)
-class CleanedRun:
-    run_id: str
-    what: str  # job and partition, the slots it held
-    reason: str
-    freed_slots: list[str]  # "pool:step"
-
-    def line(self) -> str:
-        return f"cleaned up run {self.run_id[:8]} ({self.what}): {self.reason}"
-
-
-def cleanup_dead_runs(instance) -> list[CleanedRun]:
+def cleanup_dead_runs(instance) -> list[str]:
     """Fail every unfinished run `pbi run` made on this host whose process is gone, and free its
-    pool slots and queued claims. Returns one entry per run."""
+    pool slots and queued claims (`report_run_failed` alone frees none); a line for each."""
     import dagster as dg
 
     S = dg.DagsterRunStatus
     unfinished = [S.NOT_STARTED, S.STARTING, S.STARTED, S.CANCELING]
-    cleaned = []
+    storage, lines = instance.event_log_storage, []
     for run in instance.get_runs(dg.RunsFilter(statuses=unfinished, tags={HOST_TAG: this_host()})):
-        reason = why_dead(run)
-        if reason is None:
+        if (reason := why_dead(run)) is None:
             continue
-        slots = held_slots(instance, run.run_id)
-        message = f"Marked failed by pbi: {reason}."
-        if run.status == S.CANCELING:
-            instance.report_run_canceled(run, message=message)
-        else:
-            instance.report_run_failed(run, message=message)
-        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
-        job = "assets" if run.job_name.startswith("__") else run.job_name
-        what = " ".join(filter(None, [job, run.tags.get("dagster/partition")]))
-        what += f"; holding {', '.join(slots)}" if slots else ""
-        cleaned.append(CleanedRun(run.run_id, what, reason, slots))
-    return cleaned
+        infos = storage.get_concurrency_infos(sorted(storage.get_concurrency_keys())).items()
+        held = [f"{pool}:{s.step_key}" for pool, info in infos for s in info.claimed_slots if s.run_id == run.run_id]
+        instance.report_run_failed(run, message=f"Marked failed by pbi: {reason}.")
+        storage.free_concurrency_slots_for_run(run.run_id)
+        what = "assets" if run.job_name.startswith("__") else run.job_name
+        what += f" {run.tags['dagster/partition']}" if "dagster/partition" in run.tags else ""
+        holding = f"; holding {', '.join(held)}" if held else ""
+        lines.append(f"cleaned up run {run.run_id[:8]} ({what}{holding}): {reason}")
+    return lines
 
 
 class PoolWaitReporter:
@@ -118,7 +87,7 @@ class PoolWaitReporter:
         self.log = log or partial(print, flush=True)  # from a thread, while the run's own output goes on
         self.lines: list[str] = []
         self._next: dict[tuple[str, str], float] = {}  # (run id, step) waiting -> when its next line is due
-        self._mine: dict[str, bool] = {}
+        self._tags = process_tags()  # the runs of this process
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="pbi-pool-wait", daemon=True)
 
@@ -137,22 +106,17 @@ class PoolWaitReporter:
             except Exception as exc:  # noqa: BLE001 - a busy SQLite, a storage hiccup: try again later
                 print(f"(pool wait check failed: {exc})", file=sys.stderr, flush=True)
 
-    def _is_mine(self, run_id: str) -> bool:
-        if run_id not in self._mine:
-            run = self.instance.get_run_by_id(run_id)
-            tags = run.tags if run is not None else {}
-            self._mine[run_id] = tags.get(PID_TAG) == str(os.getpid()) and tags.get(HOST_TAG) == this_host()
-        return self._mine[run_id]
-
     def check(self) -> list[str]:
         """One look at the pools; returns the lines it logged about waiting steps."""
-        storage = self.instance.event_log_storage
-        now, lines, waiting = time.monotonic(), [], {}
+        import dagster as dg
+
+        storage, now, lines, waiting = self.instance.event_log_storage, time.monotonic(), [], {}
+        mine = {run.run_id for run in self.instance.get_runs(dg.RunsFilter(tags=self._tags))}
         for pool, info in storage.get_concurrency_infos(sorted(storage.get_concurrency_keys())).items():
             claimed = {(s.run_id, s.step_key) for s in info.claimed_slots}
             for pending in info.pending_steps:
                 key = (pending.run_id, pending.step_key)
-                if key in claimed or not self._is_mine(pending.run_id):
+                if key in claimed or pending.run_id not in mine:
                     continue
                 waiting[key] = self._next.get(key, now + self.first_after)
                 if now >= waiting[key]:
@@ -163,7 +127,7 @@ class PoolWaitReporter:
                         f"waiting: {pending.step_key}"
                     )
         self._next = waiting
-        reaped = [f"  {cleaned.line()}" for cleaned in cleanup_dead_runs(self.instance)] if lines else []
+        reaped = [f"  {line}" for line in cleanup_dead_runs(self.instance)] if lines else []
         for line in lines + reaped:
             self.log(line)
         self.lines += lines + reaped

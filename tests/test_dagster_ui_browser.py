@@ -96,7 +96,7 @@ def test_materialize_all_backfill_in_the_ui_then_pairs_thumbnails_render(tmp_pat
     sync_playwright = sync_playwright_or_skip()
     import dagster as dg
 
-    from pbi_assets.backfill import launch_backfill
+    from pbi_assets.cli import main
     from pbi_assets.definitions import defs
 
     # the demo source alone, with the session's shard count: "every partition" is the demo's shards.
@@ -155,9 +155,10 @@ def test_materialize_all_backfill_in_the_ui_then_pairs_thumbnails_render(tmp_pat
                 scratch.mkdir()
                 shutil.copyfile(REPO / "pbi_assets" / "dagster.yaml", scratch / "dagster.yaml")
                 monkeypatch.setenv("DAGSTER_HOME", str(scratch))
-                launched = launch_backfill("demo", cwd=REPO)
+                monkeypatch.chdir(REPO)
+                assert main(["backfill", "--source", "demo"]) == 0
                 with dg.DagsterInstance.from_config(str(scratch)) as instance:
-                    ours = instance.get_backfill(launched.backfill_id)
+                    (ours,) = instance.get_backfills()
                 assert _targets(backfill, graph) == _targets(ours, graph)
 
                 _check_pairs_thumbnails(page, url, tmp_path / "data", shots)

@@ -57,6 +57,6 @@ def prepare_instance(instance) -> None:
     a fresh Postgres instance would otherwise race to create it, and one run would die)."""
     from pbi_assets.definitions import defs
 
-    for cleaned in cleanup_dead_runs(instance):
-        print(f"  {cleaned.line()}")
+    for line in cleanup_dead_runs(instance):
+        print(f"  {line}")
     initialize_pools(instance, pools_of(defs.assets or []))

@@ -32,13 +32,6 @@ def _load_run_config(path: str | None) -> dict:
     return config
 
 
-def _with_log_level(run_config: dict, level: str) -> dict:
-    """Dagster's in-process console logger at `level` (DEBUG shows every event)."""
-    config = dict(run_config)
-    config.setdefault("loggers", {"console": {"config": {"log_level": level}}})
-    return config
-
-
 def _failure_lines(instance, run_id: str, what: str, seconds: float) -> list[str]:
     """Two lines for a failed run: which partition, which step (or Dagster's reason when the run
     failed outside any step) and why; where its logs are."""
@@ -68,7 +61,7 @@ def _materialize_all(instance, source: str, run_config: dict, shards: list[str],
             partition_key=dg.MultiPartitionKey({"source": source, "shard": shard}) if shard else None,
             instance=instance,
             resources=dict(defs.resources or {}),
-            run_config=_with_log_level(_ops_subset(run_config, assets), log_level),
+            run_config=_run_config_for(run_config, assets, log_level),
             raise_on_error=False,
             tags={"pbi/source": source, **({"pbi/shard": shard} if shard else {}), **process_tags()},
         )
@@ -96,11 +89,11 @@ def _materialize_all(instance, source: str, run_config: dict, shards: list[str],
     return summary
 
 
-def _ops_subset(run_config: dict, assets) -> dict:
-    ops = run_config.get("ops") or {}
+def _run_config_for(run_config: dict, assets, log_level: str) -> dict:
+    """The --run-config's ops of these assets; Dagster's console logger at `log_level`."""
     names = {a.key.to_python_identifier() for a in assets}
-    subset = {k: v for k, v in ops.items() if k in names}
-    return {"ops": subset} if subset else {}
+    ops = {name: config for name, config in (run_config.get("ops") or {}).items() if name in names}
+    return {"loggers": {"console": {"config": {"log_level": log_level}}}, **({"ops": ops} if ops else {})}
 
 
 def cmd_run(args) -> int:
