@@ -286,8 +286,8 @@ def progress(instance, backfill_id: str, asset_graph, width: int = 24) -> tuple[
     counts = f"{n_done}/{len(partitions)} done, {n_failed} failed, {len(running)} running"
     parts = [f"[{bar:.<{width}}] partitions {counts}"]
     if downstream := target[None]:
-        n_failed = len(downstream & failed[None] - done[None])
-        parts.append(f"downstream {len(downstream & done[None])}/{len(downstream)} done, {n_failed} failed")
+        broken = len(downstream & failed[None] - done[None])
+        parts.append(f"downstream {len(downstream & done[None])}/{len(downstream)} done, {broken} failed")
     if queued := sum(r.status in (S.QUEUED, S.NOT_STARTED) for r in runs):
         parts.append(f"{queued} runs queued")
     return backfill.status.value, "; ".join(parts)
