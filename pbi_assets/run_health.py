@@ -85,7 +85,6 @@ class PoolWaitReporter:
         # a step may wait a moment for its claim to be assigned: report once it waited this long
         self.first_after = min(2.0, self.interval) if first_after is None else first_after
         self.log = log or partial(print, flush=True)  # from a thread, while the run's own output goes on
-        self.lines: list[str] = []
         self._next: dict[tuple[str, str], float] = {}  # (run id, step) waiting -> when its next line is due
         self._tags = process_tags()  # the runs of this process
         self._stop = threading.Event()
@@ -127,8 +126,6 @@ class PoolWaitReporter:
                         f"waiting: {pending.step_key}"
                     )
         self._next = waiting
-        reaped = [f"  {line}" for line in cleanup_dead_runs(self.instance)] if lines else []
-        for line in lines + reaped:
+        for line in lines + ([f"  {line}" for line in cleanup_dead_runs(self.instance)] if lines else []):
             self.log(line)
-        self.lines += lines + reaped
         return lines

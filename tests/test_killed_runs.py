@@ -150,9 +150,10 @@ def test_pool_wait_reporter_says_which_pool_and_which_run_holds_it(instance):
     time.sleep(0.35)
     assert len(reporter.check()) == 1, "again after the interval"
 
-    with PoolWaitReporter(instance, interval=0.2, first_after=0.1, log=lines.append) as threaded:
+    threaded: list[str] = []
+    with PoolWaitReporter(instance, interval=0.2, first_after=0.1, log=threaded.append):
         time.sleep(1.5)
-    assert len(threaded.lines) >= 3 and all("held by run" in line for line in threaded.lines)
+    assert len(threaded) >= 3 and all("held by run" in line for line in threaded)
 
     instance.event_log_storage.free_concurrency_slots_for_run(holder.run_id)
     assert _claim(instance, mine, "removals")

@@ -1,13 +1,9 @@
 """`pbi backfill`: the asset backfill the UI's "Materialize all -> Launch backfill" makes, launched
-as the UI launches it: Dagster's GraphQL mutation `launchPartitionBackfill` (the selected assets,
-the partitions of one source), run by Dagster's own `dagster-graphql` command on this code location
-and the instance in $DAGSTER_HOME. Nothing runs here: the daemon's backfill loop (`dagster-daemon
-run`, or the one `dagster dev` starts) turns it into runs, one per partition, then the unpartitioned
-assets downstream, at most `concurrency.runs.max_concurrent_runs` at once, steps gated by the pools.
-
-With --wait it prints a progress line whenever the counts change until the backfill ends. On a
-local instance where no daemon heartbeats, it runs `dagster-daemon run` in its own process group
-for the duration; a deployment's instance is left to the deployment's daemon.
+as the UI launches it (the GraphQL mutation `launchPartitionBackfill`, run by Dagster's own
+`dagster-graphql` command). The daemon's backfill loop turns it into runs: one per partition of the
+source, then the unpartitioned assets downstream, at most `concurrency.runs.max_concurrent_runs` at
+once, steps gated by the pools. --wait follows it to the end; on a local instance where no daemon
+heartbeats it runs `dagster-daemon run` in its own process group for the duration.
 """
 
 from __future__ import annotations
@@ -30,15 +26,10 @@ from pbi_assets.failures import run_failure
 
 BACKFILL_DAEMON = "BACKFILL"  # the daemon type whose heartbeat says backfills are being processed
 HEARTBEAT_STALE_S = 90.0  # a daemon beats every 30 s
-LAUNCH_BACKFILL = """
-mutation($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on Error { message }
-  }
-}
-"""
+LAUNCH_BACKFILL = (
+    "mutation($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $params) "
+    "{ __typename ... on LaunchBackfillSuccess { backfillId } ... on Error { message } } }"
+)
 NO_DEPLOYMENT_DAEMON = (
     "     no Dagster daemon heartbeats for the instance in {home}: it is the deployment's, and pbi does not "
     "start one for it; the backfill starts when the deployment's daemon runs (kubectl get pods: the "
