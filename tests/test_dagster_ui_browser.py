@@ -92,11 +92,11 @@ def _wait_for_backfill(home: Path, timeout_s: float):
         raise AssertionError(f"the backfill did not end within {timeout_s}s; runs: {runs}")
 
 
-def test_materialize_all_backfill_in_the_ui_then_pairs_thumbnails_render(tmp_path):
+def test_materialize_all_backfill_in_the_ui_then_pairs_thumbnails_render(tmp_path, monkeypatch):
     sync_playwright = sync_playwright_or_skip()
     import dagster as dg
 
-    from pbi_assets.backfill import make_backfill
+    from pbi_assets.cli import main
     from pbi_assets.definitions import defs
 
     # the demo source alone, with the session's shard count: "every partition" is the demo's shards.
@@ -151,8 +151,14 @@ def test_materialize_all_backfill_in_the_ui_then_pairs_thumbnails_render(tmp_pat
 
                 # the UI's backfill is the one `pbi backfill --source demo` makes: same assets, same partitions
                 graph = defs.resolve_asset_graph()
-                with dg.DagsterInstance.ephemeral() as scratch:
-                    ours, _ = make_backfill(scratch, "demo")
+                scratch = tmp_path / "scratch_home"
+                scratch.mkdir()
+                shutil.copyfile(REPO / "pbi_assets" / "dagster.yaml", scratch / "dagster.yaml")
+                monkeypatch.setenv("DAGSTER_HOME", str(scratch))
+                monkeypatch.chdir(REPO)
+                assert main(["backfill", "--source", "demo"]) == 0
+                with dg.DagsterInstance.from_config(str(scratch)) as instance:
+                    (ours,) = instance.get_backfills()
                 assert _targets(backfill, graph) == _targets(ours, graph)
 
                 _check_pairs_thumbnails(page, url, tmp_path / "data", shots)

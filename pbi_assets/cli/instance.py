@@ -50,15 +50,13 @@ def starts_own_daemon(instance) -> bool:
     return not in_cluster() and type(instance.run_launcher) is dg.DefaultRunLauncher
 
 
-def prepare_instance(instance, log=print) -> list:
-    """Before launching runs (`pbi run`, a backfill): fail the runs whose process died and free the
-    pool slots they hold, one line each (see `pbi_assets.run_health`), and give every pool the
-    definitions use its limit row (see `pbi_assets.pools`: two processes starting at once on a
-    fresh Postgres instance would otherwise race to create it, and one run would die)."""
+def prepare_instance(instance) -> None:
+    """Before launching runs (`pbi run`, a backfill): fail the runs of `pbi run` whose process died
+    and free the pool slots they hold, one line each (see `pbi_assets.run_health`), and give every
+    pool the definitions use its limit row (see `pbi_assets.pools`: two processes starting at once on
+    a fresh Postgres instance would otherwise race to create it, and one run would die)."""
     from pbi_assets.definitions import defs
 
-    cleaned = cleanup_dead_runs(instance)
-    for item in cleaned:
-        log(f"  {item.line()}")
+    for line in cleanup_dead_runs(instance):
+        print(f"  {line}")
     initialize_pools(instance, pools_of(defs.assets or []))
-    return cleaned

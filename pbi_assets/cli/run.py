@@ -32,43 +32,6 @@ def _load_run_config(path: str | None) -> dict:
     return config
 
 
-def _with_log_level(run_config: dict, level: str) -> dict:
-    """Dagster's in-process console logger at `level` (DEBUG shows every event)."""
-    config = dict(run_config)
-    config.setdefault("loggers", {"console": {"config": {"log_level": level}}})
-    return config
-
-
-def run_source(
-    source: str, run_config: dict | None = None, shards: list[str] | None = None, log=print, log_level: str = "WARNING"
-) -> dict:
-    """Materialize the partitioned assets for each shard of `source`, then the unpartitioned ones.
-    Runs whose process died are failed first (their pool slots freed); while a step waits for a
-    pool slot, a line every $PBI_POOL_WAIT_LOG_SECONDS (30) says who holds it.
-    Returns {"runs": [...], "failed": [...], "skipped": {asset: why}}; a failed run's step and
-    reason, and where its logs are, are logged in two lines."""
-    import dagster as dg
-
-    from pbi_assets.partitions import PROJECT
-
-    require_source(PROJECT.source_names, source)
-    instance = dg.DagsterInstance.get()
-    prepare_instance(instance, log=log)
-    with PoolWaitReporter(instance, log=log):
-        return _materialize_all(instance, source, run_config or {}, shards or PROJECT.shard_keys, log, log_level)
-
-
-def skipped_assets(result) -> dict[str, str]:
-    """asset -> why, for each materialization whose `skipped` metadata says it did nothing."""
-    skipped = {}
-    for event in result.get_asset_materialization_events():
-        materialization = event.event_specific_data.materialization
-        value = materialization.metadata.get("skipped")
-        if value is not None:
-            skipped[materialization.asset_key.to_user_string()] = str(getattr(value, "value", value))
-    return skipped
-
-
 def _failure_lines(instance, run_id: str, what: str, seconds: float) -> list[str]:
     """Two lines for a failed run: which partition, which step (or Dagster's reason when the run
     failed outside any step) and why; where its logs are."""
@@ -79,67 +42,58 @@ def _failure_lines(instance, run_id: str, what: str, seconds: float) -> list[str
     return [first, f"    logs: {UI_URL}/runs/{run_id} (start the UI: `{ui}`; then {where})"]
 
 
-def _materialize_all(instance, source: str, run_config: dict, shards: list[str], log, log_level: str) -> dict:
+def _materialize_all(instance, source: str, run_config: dict, shards: list[str], log_level: str) -> dict:
+    """Materialize the partitioned assets for each shard of `source`, then the unpartitioned ones;
+    {"failed": [...], "skipped": {asset: why}}. A failed run is told in two lines."""
     import dagster as dg
 
     from pbi_assets.definitions import PARTITIONED_ASSETS, UNPARTITIONED_ASSETS, defs
 
     everything = [*(defs.assets or []), *(defs.asset_checks or [])]
     all_assets = [a for a in everything if isinstance(a, dg.AssetsDefinition | dg.AssetSpec | dg.SourceAsset)]
-    resources = dict(defs.resources or {})
-    summary: dict = {"runs": [], "failed": [], "skipped": {}}
-    for shard in shards:
-        key = dg.MultiPartitionKey({"source": source, "shard": shard})
+    summary: dict = {"failed": [], "skipped": {}}
+
+    def materialize(what: str, assets, shard: str | None = None):
         started = time.monotonic()
         result = dg.materialize(
             all_assets,
-            selection=PARTITIONED_ASSETS,
-            partition_key=key,
+            selection=assets,
+            partition_key=dg.MultiPartitionKey({"source": source, "shard": shard}) if shard else None,
             instance=instance,
-            resources=resources,
-            run_config=_with_log_level(_ops_subset(run_config, PARTITIONED_ASSETS), log_level),
+            resources=dict(defs.resources or {}),
+            run_config=_run_config_for(run_config, assets, log_level),
             raise_on_error=False,
-            tags={"pbi/source": source, "pbi/shard": shard, **process_tags()},
+            tags={"pbi/source": source, **({"pbi/shard": shard} if shard else {}), **process_tags()},
         )
-        summary["runs"].append(result.run_id)
         seconds = time.monotonic() - started
         if result.success:
-            log(f"  {source}|{shard}: ok in {seconds:.1f}s (run {result.run_id[:8]})")
+            print(f"  {what}: ok in {seconds:.1f}s (run {result.run_id[:8]})")
         else:
-            for line in _failure_lines(instance, result.run_id, f"{source}|{shard}", seconds):
-                log(line)
-            summary["failed"].append(f"{source}|{shard}")
+            for line in _failure_lines(instance, result.run_id, what, seconds):
+                print(line)
+            summary["failed"].append(what if shard else "unpartitioned")
+        return result
+
+    for shard in shards:
+        materialize(f"{source}|{shard}", PARTITIONED_ASSETS, shard)
     if summary["failed"]:
-        log("  some partitions failed; the unpartitioned assets still run on what exists")
-    started = time.monotonic()
-    result = dg.materialize(
-        all_assets,
-        selection=UNPARTITIONED_ASSETS,
-        instance=instance,
-        resources=resources,
-        run_config=_with_log_level(_ops_subset(run_config, UNPARTITIONED_ASSETS), log_level),
-        raise_on_error=False,
-        tags={"pbi/source": source, **process_tags()},
-    )
-    summary["runs"].append(result.run_id)
-    names = ", ".join(a.key.to_user_string() for a in UNPARTITIONED_ASSETS)
-    if result.success:
-        log(f"  {names}: ok in {time.monotonic() - started:.1f}s (run {result.run_id[:8]})")
-    else:
-        for line in _failure_lines(instance, result.run_id, names, time.monotonic() - started):
-            log(line)
-        summary["failed"].append("unpartitioned")
-    summary["skipped"] = skipped_assets(result)
+        print("  some partitions failed; the unpartitioned assets still run on what exists")
+    result = materialize(", ".join(a.key.to_user_string() for a in UNPARTITIONED_ASSETS), UNPARTITIONED_ASSETS)
+    for event in result.get_asset_materialization_events():  # what did nothing, and why
+        materialization = event.materialization
+        skipped = materialization.metadata.get("skipped")
+        if skipped is not None:
+            summary["skipped"][materialization.asset_key.to_user_string()] = str(getattr(skipped, "value", skipped))
     for asset, why in summary["skipped"].items():
-        log(f"  {asset}: skipped: {why}")
+        print(f"  {asset}: skipped: {why}")
     return summary
 
 
-def _ops_subset(run_config: dict, assets) -> dict:
-    ops = run_config.get("ops") or {}
+def _run_config_for(run_config: dict, assets, log_level: str) -> dict:
+    """The --run-config's ops of these assets; Dagster's console logger at `log_level`."""
     names = {a.key.to_python_identifier() for a in assets}
-    subset = {k: v for k, v in ops.items() if k in names}
-    return {"ops": subset} if subset else {}
+    ops = {name: config for name, config in (run_config.get("ops") or {}).items() if name in names}
+    return {"loggers": {"console": {"config": {"log_level": log_level}}}, **({"ops": ops} if ops else {})}
 
 
 def cmd_run(args) -> int:
@@ -159,8 +113,12 @@ def cmd_run(args) -> int:
     log_level = "DEBUG" if args.verbose else "WARNING" if args.debug else "CRITICAL"
     import dagster as dg
 
+    instance = dg.DagsterInstance.get()
+    prepare_instance(instance)
     try:
-        summary = run_source(args.source, run_config, args.shard or None, log_level=log_level)
+        # while a step waits for a pool slot, a line every $PBI_POOL_WAIT_LOG_SECONDS says who holds it
+        with PoolWaitReporter(instance):
+            summary = _materialize_all(instance, args.source, run_config, args.shard or PROJECT.shard_keys, log_level)
     except dg.DagsterInvalidConfigError as exc:  # the run config does not fit the assets' config schema
         problems = [e.message for e in exc.errors] or [str(exc)]
         more = f" ({len(problems) - 1} more problems)" if len(problems) > 1 else ""
