@@ -14,12 +14,13 @@ Both recipes cache latents (`latents: cache`, under `<data root>/global/latent_c
 every run): smoke too, so the demo goes through the path the paper recipe takes, and a retraining
 run on the same pairs encodes nothing. Set `latents: on_the_fly` to encode at every step.
 
-Several processes: `run_training` is what each process of an `accelerate launch` runs (the
-`checkpoint` asset launches `pbi_assets.train_entry` through Dagster Pipes); only rank 0 writes
-the checkpoints row. The world size is part of the checkpoint id.
+Processes: `run_training` is what each training process runs, one or several under
+`accelerate launch` (the `checkpoint` asset launches `pbi_assets.train_entry` through Dagster
+Pipes); only rank 0 writes the checkpoints row.
 
-The checkpoint folder is named by a fingerprint of the config and the training pairs, so
-re-materializing with the same data resumes (or returns) that run, and new data starts a new one.
+The checkpoint folder is named after the run's identity (`checkpoint_id`: config, world size,
+training pairs), so re-materializing with the same data resumes (or returns) that run, and new
+data starts a new one.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ SMOKE_OVERRIDES = {
     "latents": "cache",
 }
 PAPER_OVERRIDES = {"latents": "cache"}  # the rest is TrainConfig's defaults
-LATENT_CACHE = "latent_cache"  # <data root>/global/latent_cache/<vae id>/<resolution>/...
+LATENT_CACHE = "latent_cache"
+NO_TRAIN_PAIRS = "no train pairs: no pair with an instruction is in the train split"  # <data root>/global/latent_cache/<vae id>/<resolution>/...
 
 
 def train_config_for(values: dict) -> tuple[str, TrainConfig]:
@@ -95,16 +97,13 @@ def training_examples(storage: Storage) -> list:
     return examples
 
 
-def checkpoint_id(recipe: str, config, examples: list, world_size: int = 1) -> str:
-    """Named by what changes the model (config without run length and I/O fields, the world size,
-    and the data): raising max_steps resumes the same run instead of starting a new one."""
-    from pbi_ml.train.config import LENGTH_AND_IO_FIELDS
+def checkpoint_id(recipe: str, config: TrainConfig, examples: list, world_size: int = 1) -> str:
+    """The run's name: the recipe and a digest of its identity (`pbi_ml.train.loop.run_identity`:
+    config without run length and I/O fields, world size, pairs). Raising max_steps resumes the
+    same run instead of starting a new one."""
+    from pbi_ml.train.loop import run_identity
 
-    model_config = {k: v for k, v in dataclasses.asdict(config).items() if k not in LENGTH_AND_IO_FIELDS}
-    identity = {"recipe": recipe, "config": model_config, "pairs": [(e.key, e.instructions) for e in examples]}
-    if world_size != 1:
-        identity["world_size"] = world_size
-    blob = json.dumps(identity, sort_keys=True, default=str).encode()
+    blob = json.dumps(run_identity(examples, config, world_size), sort_keys=True, default=str).encode()
     return f"{recipe}-{hashlib.blake2b(blob, digest_size=6).hexdigest()}"
 
 
@@ -133,9 +132,9 @@ def run_training(
             table=CHECKPOINTS.schema.empty_table(),
             path=None,
             counts={"train_pairs": 0},
-            skipped="no train pairs: no pair with an instruction is in the train split",
+            skipped=NO_TRAIN_PAIRS,
         )
-    world_size = launched_world_size()
+    world_size = int(os.environ.get("WORLD_SIZE") or 1)  # set by accelerate launch / torchrun
     ckpt_id = checkpoint_id(recipe, config, examples, world_size)
     out_dir = storage.global_dir(CHECKPOINTS.name) / ckpt_id
     result = train_instruct_pix2pix(
@@ -181,12 +180,6 @@ def run_training(
     path = storage.write_table(CHECKPOINTS, recipe, ckpt_id, table)
     atomic_write_bytes(storage.global_dir(CHECKPOINTS.name) / "LATEST", ckpt_id.encode())
     return StageResult(table=table, path=path, counts=counts, extra=extra)
-
-
-def launched_world_size() -> int:
-    """The number of training processes this one belongs to: $WORLD_SIZE under accelerate launch
-    / torchrun, else 1."""
-    return int(os.environ.get("WORLD_SIZE") or 1)
 
 
 def latest_checkpoint(storage: Storage) -> dict:
