@@ -1,5 +1,17 @@
-"""Exports, the trained checkpoint, and its evaluation (unpartitioned: they read all partitions)."""
+"""Exports, the trained checkpoint, and its evaluation (unpartitioned: they read all partitions).
 
+The checkpoint trains as diffusers does, one script for 1..N processes: whatever its world size,
+the step runs `pbi_assets.train_entry` through `dg.PipesSubprocessClient` on the devices
+`pbi_ml.stages.training.training_devices` gives it (`python -m` for one process, `accelerate
+launch --multi_gpu` for several). Rank 0's log lines and the materialization's metadata, loss
+curve included, come back through Pipes; the lease metadata (device, device_lease) is added here.
+"""
+
+import dataclasses
+import json
+import socket
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -60,17 +72,44 @@ def skipped_result(context: dg.AssetExecutionContext, why: str, **numbers: int) 
         "channels, zero-initialised; VAE and text encoder frozen; accelerate). recipe `smoke` (default: "
         "a tiny random model a few steps on CPU - NOT a useful editor, labelled smoke_model) or `paper` "
         "(SPEC: SD 1.5 init, 256 px, Adam 5e-5, grad-clip 1, 5/5/5 % conditioning dropout, location "
-        "phrase p=0.25, cached latents). One process per leased device (or num_processes): several "
-        "train through Dagster Pipes (accelerate launch; logs, loss curve and metadata come back through "
-        "Pipes), the effective batch kept. Checkpoints every N steps; resumes after a crash; saves a "
+        "phrase p=0.25, cached latents). One process per leased device (or num_processes), launched "
+        "through Dagster Pipes (accelerate launch for several; logs, loss curve and metadata come back "
+        "through Pipes), the effective batch kept. Checkpoints every N steps; resumes after a crash; saves a "
         "diffusers StableDiffusionInstructPix2PixPipeline."
     ),
 )
 def checkpoint(context: dg.AssetExecutionContext, pbi: PBIProject, config: CheckpointRunConfig) -> dg.MaterializeResult:
-    from pbi_assets.training_launch import train_checkpoint
+    from pbi_ml.stages.training import NO_TRAIN_PAIRS, train_config_for, training_devices, training_examples
 
-    # its devices leased, in process on one, through Pipes + accelerate launch on several
-    return train_checkpoint(context, pbi, pbi.stage_values("checkpoint", config))
+    recipe, train_config = train_config_for(pbi.stage_values("checkpoint", config))
+    if not training_examples(pbi.storage()):
+        return skipped_result(context, NO_TRAIN_PAIRS, train_pairs=0)
+    spec = {"root": str(pbi.storage().root), "recipe": recipe, "config": dataclasses.asdict(train_config)}
+    with training_devices(train_config, pbi.project().devices, pbi.lease_dir(), context.log.info) as held:
+        context.log.info(f"devices: {held.lease}")
+        with tempfile.TemporaryDirectory(prefix="pbi-train-") as folder:
+            spec_path = Path(folder) / "spec.json"
+            spec_path.write_text(json.dumps({**spec, "device": held.device}, default=list))
+            command = launch_command(str(spec_path), held.world_size)
+            context.log.info(f"launching {held.world_size} training process(es): {' '.join(command)}")
+            env = {"PYTHONUNBUFFERED": "1", **held.env}
+            done = dg.PipesSubprocessClient().run(context=context, command=command, env=env)
+    reported = done.get_materialize_result().metadata or {}
+    return dg.MaterializeResult(metadata={**reported, "device": held.devices, "device_lease": held.lease})
+
+
+def launch_command(spec_path: str, world: int) -> list[str]:
+    """`pbi_assets.train_entry` on `world` local processes: by itself for one, under `accelerate
+    launch` (torch's elastic launcher; on CPU the processes use gloo) for several."""
+    launcher = []
+    if world > 1:
+        with socket.socket() as sock:  # a free port for the processes' rendezvous
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        launcher = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(world)]
+        launcher += ["--num_machines", "1", "--main_process_port", str(port), "--dynamo_backend", "no"]
+        launcher += ["--mixed_precision", "no"]  # the TrainConfig's mixed_precision decides, in the Accelerator
+    return [sys.executable, *launcher, "-m", "pbi_assets.train_entry", spec_path]
 
 
 @dg.asset(

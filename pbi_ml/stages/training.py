@@ -25,11 +25,12 @@ data starts a new one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from pbi_ml.catalog import read_view
 from pbi_ml.config import ConfigError, config_from_dict
@@ -105,6 +106,52 @@ def checkpoint_id(recipe: str, config: TrainConfig, examples: list, world_size: 
 
     blob = json.dumps(run_identity(examples, config, world_size), sort_keys=True, default=str).encode()
     return f"{recipe}-{hashlib.blake2b(blob, digest_size=6).hexdigest()}"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingDevices:
+    """Where a training's processes run, and how the devices were got."""
+
+    device: str  # what `run_training` gets: cpu, cuda (several processes), cuda:1, mps ...
+    world_size: int  # processes, one per device
+    env: dict[str, str]  # CUDA_VISIBLE_DEVICES of several processes: their local ranks index the leased GPUs
+    devices: str  # the devices, comma-separated
+    lease: str  # the lease slots, or "configured explicitly, not leased"
+
+
+@contextlib.contextmanager
+def training_devices(
+    config: TrainConfig, node: tuple[str, ...], lease_dir: str, on_wait: Callable[[str], None]
+) -> Iterator[TrainingDevices]:
+    """The training's devices for the block. `device: auto` leases `num_processes` of the node's
+    devices (`node`: pbi.yaml's `devices:`, or $PBI_DEVICES), every one when `num_processes` is
+    unset, all at once (`on_wait` says so while they are taken). An explicit device is used
+    unleased, with `num_processes` processes (default 1)."""
+    from pbi_ml.devices import check_device, lease_devices, node_devices
+
+    if config.device != "auto":
+        device = check_device(config.device)
+        world = config.num_processes or 1
+        if world > 1 and device not in ("cpu", "cuda"):
+            raise ConfigError(
+                f"checkpoint: num_processes={world} on the single device {device}; list the devices "
+                "in pbi.yaml `devices:` and set device: auto"
+            )
+        yield TrainingDevices(device, world, {}, device, f"{device} (configured explicitly, not leased)")
+        return
+    slots = node_devices(node)
+    world = config.num_processes or len(slots)
+    with lease_devices(slots, lease_dir, count=world, on_wait=on_wait) as leases:
+        names = [lease.device for lease in leases]
+        kinds = {name.split(":")[0] for name in names}
+        if len(kinds) != 1 or not kinds <= {"cpu", "cuda"}:
+            raise ConfigError(f"checkpoint: the leased devices {names} must all be cpu or all be cuda")
+        kind = kinds.pop()
+        env = {}
+        if kind == "cuda" and world > 1:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(name.split(":")[1] if ":" in name else "0" for name in names)
+        described = ", ".join(f"{lease.device} (slot {lease.slot})" for lease in leases)
+        yield TrainingDevices(names[0] if world == 1 else kind, world, env, ",".join(names), described)
 
 
 TrainProgress = Callable[[int, int, float], None]  # (step, total steps, loss)
