@@ -3,8 +3,8 @@
 The checkpoint trains as diffusers does, one script for 1..N processes: whatever its world size,
 the step runs `pbi_assets.train_entry` through `dg.PipesSubprocessClient` on the devices
 `pbi_ml.stages.training.training_devices` gives it (`python -m` for one process, `accelerate
-launch --multi_gpu` for several). Rank 0's log lines and the materialization's metadata, loss
-curve included, come back through Pipes; the lease metadata (device, device_lease) is added here.
+launch --multi_gpu` for several). Rank 0's log lines come back through Pipes, its checkpoints row
+in a result file the step turns into the materialization's metadata (loss curve included).
 """
 
 import dataclasses
@@ -21,8 +21,11 @@ from pbi_assets.assets.catalog import catalog
 from pbi_assets.assets.gpu import GPU_POOL, GPU_TAGS, on_a_device
 from pbi_assets.execution import stage_op_tags
 from pbi_assets.metadata import thumbnails_markdown
+from pbi_assets.plots import histogram_text, loss_curve_text
 from pbi_assets.resources import PBIProject
 from pbi_assets.run_config import CheckpointRunConfig, EvaluationRunConfig, ExportsRunConfig
+
+SMOKE_WARNING = "SMOKE MODEL: tiny random architecture trained a few steps on CPU; not a useful editor."
 
 
 @dg.asset(
@@ -85,20 +88,50 @@ def checkpoint(context: dg.AssetExecutionContext, pbi: PBIProject, config: Check
     if not training_examples(pbi.storage()):
         return skipped_result(context, NO_TRAIN_PAIRS, train_pairs=0)
     spec = {"root": str(pbi.storage().root), "recipe": recipe, "config": dataclasses.asdict(train_config)}
-    with training_devices(train_config, pbi.project().devices, pbi.lease_dir(), context.log.info) as held:
+    with (
+        training_devices(train_config, pbi.project().devices, pbi.lease_dir(), context.log.info) as held,
+        tempfile.TemporaryDirectory(prefix="pbi-train-") as folder,
+    ):
         context.log.info(f"devices: {held.lease}")
-        with tempfile.TemporaryDirectory(prefix="pbi-train-") as folder:
-            spec_path = Path(folder) / "spec.json"
-            spec_path.write_text(json.dumps({**spec, "device": held.device}, default=list))
-            command = launch_command(str(spec_path), held.world_size)
-            context.log.info(f"launching {held.world_size} training process(es): {' '.join(command)}")
-            env = {"PYTHONUNBUFFERED": "1", **held.env}
-            done = dg.PipesSubprocessClient().run(context=context, command=command, env=env)
-    reported = done.get_materialize_result().metadata or {}
-    return dg.MaterializeResult(metadata={**reported, "device": held.devices, "device_lease": held.lease})
+        Path(folder, "spec.json").write_text(json.dumps({**spec, "device": held.device}, default=list))
+        command = launch_command(folder, held.world_size)
+        context.log.info(f"launching {held.world_size} training process(es): {' '.join(command)}")
+        dg.PipesSubprocessClient().run(context=context, command=command, env={"PYTHONUNBUFFERED": "1", **held.env})
+        result = json.loads(Path(folder, "result.json").read_text())
+    metadata = checkpoint_metadata(result["row"], result["counts"])
+    return dg.MaterializeResult(metadata={**metadata, "device": held.devices, "device_lease": held.lease})
 
 
-def launch_command(spec_path: str, world: int) -> list[str]:
+def checkpoint_metadata(row: dict, counts: dict) -> dict[str, Any]:
+    """The `checkpoint` materialization's metadata from its checkpoints-table row and the stage's
+    counts (latent cache use)."""
+    curve = json.loads(row["loss_curve"])
+    metadata = {
+        "checkpoint_id": row["checkpoint_id"],
+        "recipe": row["recipe"],
+        "smoke_model": bool(row["smoke_model"]),
+        "pipeline_dir": dg.MetadataValue.path(row["pipeline_dir"]),
+        "train_pairs": int(row["train_pairs"]),
+        "steps": int(row["steps"]),
+        "final_loss": float(row["final_loss"]) if row["final_loss"] is not None else float("nan"),
+        "samples_per_second": float(row["samples_per_second"]),
+        "wall_time_s": float(row["wall_time_s"]),
+        "resumed_from_step": int(row["resumed_from_step"]) if row["resumed_from_step"] is not None else -1,
+        "world_size": int(row["world_size"]),
+        "effective_batch_size": int(row["effective_batch_size"]),
+        "latents": str(row["latents"]),
+        "latents_encoded": int(counts["latents_encoded"]),
+        "latents_reused": int(counts["latents_reused"]),
+        "loss_curve": dg.MetadataValue.md(loss_curve_text(curve)),
+        "loss_curve_json": dg.MetadataValue.json(curve),
+        "loss_histogram": dg.MetadataValue.md(histogram_text([loss for _, loss in curve], title="training loss")),
+    }
+    if row["smoke_model"]:
+        metadata["warning"] = SMOKE_WARNING
+    return metadata
+
+
+def launch_command(folder: str, world: int) -> list[str]:
     """`pbi_assets.train_entry` on `world` local processes: by itself for one, under `accelerate
     launch` (torch's elastic launcher; on CPU the processes use gloo) for several."""
     launcher = []
@@ -109,7 +142,7 @@ def launch_command(spec_path: str, world: int) -> list[str]:
         launcher = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(world)]
         launcher += ["--num_machines", "1", "--main_process_port", str(port), "--dynamo_backend", "no"]
         launcher += ["--mixed_precision", "no"]  # the TrainConfig's mixed_precision decides, in the Accelerator
-    return [sys.executable, *launcher, "-m", "pbi_assets.train_entry", spec_path]
+    return [sys.executable, *launcher, "-m", "pbi_assets.train_entry", folder]
 
 
 @dg.asset(
