@@ -25,6 +25,18 @@ from pbi_assets.plots import histogram_text, loss_curve_text
 from pbi_assets.resources import PBIProject
 from pbi_assets.run_config import CheckpointRunConfig, EvaluationRunConfig, ExportsRunConfig
 
+CHECKPOINT_FIELDS = (  # checkpoints-table columns shown as they are
+    "checkpoint_id",
+    "recipe",
+    "smoke_model",
+    "train_pairs",
+    "steps",
+    "samples_per_second",
+    "wall_time_s",
+    "world_size",
+    "effective_batch_size",
+    "latents",
+)
 SMOKE_WARNING = "SMOKE MODEL: tiny random architecture trained a few steps on CPU; not a useful editor."
 
 
@@ -76,8 +88,8 @@ def skipped_result(context: dg.AssetExecutionContext, why: str, **numbers: int) 
         "a tiny random model a few steps on CPU - NOT a useful editor, labelled smoke_model) or `paper` "
         "(SPEC: SD 1.5 init, 256 px, Adam 5e-5, grad-clip 1, 5/5/5 % conditioning dropout, location "
         "phrase p=0.25, cached latents). One process per leased device (or num_processes), launched "
-        "through Dagster Pipes (accelerate launch for several; logs, loss curve and metadata come back "
-        "through Pipes), the effective batch kept. Checkpoints every N steps; resumes after a crash; saves a "
+        "through Dagster Pipes (accelerate launch for several; their logs come back through Pipes), the "
+        "effective batch kept. Checkpoints every N steps; resumes after a crash; saves a "
         "diffusers StableDiffusionInstructPix2PixPipeline."
     ),
 )
@@ -85,9 +97,10 @@ def checkpoint(context: dg.AssetExecutionContext, pbi: PBIProject, config: Check
     from pbi_ml.stages.training import NO_TRAIN_PAIRS, train_config_for, training_devices, training_examples
 
     recipe, train_config = train_config_for(pbi.stage_values("checkpoint", config))
-    if not training_examples(pbi.storage()):
+    storage = pbi.storage()
+    if not training_examples(storage):
         return skipped_result(context, NO_TRAIN_PAIRS, train_pairs=0)
-    spec = {"root": str(pbi.storage().root), "recipe": recipe, "config": dataclasses.asdict(train_config)}
+    spec = {"root": str(storage.root), "recipe": recipe, "config": dataclasses.asdict(train_config)}
     with (
         training_devices(train_config, pbi.project().devices, pbi.lease_dir(), context.log.info) as held,
         tempfile.TemporaryDirectory(prefix="pbi-train-") as folder,
@@ -106,26 +119,17 @@ def checkpoint_metadata(row: dict, counts: dict) -> dict[str, Any]:
     """The `checkpoint` materialization's metadata from its checkpoints-table row and the stage's
     counts (latent cache use)."""
     curve = json.loads(row["loss_curve"])
-    metadata = {
-        "checkpoint_id": row["checkpoint_id"],
-        "recipe": row["recipe"],
-        "smoke_model": bool(row["smoke_model"]),
-        "pipeline_dir": dg.MetadataValue.path(row["pipeline_dir"]),
-        "train_pairs": int(row["train_pairs"]),
-        "steps": int(row["steps"]),
-        "final_loss": float(row["final_loss"]) if row["final_loss"] is not None else float("nan"),
-        "samples_per_second": float(row["samples_per_second"]),
-        "wall_time_s": float(row["wall_time_s"]),
-        "resumed_from_step": int(row["resumed_from_step"]) if row["resumed_from_step"] is not None else -1,
-        "world_size": int(row["world_size"]),
-        "effective_batch_size": int(row["effective_batch_size"]),
-        "latents": str(row["latents"]),
-        "latents_encoded": int(counts["latents_encoded"]),
-        "latents_reused": int(counts["latents_reused"]),
-        "loss_curve": dg.MetadataValue.md(loss_curve_text(curve)),
-        "loss_curve_json": dg.MetadataValue.json(curve),
-        "loss_histogram": dg.MetadataValue.md(histogram_text([loss for _, loss in curve], title="training loss")),
-    }
+    metadata: dict[str, Any] = {name: row[name] for name in CHECKPOINT_FIELDS}
+    metadata.update(
+        pipeline_dir=dg.MetadataValue.path(row["pipeline_dir"]),
+        final_loss=row["final_loss"] if row["final_loss"] is not None else float("nan"),
+        resumed_from_step=row["resumed_from_step"] if row["resumed_from_step"] is not None else -1,
+        latents_encoded=counts["latents_encoded"],
+        latents_reused=counts["latents_reused"],
+        loss_curve=dg.MetadataValue.md(loss_curve_text(curve)),
+        loss_curve_json=dg.MetadataValue.json(curve),
+        loss_histogram=dg.MetadataValue.md(histogram_text([loss for _, loss in curve], title="training loss")),
+    )
     if row["smoke_model"]:
         metadata["warning"] = SMOKE_WARNING
     return metadata

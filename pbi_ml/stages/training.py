@@ -52,8 +52,8 @@ SMOKE_OVERRIDES = {
     "latents": "cache",
 }
 PAPER_OVERRIDES = {"latents": "cache"}  # the rest is TrainConfig's defaults
-LATENT_CACHE = "latent_cache"
-NO_TRAIN_PAIRS = "no train pairs: no pair with an instruction is in the train split"  # <data root>/global/latent_cache/<vae id>/<resolution>/...
+LATENT_CACHE = "latent_cache"  # <data root>/global/latent_cache/<vae id>/<resolution>/...
+NO_TRAIN_PAIRS = "no train pairs: no pair with an instruction is in the train split"
 
 
 def train_config_for(values: dict) -> tuple[str, TrainConfig]:
@@ -104,7 +104,7 @@ def checkpoint_id(recipe: str, config: TrainConfig, examples: list, world_size: 
     same run instead of starting a new one."""
     from pbi_ml.train.loop import run_identity
 
-    blob = json.dumps(run_identity(examples, config, world_size), sort_keys=True, default=str).encode()
+    blob = json.dumps(run_identity(examples, config, world_size), sort_keys=True).encode()
     return f"{recipe}-{hashlib.blake2b(blob, digest_size=6).hexdigest()}"
 
 
