@@ -12,6 +12,7 @@ import json
 import socket
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,9 @@ def checkpoint(context: dg.AssetExecutionContext, pbi: PBIProject, config: Check
         Path(folder, "spec.json").write_text(json.dumps({**spec, "device": held.device}, default=list))
         command = launch_command(folder, held.world_size)
         context.log.info(f"launching {held.world_size} training process(es): {' '.join(command)}")
-        dg.PipesSubprocessClient().run(context=context, command=command, env={"PYTHONUNBUFFERED": "1", **held.env})
+        with warnings.catch_warnings():  # Dagster's Pipes session calls a preview API of its own: nothing to act on
+            warnings.simplefilter("ignore", dg.PreviewWarning)
+            dg.PipesSubprocessClient().run(context=context, command=command, env={"PYTHONUNBUFFERED": "1", **held.env})
         result = json.loads(Path(folder, "result.json").read_text())
     metadata = checkpoint_metadata(result["row"], result["counts"])
     return dg.MaterializeResult(metadata={**metadata, "device": held.devices, "device_lease": held.lease})
