@@ -21,6 +21,7 @@ import time
 
 ANCHOR_ORIGINAL = 14.0
 ANCHOR_PRE_ENCODED = 137.0
+DROPOUT = (0.05, 0.05, 0.05)  # conditioning dropout: text, image, both (TrainConfig defaults)
 
 
 def _sync(device) -> None:
@@ -38,7 +39,7 @@ def benchmark(
 
     from pbi_ml.devices import resolve_device
     from pbi_ml.train.config import resolve_mixed_precision
-    from pbi_ml.train.loop import denoising_loss, encode_pair, encode_prompts
+    from pbi_ml.train.loop import EncodedBatch, denoising_loss, encode_pair, encode_prompts
     from pbi_ml.train.model import load_model_parts
 
     device_name = resolve_device(device)
@@ -64,19 +65,23 @@ def benchmark(
     def full_step():
         with torch.no_grad():
             text = encode_prompts(parts.tokenizer, text_encoder, prompts, dev)
-            latents, image_embeds = encode_pair(vae, source, target, g)
-        loss = denoising_loss(unet, parts.noise_scheduler, latents, image_embeds, text, null, g, 0.05, 0.05, 0.05)
+            encoded = EncodedBatch(*encode_pair(vae, source, target, g), text_embeds=text)
+        loss = denoising_loss(unet, parts.noise_scheduler, encoded, null_text_embeds=null, generator=g, dropout=DROPOUT)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad()
 
     with torch.no_grad():
-        pre_text = encode_prompts(parts.tokenizer, text_encoder, prompts, dev)
-        pre_latents, pre_image = encode_pair(vae, source, target, g)
+        pre_encoded = EncodedBatch(
+            *encode_pair(vae, source, target, g),
+            text_embeds=encode_prompts(parts.tokenizer, text_encoder, prompts, dev),
+        )
 
     def pre_encoded_step():
-        loss = denoising_loss(unet, parts.noise_scheduler, pre_latents, pre_image, pre_text, null, g, 0.05, 0.05, 0.05)
+        loss = denoising_loss(
+            unet, parts.noise_scheduler, pre_encoded, null_text_embeds=null, generator=g, dropout=DROPOUT
+        )
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()

@@ -1,9 +1,9 @@
 """Training on several processes inside the `checkpoint` asset: accelerate launch through Dagster
 Pipes, on two CPU pseudo-devices (`PBI_DEVICES=cpu,cpu`, gloo), on the demo's pairs.
 
-    - the run completes, rank 0's log lines and metadata reach the materialization through Pipes
-      (read back from the instance's event log), the checkpoints row says world_size 2, the
-      saved pipeline loads;
+    - the run completes, rank 0's log lines reach the step's log through Pipes and its checkpoints
+      row the materialization (read back from the instance's event log), the checkpoints row says
+      world_size 2, the saved pipeline loads;
     - SIGKILL of the step's process group after the first checkpoint leaves no training process
       behind, and the next materialization resumes at the last checkpoint's step.
 """
@@ -75,7 +75,7 @@ def test_two_processes_through_pipes(pairs_root, two_cpus, tmp_path):
     instance = dg.DagsterInstance.ephemeral()
     result = _materialize(root, two_cpus, instance)
     assert result.success
-    meta = _latest_metadata(instance)  # what the event log holds: rank 0 reported it through Pipes
+    meta = _latest_metadata(instance)  # what the event log holds, from rank 0's result
     assert meta["world_size"] == 2 and meta["steps"] == 4 and meta["latents"] == "cache"
     assert meta["device"] == "cpu,cpu" and "slot 0" in meta["device_lease"] and "slot 1" in meta["device_lease"]
     assert meta["effective_batch_size"] == 4, "smoke: batch 4 x accumulation 1 = 2 per process x 2"

@@ -1,5 +1,18 @@
-"""Exports, the trained checkpoint, and its evaluation (unpartitioned: they read all partitions)."""
+"""Exports, the trained checkpoint, and its evaluation (unpartitioned: they read all partitions).
 
+The checkpoint trains as diffusers does, one script for 1..N processes: whatever its world size,
+the step runs `pbi_assets.train_entry` through `dg.PipesSubprocessClient` on the devices
+`pbi_ml.stages.training.training_devices` gives it (`python -m` for one process, `accelerate
+launch --multi_gpu` for several). Rank 0's log lines come back through Pipes, its checkpoints row
+in a result file the step turns into the materialization's metadata (loss curve included).
+"""
+
+import dataclasses
+import json
+import socket
+import sys
+import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -9,8 +22,23 @@ from pbi_assets.assets.catalog import catalog
 from pbi_assets.assets.gpu import GPU_POOL, GPU_TAGS, on_a_device
 from pbi_assets.execution import stage_op_tags
 from pbi_assets.metadata import thumbnails_markdown
+from pbi_assets.plots import histogram_text, loss_curve_text
 from pbi_assets.resources import PBIProject
 from pbi_assets.run_config import CheckpointRunConfig, EvaluationRunConfig, ExportsRunConfig
+
+CHECKPOINT_FIELDS = (  # checkpoints-table columns shown as they are
+    "checkpoint_id",
+    "recipe",
+    "smoke_model",
+    "train_pairs",
+    "steps",
+    "samples_per_second",
+    "wall_time_s",
+    "world_size",
+    "effective_batch_size",
+    "latents",
+)
+SMOKE_WARNING = "SMOKE MODEL: tiny random architecture trained a few steps on CPU; not a useful editor."
 
 
 @dg.asset(
@@ -60,17 +88,68 @@ def skipped_result(context: dg.AssetExecutionContext, why: str, **numbers: int) 
         "channels, zero-initialised; VAE and text encoder frozen; accelerate). recipe `smoke` (default: "
         "a tiny random model a few steps on CPU - NOT a useful editor, labelled smoke_model) or `paper` "
         "(SPEC: SD 1.5 init, 256 px, Adam 5e-5, grad-clip 1, 5/5/5 % conditioning dropout, location "
-        "phrase p=0.25, cached latents). One process per leased device (or num_processes): several "
-        "train through Dagster Pipes (accelerate launch; logs, loss curve and metadata come back through "
-        "Pipes), the effective batch kept. Checkpoints every N steps; resumes after a crash; saves a "
+        "phrase p=0.25, cached latents). One process per leased device (or num_processes), launched "
+        "through Dagster Pipes (accelerate launch for several; their logs come back through Pipes), the "
+        "effective batch kept. Checkpoints every N steps; resumes after a crash; saves a "
         "diffusers StableDiffusionInstructPix2PixPipeline."
     ),
 )
 def checkpoint(context: dg.AssetExecutionContext, pbi: PBIProject, config: CheckpointRunConfig) -> dg.MaterializeResult:
-    from pbi_assets.training_launch import train_checkpoint
+    from pbi_ml.stages.training import NO_TRAIN_PAIRS, train_config_for, training_devices, training_examples
 
-    # its devices leased, in process on one, through Pipes + accelerate launch on several
-    return train_checkpoint(context, pbi, pbi.stage_values("checkpoint", config))
+    recipe, train_config = train_config_for(pbi.stage_values("checkpoint", config))
+    storage = pbi.storage()
+    if not training_examples(storage):
+        return skipped_result(context, NO_TRAIN_PAIRS, train_pairs=0)
+    spec = {"root": str(storage.root), "recipe": recipe, "config": dataclasses.asdict(train_config)}
+    with (
+        training_devices(train_config, pbi.project().devices, pbi.lease_dir(), context.log.info) as held,
+        tempfile.TemporaryDirectory(prefix="pbi-train-") as folder,
+    ):
+        context.log.info(f"devices: {held.lease}")
+        Path(folder, "spec.json").write_text(json.dumps({**spec, "device": held.device}, default=list))
+        command = launch_command(folder, held.world_size)
+        context.log.info(f"launching {held.world_size} training process(es): {' '.join(command)}")
+        with warnings.catch_warnings():  # Dagster's Pipes session calls a preview API of its own: nothing to act on
+            warnings.simplefilter("ignore", dg.PreviewWarning)
+            dg.PipesSubprocessClient().run(context=context, command=command, env={"PYTHONUNBUFFERED": "1", **held.env})
+        result = json.loads(Path(folder, "result.json").read_text())
+    metadata = checkpoint_metadata(result["row"], result["counts"])
+    return dg.MaterializeResult(metadata={**metadata, "device": held.devices, "device_lease": held.lease})
+
+
+def checkpoint_metadata(row: dict, counts: dict) -> dict[str, Any]:
+    """The `checkpoint` materialization's metadata from its checkpoints-table row and the stage's
+    counts (latent cache use)."""
+    curve = json.loads(row["loss_curve"])
+    metadata: dict[str, Any] = {name: row[name] for name in CHECKPOINT_FIELDS}
+    metadata.update(
+        pipeline_dir=dg.MetadataValue.path(row["pipeline_dir"]),
+        final_loss=row["final_loss"] if row["final_loss"] is not None else float("nan"),
+        resumed_from_step=row["resumed_from_step"] if row["resumed_from_step"] is not None else -1,
+        latents_encoded=counts["latents_encoded"],
+        latents_reused=counts["latents_reused"],
+        loss_curve=dg.MetadataValue.md(loss_curve_text(curve)),
+        loss_curve_json=dg.MetadataValue.json(curve),
+        loss_histogram=dg.MetadataValue.md(histogram_text([loss for _, loss in curve], title="training loss")),
+    )
+    if row["smoke_model"]:
+        metadata["warning"] = SMOKE_WARNING
+    return metadata
+
+
+def launch_command(folder: str, world: int) -> list[str]:
+    """`pbi_assets.train_entry` on `world` local processes: by itself for one, under `accelerate
+    launch` (torch's elastic launcher; on CPU the processes use gloo) for several."""
+    launcher = []
+    if world > 1:
+        with socket.socket() as sock:  # a free port for the processes' rendezvous
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        launcher = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(world)]
+        launcher += ["--num_machines", "1", "--main_process_port", str(port), "--dynamo_backend", "no"]
+        launcher += ["--mixed_precision", "no"]  # the TrainConfig's mixed_precision decides, in the Accelerator
+    return [sys.executable, *launcher, "-m", "pbi_assets.train_entry", folder]
 
 
 @dg.asset(

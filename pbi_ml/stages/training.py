@@ -14,21 +14,23 @@ Both recipes cache latents (`latents: cache`, under `<data root>/global/latent_c
 every run): smoke too, so the demo goes through the path the paper recipe takes, and a retraining
 run on the same pairs encodes nothing. Set `latents: on_the_fly` to encode at every step.
 
-Several processes: `run_training` is what each process of an `accelerate launch` runs (the
-`checkpoint` asset launches `pbi_assets.train_entry` through Dagster Pipes); only rank 0 writes
-the checkpoints row. The world size is part of the checkpoint id.
+Processes: `run_training` is what each training process runs, one or several under
+`accelerate launch` (the `checkpoint` asset launches `pbi_assets.train_entry` through Dagster
+Pipes); only rank 0 writes the checkpoints row.
 
-The checkpoint folder is named by a fingerprint of the config and the training pairs, so
-re-materializing with the same data resumes (or returns) that run, and new data starts a new one.
+The checkpoint folder is named after the run's identity (`checkpoint_id`: config, world size,
+training pairs), so re-materializing with the same data resumes (or returns) that run, and new
+data starts a new one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from pbi_ml.catalog import read_view
 from pbi_ml.config import config_from_dict
@@ -52,6 +54,7 @@ SMOKE_OVERRIDES = {
 }
 PAPER_OVERRIDES = {"latents": "cache"}  # the rest is TrainConfig's defaults
 LATENT_CACHE = "latent_cache"  # <data root>/global/latent_cache/<vae id>/<resolution>/...
+NO_TRAIN_PAIRS = "no train pairs: no pair with an instruction is in the train split"
 
 
 def train_config_for(values: dict) -> tuple[str, TrainConfig]:
@@ -96,17 +99,60 @@ def training_examples(storage: Storage) -> list:
     return examples
 
 
-def checkpoint_id(recipe: str, config, examples: list, world_size: int = 1) -> str:
-    """Named by what changes the model (config without run length and I/O fields, the world size,
-    and the data): raising max_steps resumes the same run instead of starting a new one."""
-    from pbi_ml.train.config import LENGTH_AND_IO_FIELDS
+def checkpoint_id(recipe: str, config: TrainConfig, examples: list, world_size: int = 1) -> str:
+    """The run's name: the recipe and a digest of its identity (`pbi_ml.train.loop.run_identity`:
+    config without run length and I/O fields, world size, pairs). Raising max_steps resumes the
+    same run instead of starting a new one."""
+    from pbi_ml.train.loop import run_identity
 
-    model_config = {k: v for k, v in dataclasses.asdict(config).items() if k not in LENGTH_AND_IO_FIELDS}
-    identity = {"recipe": recipe, "config": model_config, "pairs": [(e.key, e.instructions) for e in examples]}
-    if world_size != 1:
-        identity["world_size"] = world_size
-    blob = json.dumps(identity, sort_keys=True, default=str).encode()
+    blob = json.dumps(run_identity(examples, config, world_size), sort_keys=True).encode()
     return f"{recipe}-{hashlib.blake2b(blob, digest_size=6).hexdigest()}"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingDevices:
+    """Where a training's processes run, and how the devices were got."""
+
+    device: str  # what `run_training` gets: cpu, cuda (several processes), cuda:1, mps ...
+    world_size: int  # processes, one per device
+    env: dict[str, str]  # CUDA_VISIBLE_DEVICES of several processes: their local ranks index the leased GPUs
+    devices: str  # the devices, comma-separated
+    lease: str  # the lease slots, or "configured explicitly, not leased"
+
+
+@contextlib.contextmanager
+def training_devices(
+    config: TrainConfig, node: tuple[str, ...], lease_dir: str, on_wait: Callable[[str], None]
+) -> Iterator[TrainingDevices]:
+    """The training's devices for the block. `device: auto` leases `num_processes` of the node's
+    devices (`node`: pbi.yaml's `devices:`, or $PBI_DEVICES), every one when `num_processes` is
+    unset, all at once (`on_wait` says so while they are taken). An explicit device is used
+    unleased, with `num_processes` processes (default 1)."""
+    from pbi_ml.devices import check_device, lease_devices, node_devices
+
+    if config.device != "auto":
+        device = check_device(config.device)
+        world = config.num_processes or 1
+        if world > 1 and device not in ("cpu", "cuda"):
+            raise ConfigError(
+                f"checkpoint: num_processes={world} on the single device {device}; list the devices "
+                "in pbi.yaml `devices:` and set device: auto"
+            )
+        yield TrainingDevices(device, world, {}, device, f"{device} (configured explicitly, not leased)")
+        return
+    slots = node_devices(node)
+    world = config.num_processes or len(slots)
+    with lease_devices(slots, lease_dir, count=world, on_wait=on_wait) as leases:
+        names = [lease.device for lease in leases]
+        kinds = {name.split(":")[0] for name in names}
+        if len(kinds) != 1 or not kinds <= {"cpu", "cuda"}:
+            raise ConfigError(f"checkpoint: the leased devices {names} must all be cpu or all be cuda")
+        kind = kinds.pop()
+        env = {}
+        if kind == "cuda" and world > 1:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(name.split(":")[1] if ":" in name else "0" for name in names)
+        described = ", ".join(f"{lease.device} (slot {lease.slot})" for lease in leases)
+        yield TrainingDevices(names[0] if world == 1 else kind, world, env, ",".join(names), described)
 
 
 TrainProgress = Callable[[int, int, float], None]  # (step, total steps, loss)
@@ -134,9 +180,9 @@ def run_training(
             table=CHECKPOINTS.schema.empty_table(),
             path=None,
             counts={"train_pairs": 0},
-            skipped="no train pairs: no pair with an instruction is in the train split",
+            skipped=NO_TRAIN_PAIRS,
         )
-    world_size = launched_world_size()
+    world_size = int(os.environ.get("WORLD_SIZE") or 1)  # set by accelerate launch / torchrun
     ckpt_id = checkpoint_id(recipe, config, examples, world_size)
     out_dir = storage.global_dir(CHECKPOINTS.name) / ckpt_id
     result = train_instruct_pix2pix(
@@ -182,12 +228,6 @@ def run_training(
     path = storage.write_table(CHECKPOINTS, recipe, ckpt_id, table)
     atomic_write_bytes(storage.global_dir(CHECKPOINTS.name) / "LATEST", ckpt_id.encode())
     return StageResult(table=table, path=path, counts=counts, extra=extra)
-
-
-def launched_world_size() -> int:
-    """The number of training processes this one belongs to: $WORLD_SIZE under accelerate launch
-    / torchrun, else 1."""
-    return int(os.environ.get("WORLD_SIZE") or 1)
 
 
 def latest_checkpoint(storage: Storage) -> dict:

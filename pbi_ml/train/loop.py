@@ -49,7 +49,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from pbi_ml.errors import ConfigError
 from pbi_ml.storage import atomic_write_bytes
@@ -109,22 +109,54 @@ def encode_pair(vae, source_pixels, target_pixels, generator):
     return latents, image_embeds
 
 
+def cached_pair_latents(batch, scaling_factor: float, generator, device, dtype):
+    """`encode_pair` from a batch of cached latent distributions (`pbi_ml.train.latents`): the
+    target sampled with the same draw `latent_dist.sample(generator)` makes, the source's mode."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    mean = batch["target_mean"].to(device, dtype=dtype)
+    std = batch["target_std"].to(device, dtype=dtype)
+    sample = mean + std * randn_tensor(mean.shape, generator=generator, device=device, dtype=dtype)
+    return sample * scaling_factor, batch["source_mean"].to(device, dtype=dtype)
+
+
+@dataclass
+class EncodedBatch:
+    """One micro-batch in the UNet's terms."""
+
+    latents: Any  # the photo with the object: VAE sample x scaling factor (what is denoised)
+    image_embeds: Any  # the photo without it: the VAE posterior's mode (the image conditioning)
+    text_embeds: Any  # the instructions' CLIP hidden states
+
+
+def encode_batch(batch: dict, *, vae, tokenizer, text_encoder, generator, dtype) -> EncodedBatch:
+    """A collated micro-batch, of pixels (`collate`) or of cached latent distributions
+    (`collate_latents`), encoded on the generator's device; the latent sample draws from
+    `generator`."""
+    import torch
+
+    device = generator.device
+    with torch.no_grad():
+        text_embeds = encode_prompts(tokenizer, text_encoder, batch["instructions"], device)
+        if "target_mean" in batch:
+            latents, image_embeds = cached_pair_latents(batch, vae.config.scaling_factor, generator, device, dtype)
+        else:
+            source = batch["source_pixel_values"].to(device, dtype=dtype)
+            target = batch["target_pixel_values"].to(device, dtype=dtype)
+            latents, image_embeds = encode_pair(vae, source, target, generator)
+    return EncodedBatch(latents=latents, image_embeds=image_embeds, text_embeds=text_embeds)
+
+
 def denoising_loss(
-    unet,
-    noise_scheduler,
-    latents,
-    image_embeds,
-    text_embeds,
-    null_text_embeds,
-    generator,
-    text_dropout,
-    image_dropout,
-    both_dropout,
+    unet, noise_scheduler, batch: EncodedBatch, *, null_text_embeds, generator, dropout: tuple[float, float, float]
 ):
-    """The InstructPix2Pix denoising loss given the latents (see the module docstring)."""
+    """The InstructPix2Pix denoising loss of an encoded micro-batch (see the module docstring).
+    `dropout`: the (text, image, both) conditioning dropout probabilities. Noise, timesteps and
+    dropout draw from `generator`, in that order."""
     import torch
     import torch.nn.functional as F
 
+    latents = batch.latents
     bsz, device = latents.shape[0], latents.device
     noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
     timesteps = torch.randint(
@@ -133,9 +165,11 @@ def denoising_loss(
     noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
 
     u = torch.rand(bsz, generator=generator, device=device)
-    drop_text, drop_image = sample_conditioning_dropout(u, text_dropout, image_dropout, both_dropout)
-    text_embeds = torch.where(drop_text.reshape(bsz, 1, 1), null_text_embeds.to(text_embeds.dtype), text_embeds)
-    image_embeds = image_embeds * (~drop_image).to(image_embeds.dtype).reshape(bsz, 1, 1, 1)
+    drop_text, drop_image = sample_conditioning_dropout(u, *dropout)
+    text_embeds = torch.where(
+        drop_text.reshape(bsz, 1, 1), null_text_embeds.to(batch.text_embeds.dtype), batch.text_embeds
+    )
+    image_embeds = batch.image_embeds * (~drop_image).to(batch.image_embeds.dtype).reshape(bsz, 1, 1, 1)
 
     model_input = torch.cat([noisy_latents, image_embeds], dim=1)
     prediction_type = noise_scheduler.config.prediction_type
@@ -149,74 +183,23 @@ def denoising_loss(
     return F.mse_loss(model_pred.float(), target.float(), reduction="mean")
 
 
-def cached_pair_latents(batch, scaling_factor: float, generator, device, dtype):
-    """`encode_pair` from a batch of cached latent distributions (`pbi_ml.train.latents`): the
-    target sampled with the same draw `latent_dist.sample(generator)` makes, the source's mode."""
-    from diffusers.utils.torch_utils import randn_tensor
-
-    mean = batch["target_mean"].to(device, dtype=dtype)
-    std = batch["target_std"].to(device, dtype=dtype)
-    sample = mean + std * randn_tensor(mean.shape, generator=generator, device=device, dtype=dtype)
-    return sample * scaling_factor, batch["source_mean"].to(device, dtype=dtype)
-
-
-def instruct_pix2pix_loss(
-    unet,
-    vae,
-    noise_scheduler,
-    source_pixels,
-    target_pixels,
-    text_embeds,
-    null_text_embeds,
-    generator,
-    text_dropout: float,
-    image_dropout: float,
-    both_dropout: float,
-):
-    """The InstructPix2Pix loss of one micro-batch of pixels (see the module docstring).
-
-    `source_pixels` / `target_pixels`: B x 3 x H x W in [-1, 1], already in the VAE's dtype and
-    device. All randomness comes from `generator`.
-    """
-    import torch
-
-    with torch.no_grad():
-        latents, image_embeds = encode_pair(vae, source_pixels, target_pixels, generator)
-    return denoising_loss(
-        unet,
-        noise_scheduler,
-        latents,
-        image_embeds,
-        text_embeds,
-        null_text_embeds,
-        generator,
-        text_dropout,
-        image_dropout,
-        both_dropout,
-    )
-
-
 # --------------------------------------------------------------------------------------------
 # Checkpoints
 
 
-def _run_identity(examples: list[TrainingExample], config: TrainConfig, world_size: int = 1) -> dict:
-    """What must match for a checkpoint to be resumed: the config (except length / IO fields), the
-    world size and the data."""
+def run_identity(examples: list[TrainingExample], config: TrainConfig, world_size: int) -> dict:
+    """What a run is: the config without its length and I/O fields, the world size and the training
+    pairs (key, instructions, location, content digest; not where the data root is). A checkpoint
+    resumes only the same run; `pbi_ml.stages.training.checkpoint_id` names the run after it."""
     trajectory = {k: v for k, v in dataclasses.asdict(config).items() if k not in LENGTH_AND_IO_FIELDS}
-    data = hashlib.blake2b(
-        json.dumps(
-            [
-                (e.key, e.source_image, e.target_image, list(e.instructions), e.object_location, e.mask, e.edit_mask)
-                for e in examples
-            ]
-        ).encode(),
-        digest_size=16,
-    ).hexdigest()
-    identity = {"config": trajectory, "examples": len(examples), "examples_fingerprint": data}
-    if world_size != 1:  # (one process: the identity of runs saved before world sizes were recorded)
-        identity["world_size"] = world_size
-    return identity
+    pairs = [(e.key, list(e.instructions), e.object_location, e.digest) for e in examples]
+    fingerprint = hashlib.blake2b(json.dumps(pairs).encode(), digest_size=16).hexdigest()
+    return {
+        "config": trajectory,
+        "world_size": world_size,
+        "examples": len(examples),
+        "examples_fingerprint": fingerprint,
+    }
 
 
 def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
@@ -363,7 +346,7 @@ def train_instruct_pix2pix(
         else:
             assert config.num_epochs is not None, "TrainConfig requires num_epochs or max_steps"
             total_steps = math.ceil(config.num_epochs * per_epoch / accum)
-        identity = _run_identity(examples, config, num_processes)
+        identity = run_identity(examples, config, num_processes)
 
         # ---- resume
         loss_curve: list[tuple[int, float]] = []
@@ -395,6 +378,7 @@ def train_instruct_pix2pix(
 
         with torch.no_grad():
             null_text_embeds = encode_prompts(parts.tokenizer, text_encoder, [""], torch_device)
+        dropout = (config.text_dropout, config.image_dropout, config.both_dropout)
 
         # ---- the data (and the latent cache)
         dataset = PairDataset(
@@ -454,38 +438,22 @@ def train_instruct_pix2pix(
             for batch in loader:
                 with accelerator.accumulate(unet):
                     generator = torch.Generator(device=torch_device).manual_seed(step_seed(config.seed, micro, rank))
-                    with torch.no_grad():
-                        text_embeds = encode_prompts(parts.tokenizer, text_encoder, batch["instructions"], torch_device)
-                    if config.latents == "cache":
-                        latents, image_embeds = cached_pair_latents(
-                            batch, vae.config.scaling_factor, generator, torch_device, weight_dtype
-                        )
-                        loss = denoising_loss(
-                            unet,
-                            parts.noise_scheduler,
-                            latents,
-                            image_embeds,
-                            text_embeds,
-                            null_text_embeds,
-                            generator,
-                            config.text_dropout,
-                            config.image_dropout,
-                            config.both_dropout,
-                        )
-                    else:
-                        loss = instruct_pix2pix_loss(
-                            unet,
-                            vae,
-                            parts.noise_scheduler,
-                            batch["source_pixel_values"].to(torch_device, dtype=weight_dtype),
-                            batch["target_pixel_values"].to(torch_device, dtype=weight_dtype),
-                            text_embeds,
-                            null_text_embeds,
-                            generator,
-                            config.text_dropout,
-                            config.image_dropout,
-                            config.both_dropout,
-                        )
+                    inputs = encode_batch(
+                        batch,
+                        vae=vae,
+                        tokenizer=parts.tokenizer,
+                        text_encoder=text_encoder,
+                        generator=generator,
+                        dtype=weight_dtype,
+                    )
+                    loss = denoising_loss(
+                        unet,
+                        parts.noise_scheduler,
+                        inputs,
+                        null_text_embeds=null_text_embeds,
+                        generator=generator,
+                        dropout=dropout,
+                    )
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(unet.parameters(), config.max_grad_norm)
