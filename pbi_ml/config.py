@@ -1,6 +1,6 @@
 """Configuration dataclasses for the project and for every stage.
 
-Defaults are the paper's recipe (SPEC.md) where the paper published a number, and documented
+Defaults are the paper's recipe (docs/method.md) where the paper published a number, and documented
 choices (marked "calibrate") where it did not. The project file `pbi.yaml` declares the data root,
 the shard count and the sources; stage parameters come from Dagster run config or from the
 `stages:` section of `pbi.yaml`.
@@ -248,7 +248,7 @@ class RemovalConfig:
 
 @dataclass(frozen=True)
 class ScoringConfig:
-    """Filter scores on removal candidates (SPEC: consensus, multimodal CLIP, importance)."""
+    """Filter scores on removal candidates (docs/method.md#removal-filters)."""
 
     backend: str = "stats"  # "stats" (embedded, no weights) or "clip" (open_clip)
     clip_model: str = "ViT-L-14"

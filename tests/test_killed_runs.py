@@ -1,4 +1,4 @@
-"""A killed run never blocks the next one (issue 7).
+"""A killed run never blocks the next one.
 
 `kill -9` of a run while one of its steps holds the `gpu` pool's only slot leaves the run STARTED
 and the slot claimed. `pbi run` fails such runs and frees their slots before it starts

@@ -1,4 +1,4 @@
-"""Instructions per pair (SPEC stage "instructions"). Importing this loads no torch."""
+"""Instructions per pair (docs/method.md#instructions). Importing this loads no torch."""
 
 from pbi_ml.instruct.base import INSTRUCT_BACKENDS, InstructConfig, InstructionWriter, make_instruction_writer
 from pbi_ml.instruct.check import CheckResult, InstructionChecker, names_object, object_name_problem

@@ -7,7 +7,7 @@
   varied "add / put / insert / place ..." templates over the description. The template is chosen by
   a stable hash of (seed, item key), so a re-run writes identical text.
 - `location_phrase("top left")` -> " at the top left": appended by the trainer with probability
-  0.25 (SPEC), never stored in the instruction columns.
+  0.25 (docs/method.md#instructions), never stored in the instruction columns.
 
 Class names arrive as their source spells them: COCO "baseball bat", LVIS "bow_(weapon)", Open
 Images "Human face". `clean_category` makes them readable: underscores to spaces, the
@@ -149,14 +149,14 @@ def noun_phrase(phrase: str, category: str) -> str:
 
 
 def class_instruction(category: str) -> str:
-    """SPEC's class template: "add a <class>" ("add a cat", "add an apple", "add a baseball bat")."""
+    """The paper's class template: "add a <class>" ("add a cat", "add an apple", "add a baseball bat")."""
     return f"add {class_noun_phrase(category)}"
 
 
 def location_phrase(location: str | None) -> str:
     """ " at the <location>" for a 3x3-grid cell ("top left" ... "bottom right"); "" for none.
 
-    The trainer appends it to an instruction with probability 0.25 (SPEC); it is never stored."""
+    The trainer appends it to an instruction with probability 0.25 (docs/method.md#instructions); it is never stored."""
     location = (location or "").strip()
     return f" at the {location}" if location else ""
 

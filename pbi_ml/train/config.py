@@ -1,6 +1,6 @@
 """Training configuration of the InstructPix2Pix-style "add an object" model.
 
-Defaults are the paper's recipe (SPEC.md, row "model"): SD 1.5 init, 256 px crops, Adam
+Defaults are the paper's recipe (docs/method.md#training): SD 1.5 init, 256 px crops, Adam
 lr 5e-5 without warm-up, gradient clipping at 1, an effective batch of 4096 (batch 128 per GPU x
 8 GPUs x accumulation 4; written as 128 x accumulation 32 on one process, see below), 60 epochs, conditioning dropout 5 % text / 5 % image / 5 % both, and the location phrase
 appended with probability 0.25.
@@ -80,7 +80,7 @@ class TrainConfig:
     learning_rate: float = 5e-5  # constant, no warm-up
     adam_beta1: float = 0.9  # diffusers' InstructPix2Pix trainer defaults
     adam_beta2: float = 0.999
-    # SPEC says Adam: weight decay 0 makes torch's AdamW exactly Adam. (diffusers' trainer uses
+    # The paper says Adam: weight decay 0 makes torch's AdamW exactly Adam. (diffusers' trainer uses
     # AdamW with 1e-2; set weight_decay=0.01 to follow it instead.)
     weight_decay: float = 0.0
     epsilon: float = 1e-8
@@ -93,7 +93,7 @@ class TrainConfig:
     num_processes: int | None = None  # training processes (accelerate launch); None: one per device of the step
     num_epochs: int | None = 60
     max_steps: int | None = None  # optimizer steps; overrides num_epochs when set
-    text_dropout: float = 0.05  # SPEC: 5 % text only ...
+    text_dropout: float = 0.05  # docs/method.md#training: 5 % text only ...
     image_dropout: float = 0.05  # ... 5 % image only ...
     both_dropout: float = 0.05  # ... 5 % both (disjoint cases)
     location_prob: float = 0.25  # append " at the <location>" to the instruction at training time
