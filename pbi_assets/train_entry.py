@@ -1,6 +1,6 @@
-"""What each process of a multi-process training runs: `accelerate launch ... -m pbi_assets.train_entry SPEC`.
+"""What each process of a multi-process training runs: `accelerate launch ... -m pbi_assets.train_entry JOB_FILE`.
 
-The `checkpoint` asset (pbi_assets.training_launch) writes SPEC, a JSON file {"root": data root,
+The `checkpoint` asset (pbi_assets.training_launch) writes JOB_FILE, a JSON file {"root": data root,
 "recipe", "config": TrainConfig fields, "device": "cpu" | "cuda"}, and launches this module
 through Dagster Pipes (`PipesSubprocessClient`). Every process calls pbi_ml's `run_training`; rank
 0 alone talks to Dagster: its log lines (progress every 10 steps) go to the step's log through

@@ -9,7 +9,7 @@ processes (default 1).
 One process: `run_training` runs in the step's own process, as it always has.
 
 Several: the step launches `accelerate launch --multi_gpu --num_processes W -m
-pbi_assets.train_entry SPEC` through `dg.PipesSubprocessClient`, with CUDA_VISIBLE_DEVICES set to
+pbi_assets.train_entry JOB_FILE` through `dg.PipesSubprocessClient`, with CUDA_VISIBLE_DEVICES set to
 the leased GPUs (on CPU pseudo-devices, `[cpu, cpu]`, the processes train on the CPU with the gloo
 backend). Rank 0's log lines, and the materialization's metadata with the loss curve, come back
 through Pipes; the lease metadata (device, device_lease) is added here.
