@@ -12,14 +12,14 @@ scoring. Random weights cost the same FLOPs as the real ones, so the speeds are 
     (640 x 480, one object of 0.4 % of the image, COCO's median, dilated 15 px; K = 3, 10 steps)
     at batch 8 / 16 / 32, fp16 and bf16, compile off and on, context crop and full. Prints UNet
     image-steps/s (objects x K x steps / s; classifier-free guidance doubles the UNet batch, as
-    in SPEC's anchor) and objects/s, after one untimed warm-up call per setting.
+    in the paper's anchor) and objects/s, after one untimed warm-up call per setting.
 (b) training: `train_instruct_pix2pix` (pbi_ml/train/loop.py) at 256 px, latents on the fly and
     cached (the cache is filled by a first run and then read by a second, which is timed).
 (c) scoring: `ClipEmbedder.embed_images` (pbi_ml/clip_embedder.py), CLIP ViT-L/14, images/s.
 
-On CUDA every figure is printed with its ratio to SPEC's anchors ("Scale and speed anchors") and
-to this issue's targets for one H100 / H200: removal >= 150 image-steps/s at batch 16 (2x the
-A100 anchor of 76), training >= 300 samples/s with cached latents (SPEC's optimised-trainer
+On CUDA every figure is printed with its ratio to the reference figures (docs/method.md#speed-anchors) and
+to our targets for one H100 / H200: removal >= 150 image-steps/s at batch 16 (2x the
+A100 anchor of 76), training >= 300 samples/s with cached latents (the optimised-trainer
 anchor: 137 per A100), CLIP >= 3,000 images/s. `--tiny` numbers mean only that the code runs.
 `--quick` runs one removal setting per dtype (batch 16, compile off) to fit a short GPU lease.
 """

@@ -13,7 +13,7 @@ elliptical object mask (about 8 % of the image) dilated by 15 px, K = 3 candidat
 2. diffusers: with `--model` (a Hub id or a local directory) the real pipeline at
    `--resolution` (512), `--steps` (10), on `--device`; without it a tiny random pipeline built
    in a temp folder at 64 px, which only exercises the code: its numbers are NOT meaningful.
-   Prints objects/s and UNet image-steps/s (objects x K x steps / s; SPEC's anchor: ~76
+   Prints objects/s and UNet image-steps/s (objects x K x steps / s; the reference figure: ~76
    image-steps/s, ~2.5 objects/s, for SD 1.5 inpainting on one A100 at batch 16 with
    torch.compile) after one untimed warm-up call (model loading, first-call overheads). Objects are ordered by image
    size, as a caller should order them: pipeline batches hold one working size, so mixed sizes
@@ -35,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SPEC_A100_IMAGE_STEPS_PER_S = 76.0
+A100_ANCHOR_IMAGE_STEPS_PER_S = 76.0
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "retina")
 
 
@@ -157,14 +157,14 @@ def bench_diffusers(args, opencv_rate: float) -> None:
     )
     print(f"        vs opencv: {rate / opencv_rate:.4f}x the objects/s ({opencv_rate / rate:.1f}x slower)")
     print(
-        f"        vs SPEC anchor (A100, batch 16, torch.compile): {image_steps / SPEC_A100_IMAGE_STEPS_PER_S:.3f}x of {SPEC_A100_IMAGE_STEPS_PER_S:.0f} image-steps/s"
+        f"        vs the A100 anchor (docs/method.md#speed-anchors; batch 16, torch.compile): {image_steps / A100_ANCHOR_IMAGE_STEPS_PER_S:.3f}x of {A100_ANCHOR_IMAGE_STEPS_PER_S:.0f} image-steps/s"
     )
     if not meaningful:
         print(
             "        NOTE: tiny random pipeline on CPU: these diffusers numbers exercise the code path only and are NOT meaningful."
         )
     elif not device.startswith("cuda"):
-        print("        NOTE: not on a CUDA GPU: not comparable with the SPEC anchor.")
+        print("        NOTE: not on a CUDA GPU: not comparable with the A100 anchor.")
 
 
 def main() -> None:
@@ -178,7 +178,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--tiny-resolution", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=12, help="images per pipeline call (SPEC anchor: 16)")
+    parser.add_argument("--batch-size", type=int, default=12, help="images per pipeline call (the A100 anchor's: 16)")
     parser.add_argument("--objects", type=int, default=0, help="diffusers objects (default 64 real / 4 tiny)")
     parser.add_argument("--opencv-objects", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=3)

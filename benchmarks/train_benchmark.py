@@ -6,9 +6,9 @@
 Times the same step `pbi_ml.train.loop` runs (VAE-encode the pair, CLIP-encode the instruction,
 conditioning dropout, UNet forward + backward, gradient clipping, Adam step) on synthetic pixels,
 so data loading is excluded; and, separately, the step on PRE-ENCODED latents (UNet forward +
-backward + Adam only), the setting of SPEC's faster anchor.
+backward + Adam only), the setting of the faster anchor (docs/method.md#speed-anchors).
 
-SPEC anchors (per A100, SD 1.5 at 256 px): ~14 samples/s original InstructPix2Pix training,
+Reference figures (docs/method.md#speed-anchors; per A100, SD 1.5 at 256 px): ~14 samples/s original InstructPix2Pix training,
 ~137 samples/s for optimised trainers on pre-encoded latents. Numbers for the tiny model or on a
 CPU are NOT comparable with them: they only show the code path runs and how fast a smoke run is.
 """
@@ -141,10 +141,10 @@ def main(argv=None) -> dict:
     print(json.dumps(result, indent=1))
     label = "" if comparable else f"   [NOT comparable: {'; '.join(reasons)}]"
     print(
-        f"full step        {result['full_step']['samples_per_second']:9.2f} samples/s   vs SPEC ~{ANCHOR_ORIGINAL:.0f}/A100 (original){label}"
+        f"full step        {result['full_step']['samples_per_second']:9.2f} samples/s   vs ~{ANCHOR_ORIGINAL:.0f}/A100 (original){label}"
     )
     print(
-        f"pre-encoded step {result['pre_encoded_step']['samples_per_second']:9.2f} samples/s   vs SPEC ~{ANCHOR_PRE_ENCODED:.0f}/A100 (optimised, pre-encoded latents){label}"
+        f"pre-encoded step {result['pre_encoded_step']['samples_per_second']:9.2f} samples/s   vs ~{ANCHOR_PRE_ENCODED:.0f}/A100 (optimised, pre-encoded latents){label}"
     )
     if comparable:
         print("(anchors are per A100; scale for your GPU)")

@@ -1,6 +1,6 @@
 """CLIP image and text embeddings through open_clip, batched, L2-normalised.
 
-Used by the filter scores (SPEC: consensus, multimodal CLIP, importance) and by the evaluation
+Used by the filter scores (docs/method.md#removal-filters) and by the evaluation
 metrics (CLIP-I, CLIP-T, CMMD). The model is loaded on first use; torch and open_clip are imported
 only then, so importing this module is cheap and never touches CUDA.
 

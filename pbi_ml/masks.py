@@ -59,7 +59,7 @@ def object_location(mask: np.ndarray) -> str:
 
 
 def isolate_region(image: np.ndarray, mask: np.ndarray, dilation_px: int, blur_sigma: float) -> np.ndarray:
-    """SPEC's region isolation: paste the masked area onto a background of the image's mean colour
+    """The paper's region isolation (docs/method.md#region-isolation): paste the masked area onto a background of the image's mean colour
     through a dilated, Gaussian-blurred mask. Returns HxWx3 uint8."""
     import cv2
 

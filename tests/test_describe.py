@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import skimage.data
 
-from pbi_ml.describe import SPEC_PROMPT, DescribeConfig, DescribeItem, make_describer, masked_object_view
+from pbi_ml.describe import PAPER_PROMPT, DescribeConfig, DescribeItem, make_describer, masked_object_view
 from pbi_ml.describe.pixels import COLOUR_NAMES, colour_name_indices, pixel_attributes
 from pbi_ml.errors import ConfigError, ItemError
 
@@ -34,7 +34,7 @@ def test_config_defaults_are_the_papers_prompt_and_safe():
         config.prompt
         == "Accurately describe the main characteristics of the {category}. Use few words which best describe the {category}"
     )
-    assert SPEC_PROMPT.format(category="cat").endswith("best describe the cat")
+    assert PAPER_PROMPT.format(category="cat").endswith("best describe the cat")
     with pytest.raises(ConfigError):
         DescribeConfig(backend="cogvlm")
 
@@ -156,5 +156,5 @@ def test_vlm_describer_code_path_with_tiny_qwen2_vl(tiny_vlm_dir):
     assert any(texts)  # random tokens, but something was generated and decoded
     assert describer.describe(items) == texts  # greedy: deterministic
     assert describer.describe(items[1:2]) == texts[1:2]  # left padding: batch-independent
-    # the prompt is SPEC's, with the class name
-    assert describer.prompt_for("bow_(weapon)") == SPEC_PROMPT.format(category="bow")
+    # the prompt is the paper's, with the class name
+    assert describer.prompt_for("bow_(weapon)") == PAPER_PROMPT.format(category="bow")

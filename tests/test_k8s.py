@@ -173,9 +173,9 @@ def test_the_code_location_takes_the_executor_and_pods_from_config_and_env(tmp_p
     _check_override(out["ops"]["checkpoint"], out["ops"]["candidates"])
 
 
-def test_the_default_executor_is_what_ran_before():
+def test_without_an_executor_setting_jobs_use_dagsters_default_executor():
     """No `executor:` in the session pbi.yaml, no $PBI_EXECUTOR: Dagster's own default
-    (multi_or_in_process: a process per step), exactly as before the switch existed."""
+    (multi_or_in_process: a process per step); each named executor maps to its Dagster executor."""
     assert os.environ.get("PBI_EXECUTOR") is None
     assert defs.resolve_implicit_global_asset_job_def().executor_def.name == "multi_or_in_process_executor"
     assert executor_for("multiprocess") is None

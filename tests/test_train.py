@@ -290,7 +290,7 @@ def test_samples_are_aligned_crops_and_deterministic(examples):
     # example 0 is square (no crop slack): its object sits in the centre cell of what the model sees,
     # whatever object_location the example was stored with
     with_location = [t for t in texts if t.endswith(" at the center")]
-    assert 0.18 < len(with_location) / len(texts) < 0.32  # SPEC: p = 0.25
+    assert 0.18 < len(with_location) / len(texts) < 0.32  # docs/method.md#instructions: p = 0.25
     assert {t.removesuffix(" at the center") for t in texts} == set(examples[0].instructions)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pbi_ml.describe import SPEC_PROMPT
+from pbi_ml.describe import PAPER_PROMPT
 
 # ----------------------------------------------------------------------------------------------
 # A tiny random Qwen2-VL, built from config and saved like a Hub checkpoint
@@ -45,7 +45,7 @@ def save_tiny_vlm(directory: Path) -> Path:
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    corpus = [SPEC_PROMPT.format(category=c) for c in ("cat", "cup", "dog")] + [
+    corpus = [PAPER_PROMPT.format(category=c) for c in ("cat", "cup", "dog")] + [
         "a large brown and white cat",
         "user assistant",
     ]

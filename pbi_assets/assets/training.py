@@ -87,7 +87,7 @@ def skipped_result(context: dg.AssetExecutionContext, why: str, **numbers: int) 
         "InstructPix2Pix 'add an object' model trained on the train split (UNet conv_in widened to 8 "
         "channels, zero-initialised; VAE and text encoder frozen; accelerate). recipe `smoke` (default: "
         "a tiny random model a few steps on CPU - NOT a useful editor, labelled smoke_model) or `paper` "
-        "(SPEC: SD 1.5 init, 256 px, Adam 5e-5, grad-clip 1, 5/5/5 % conditioning dropout, location "
+        "(docs/method.md#training: SD 1.5 init, 256 px, Adam 5e-5, grad-clip 1, 5/5/5 % conditioning dropout, location "
         "phrase p=0.25, cached latents). One process per leased device (or num_processes), launched "
         "through Dagster Pipes (accelerate launch for several; their logs come back through Pipes), the "
         "effective batch kept. Checkpoints every N steps; resumes after a crash; saves a "
@@ -161,7 +161,7 @@ def launch_command(folder: str, world: int) -> list[str]:
     op_tags=stage_op_tags("evaluation"),
     description=(
         "The latest checkpoint on the test split (and on a MagicBrush-format parquet's 'add' subset "
-        "when configured): SPEC's inference (EulerAncestral, 50 steps, guidance 7 / image 1.5, seed 0) "
+        "when configured): the paper's inference (EulerAncestral, 50 steps, guidance 7 / image 1.5, seed 0) "
         "and metrics L1, L2, CLIP-I, CLIP-T, DINO, CMMD; metrics whose weights are absent are null "
         "with the reason. Rows in the catalog's `evaluations` and `evaluation_samples` views."
     ),

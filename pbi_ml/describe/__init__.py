@@ -1,8 +1,8 @@
-"""Descriptions of removed objects (SPEC stage "descriptions"). Importing this loads no torch."""
+"""Descriptions of removed objects (docs/method.md#descriptions). Importing this loads no torch."""
 
 from pbi_ml.describe.base import (
     DESCRIBE_BACKENDS,
-    SPEC_PROMPT,
+    PAPER_PROMPT,
     DescribeConfig,
     DescribeItem,
     Describer,
@@ -12,7 +12,7 @@ from pbi_ml.describe.base import (
 
 __all__ = [
     "DESCRIBE_BACKENDS",
-    "SPEC_PROMPT",
+    "PAPER_PROMPT",
     "DescribeConfig",
     "DescribeItem",
     "Describer",

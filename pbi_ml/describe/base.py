@@ -1,13 +1,13 @@
 """Descriptions of removed objects: the config, the item type, the object-only view, the factory.
 
-SPEC: CogVLM sees the original photo with everything but the object masked out and is asked
+docs/method.md#descriptions: CogVLM sees the original photo with everything but the object masked out and is asked
 "Accurately describe the main characteristics of the <class>. Use few words which best describe
 the <class>". A describer turns a batch of `DescribeItem`s into one short text per item.
 
 Two backends:
 - `pixels` (embedded default, no weights): colour names, size, shape and texture measured under the
   mask, phrased around the given class name (pbi_ml/describe/pixels.py);
-- `vlm`: a transformers image-text-to-text model with SPEC's prompt (pbi_ml/describe/vlm.py).
+- `vlm`: a transformers image-text-to-text model with the paper's prompt (pbi_ml/describe/vlm.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pbi_ml.errors import ConfigError, ItemError
 from pbi_ml.masks import bbox_of, check_image_and_mask, crop_box
 
 DESCRIBE_BACKENDS = ("pixels", "vlm")
-SPEC_PROMPT = (
+PAPER_PROMPT = (
     "Accurately describe the main characteristics of the {category}. Use few words which best describe the {category}"
 )
 OUTSIDE_FILL = (128, 128, 128)  # neutral grey: carries no colour the describer could attribute to the object
@@ -37,7 +37,7 @@ class DescribeConfig:
     `AutoModelForImageTextToText` (default Qwen2-VL-2B-Instruct). The paper's CogVLM
     (`THUDM/cogvlm-chat-hf`) ships its own modelling code: it loads only with
     `trust_remote_code: true`, set explicitly, and needs `tokenizer` (its model card uses
-    `lmsys/vicuna-7b-v1.5`). `prompt` is the paper's prompt (docs/method.md); `{category}` is replaced by
+    `lmsys/vicuna-7b-v1.5`). `prompt` is the paper's prompt (docs/method.md#descriptions); `{category}` is replaced by
     the class name.
     """
 
@@ -45,7 +45,7 @@ class DescribeConfig:
     model: str = "Qwen/Qwen2-VL-2B-Instruct"  # Hub id or local directory (vlm)
     trust_remote_code: bool = False  # load a model's own modelling code (CogVLM); set explicitly
     tokenizer: str | None = None  # only for models whose repo ships no tokenizer (CogVLM)
-    prompt: str = SPEC_PROMPT  # {category}: the object's class name
+    prompt: str = PAPER_PROMPT  # {category}: the object's class name
     max_new_tokens: int = 40  # the longest description, in tokens
     batch_size: int = 4  # objects per model call
     device: str = "auto"  # "auto" = a leased device of the node (pbi_ml.devices), else cuda if available, else cpu
@@ -94,7 +94,7 @@ def masked_object_view(
     image: np.ndarray, mask: np.ndarray, pad: float = 0.1, fill: tuple[int, int, int] = OUTSIDE_FILL
 ) -> np.ndarray:
     """The object alone: every pixel outside `mask` set to neutral grey, cropped to a box around the
-    object padded by `pad` of its size on each side (SPEC: the VLM sees only the object).
+    object padded by `pad` of its size on each side (docs/method.md#descriptions: the VLM sees only the object).
     Returns a new HxWx3 uint8 array."""
     mask = mask.astype(bool)
     if not mask.any():

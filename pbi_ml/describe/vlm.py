@@ -1,4 +1,4 @@
-"""Descriptions by a vision-language model (transformers), SPEC's prompt.
+"""Descriptions by a vision-language model (transformers), the paper's prompt (docs/method.md#descriptions).
 
 The model sees `masked_object_view(image, mask)`: the object alone on neutral grey, cropped to a
 padded box. Loading: `AutoProcessor` + `AutoModelForImageTextToText` by Hub id or local directory;
@@ -69,7 +69,7 @@ def _view_for_model(item: DescribeItem):
 
 
 class VLMDescriber:
-    """A transformers image-text-to-text model asked SPEC's prompt about each object."""
+    """A transformers image-text-to-text model asked the paper's prompt about each object."""
 
     name = "vlm"
 

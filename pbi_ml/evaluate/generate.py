@@ -1,6 +1,6 @@
-"""Generate edits with a trained InstructPix2Pix pipeline (SPEC row "evaluation", inference part).
+"""Generate edits with a trained InstructPix2Pix pipeline (docs/method.md#evaluation, inference).
 
-SPEC's settings are the defaults: EulerAncestral sampler, 50 steps, text guidance 7, image guidance
+The paper's settings are the defaults: EulerAncestral sampler, 50 steps, text guidance 7, image guidance
 1.5, seed 0. Every image gets its OWN generator seeded with `seed`, so an image's edit does not
 depend on which other images share its batch or on the batch size.
 

@@ -1,4 +1,4 @@
-"""Evaluation metrics, computed as the reference implementations compute them (SPEC "evaluation").
+"""Evaluation metrics, computed as the reference implementations compute them (docs/method.md#evaluation).
 
 Per sample (MagicBrush's evaluation/image_eval.py, "all turns" setting: one (input, instruction,
 ground truth) triple per row):

@@ -1,4 +1,4 @@
-"""Instructions per pair (the "instructions" stage), and the export's removal prompts. Importing
+"""Instructions per pair (the "instructions" stage, docs/method.md#instructions), and the export's removal prompts. Importing
 this loads no torch."""
 
 from pbi_ml.instruct.base import INSTRUCT_BACKENDS, InstructConfig, InstructionWriter, make_instruction_writer

@@ -1,6 +1,6 @@
 """The description -> instruction rewrite by a causal language model (the paper's recipe).
 
-SPEC: Mistral-7B-Instruct with 5 in-context examples; each user turn is, verbatim,
+docs/method.md#instructions: Mistral-7B-Instruct with 5 in-context examples; each user turn is, verbatim,
 "Convert the following sentence into a short image addition instruction: <caption>. Use
 straightforward language and describe only the <class>. Ignore surroundings and background and
 avoid pictorial description." The examples come from a versioned JSON file

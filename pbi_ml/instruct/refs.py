@@ -11,7 +11,7 @@ the file, e.g.:
     json.dump([{"ann_id": r["ann_id"], "sentences": [s["sent"] for s in r["sentences"]]} for r in refs],
               open("refcoco_unc.json", "w"))
 
-Instruction: SPEC's "add a <ref>". A ref that starts with "the" gets the indefinite article instead
+Instruction: the paper's "add a <ref>". A ref that starts with "the" gets the indefinite article instead
 ("the man on the left" -> "add a man on the left": the object is not in the source image yet, so
 "a" reads as an addition); a ref that starts with another determiner keeps it ("two dogs" ->
 "add two dogs"); any other ref gets "a"/"an" ("red car" -> "add a red car").

@@ -10,7 +10,7 @@ location phrases. The English (articles, noun phrases, class names) is pbi_ml/in
   varied "add / put / insert / place ..." templates over the description. The template is chosen by
   a stable hash of (seed, item key), so a re-run writes identical text.
 - `location_phrase("top left")` -> " at the top left": appended by the trainer with probability
-  0.25 (docs/method.md), never stored in the instruction columns.
+  0.25 (docs/method.md#instructions), never stored in the instruction columns.
 """
 
 from __future__ import annotations
@@ -36,14 +36,14 @@ VERB_TEMPLATES = (
 
 
 def class_instruction(category: str) -> str:
-    """SPEC's class template: "add a <class>" ("add a cat", "add an apple", "add a baseball bat")."""
+    """The paper's class template: "add a <class>" ("add a cat", "add an apple", "add a baseball bat")."""
     return f"add {class_noun_phrase(category)}"
 
 
 def location_phrase(location: str | None) -> str:
     """ " at the <location>" for a 3x3-grid cell ("top left" ... "bottom right"); "" for none.
 
-    The trainer appends it to an instruction with probability 0.25 (SPEC); it is never stored."""
+    The trainer appends it to an instruction with probability 0.25 (docs/method.md#instructions); it is never stored."""
     location = (location or "").strip()
     return f" at the {location}" if location else ""
 

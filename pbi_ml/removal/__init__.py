@@ -1,4 +1,4 @@
-"""Object removal by inpainting (SPEC stage "removal"). Importing this loads no torch.
+"""Object removal by inpainting (docs/method.md#removal). Importing this loads no torch.
 
 `make_inpainter(RemovalConfig(...))` returns the backend the config names:
 - "opencv" (default, embedded, CPU, no weights): pbi_ml/removal/opencv.py;

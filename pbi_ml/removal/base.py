@@ -1,6 +1,6 @@
 """Object removal by inpainting: the backend interface and the input checks every backend shares.
 
-SPEC stage "removal": each kept object is inpainted away K times (K = `RemovalConfig.num_candidates`,
+docs/method.md#removal: each kept object is inpainted away K times (K = `RemovalConfig.num_candidates`,
 the paper used 3) so the scoring stage can measure how much the candidates agree. The caller
 dilates the masks first (`pbi_ml.masks.dilate` with `RemovalConfig.dilation_px`); an inpainter
 receives the already-dilated masks and repaints exactly that area.

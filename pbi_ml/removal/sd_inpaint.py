@@ -1,6 +1,6 @@
 """Removal with Stable Diffusion inpainting (diffusers): the paper's recipe.
 
-SPEC: `runwayml/stable-diffusion-inpainting` (SD 1.5 inpainting) at 512 px, prompt "a photo of a
+docs/method.md#removal: `runwayml/stable-diffusion-inpainting` (SD 1.5 inpainting) at 512 px, prompt "a photo of a
 background, a photo of an empty place", negative prompt "an object, a <class>", 10 denoising
 steps, 3 candidates per object. All of these are `RemovalConfig` fields. (runwayml removed its
 Hub repositories in 2024; the same SD 1.5 inpainting weights are re-hosted as

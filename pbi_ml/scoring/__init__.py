@@ -1,4 +1,4 @@
-"""Filter scores on removal candidates (SPEC "filter scores"). Importing this loads no torch."""
+"""Filter scores on removal candidates (docs/method.md#removal-filters). Importing this loads no torch."""
 
 from pbi_ml.scoring.base import (
     SCORING_BACKENDS,

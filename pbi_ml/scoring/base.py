@@ -15,11 +15,11 @@ inpainted candidates and the object's class name. Every candidate gets every sco
                              in the ring. Low: a smooth smear where the surroundings are textured
                              (a classical fill of a large object); None when the ring is flat.
     clip_consensus_std       (object) spread of the CLIP embeddings of the isolated inpainted region
-                             over the K candidates (SPEC filter 1; definition in scoring/clip.py).
+                             over the K candidates (docs/method.md#removal-filters, filter 1; definition in scoring/clip.py).
     clip_removal_sim         CLIP cosine of the candidate's isolated region with
-                             "a photo of a <class>" (SPEC filter 2). High: the object is still there.
-    clip_removal_sim_before  (object) the same for the original photo (the SPEC's exception).
-    clip_importance_sim      CLIP cosine of the whole original and the whole candidate (SPEC
+                             "a photo of a <class>" (filter 2). High: the object is still there.
+    clip_removal_sim_before  (object) the same for the original photo (the paper's exception).
+    clip_importance_sim      CLIP cosine of the whole original and the whole candidate (the paper's
                              filter 3). Too high: the edit is too small to matter.
     clip_null_reason         why the clip columns are null, or None.
 

@@ -1,4 +1,4 @@
-"""The CLIP scoring backend (SPEC "filter scores"): consensus, multimodal removal check, importance.
+"""The CLIP scoring backend (docs/method.md#removal-filters): consensus, multimodal removal check, importance.
 
 Views embedded per object (all objects and candidates of a call go through the model together):
 
@@ -9,7 +9,7 @@ Views embedded per object (all objects and candidates of a call go through the m
 - the whole original and each whole candidate, padded to a square with the image's mean colour so
   CLIP's centre crop does not cut off an object near a long side.
 
-clip_consensus_std (SPEC filter 1) is the root-mean-square distance of the K L2-normalised
+clip_consensus_std (filter 1) is the root-mean-square distance of the K L2-normalised
 region embeddings e_k to their mean m:
 
     clip_consensus_std = sqrt( (1/K) * sum_k ||e_k - m||^2 ) = sqrt( sum_d Var_k(e_kd) )
@@ -22,8 +22,8 @@ still sees "the same kind of content" versus clearly different content. The per-
 would instead shrink with the width (about that value / sqrt(D), ~0.005 for ViT-L/14) and could
 not match the published sweep. None when K < 2.
 
-clip_removal_sim (SPEC filter 2): cosine of the candidate's region with "a photo of a <class>";
-clip_removal_sim_before: the same for the original's region; clip_importance_sim (SPEC filter 3):
+clip_removal_sim (filter 2): cosine of the candidate's region with "a photo of a <class>";
+clip_removal_sim_before: the same for the original's region; clip_importance_sim (filter 3):
 cosine of whole original and whole candidate.
 """
 
@@ -63,7 +63,7 @@ def cached_embedder(model_name: str, pretrained: str | None, device: str, batch_
 
 
 def isolated_region(image: np.ndarray, dilated_mask: np.ndarray, dilation_px: int, blur_sigma: float) -> np.ndarray:
-    """The SPEC's region isolation of `image` through `dilated_mask`, cropped around the mask
+    """The paper's region isolation (docs/method.md#region-isolation) of `image` through `dilated_mask`, cropped around the mask
     (also the view the pre-removal class filter scores)."""
     isolated = isolate_region(image, dilated_mask, dilation_px, blur_sigma)
     x0, y0, x1, y1 = crop_box(bbox_of(dilated_mask), image.shape, pad=ISOLATION_CROP_PAD)

@@ -1,11 +1,11 @@
-"""Pass / reject each removal candidate and choose one per object (SPEC "filter scores").
+"""Pass / reject each removal candidate and choose one per object (docs/method.md#removal-filters).
 
 Only the configured backend's columns decide. Reasons (joined with "+" when several fail):
 
     consensus_disagreement   the K candidates disagree (clip_consensus_std / stats_consensus_std
                              above the maximum). Needs K >= 2: with one candidate the score is null
                              and this filter does not apply.
-    object_still_present     clip backend: clip_removal_sim above the maximum, unless the SPEC's
+    object_still_present     clip backend: clip_removal_sim above the maximum, unless the paper's
                              exception holds (the region looked like the class before removal,
                              clip_removal_sim_before >= clip_before_min_sim, and the similarity
                              dropped by at least clip_min_sim_drop: another instance of the class

@@ -1,6 +1,6 @@
 """The descriptions stage: what each removed object looks like, one text per pair.
 
-The describer sees the ORIGINAL photo with everything but the object masked out (SPEC: CogVLM with
+The describer sees the ORIGINAL photo with everything but the object masked out (docs/method.md#descriptions: CogVLM with
 "Accurately describe the main characteristics of the <class>..."). Backends: `pixels` (embedded
 default: colour names, size and shape measured under the mask) or `vlm` (transformers
 image-text-to-text). Every ok pair enters; runs through the item-stage mechanism

@@ -1,7 +1,7 @@
 """The evaluation stage: generate edits with a checkpoint and score them (MagicBrush protocol).
 
 Benchmarks:
-    pipe_test          our test split (SPEC: the paper's PIPE test = 752 COCO-val pairs); it has
+    pipe_test          our test split (the paper's PIPE test = 752 COCO-val pairs); it has
                        no target captions, so clip_t is null there (the paper reports none either)
     magicbrush_add     a MagicBrush-format parquet (one row per turn: img_id, turn_index,
                        source_img, instruction, target_img; the source of turn k is the ground
@@ -10,7 +10,7 @@ Benchmarks:
                        target's local caption from `magicbrush_captions` (MagicBrush's
                        local_captions.json) for CLIP-T
 
-The "add" subset rule (SPEC: instructions containing "add" or "put" and neither "remove" nor
+The "add" subset rule (docs/method.md#magicbrush-add-subset: instructions containing "add" or "put" and neither "remove" nor
 "and"), read as Python's `in` on the lower-cased instruction: SUBSTRINGS ("adding", "puts",
 "removed" count; so do "ladder", "computer", and "hand" / "stand" exclude), applied to EVERY turn
 (each turn is its own input -> target triple; a session's final turn alone would leave out most
@@ -20,7 +20,7 @@ against it here: the stage reports `magicbrush_turns`, `magicbrush_add_substring
 `magicbrush_add_word` (whole words) in its counts so a run on the real file shows which reading
 gives 144, and `magicbrush_add_rule: word` switches the reading.
 
-Inference: SPEC's settings (EulerAncestral, 50 steps, text guidance 7, image guidance 1.5, seed 0).
+Inference: the paper's settings (EulerAncestral, 50 steps, text guidance 7, image guidance 1.5, seed 0).
 Metrics: see `pbi_ml.evaluate.metrics` (each computed as its reference computes it). Metrics whose
 weights are absent are null with the reason. One summary row per (benchmark, checkpoint) and one
 row per sample.

@@ -1,6 +1,6 @@
 """The filter-score stage: score every removal candidate, decide which pass, choose one per object.
 
-One row per removal candidate with the SPEC's three filters (consensus across candidates, removal
+One row per removal candidate with the paper's three filters (docs/method.md#removal-filters) (consensus across candidates, removal
 verification against the class, importance of the edit), `passed`, `reject_reason` and `chosen`
 (at most one per object: the passing candidate with the lowest removal score). Every object with
 an ok removal enters; one whose original, mask or removal PNGs cannot be read gets one failed row

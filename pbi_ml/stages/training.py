@@ -5,7 +5,7 @@ Two recipes, chosen with `recipe` (any TrainConfig field set in pbi.yaml / run c
     smoke   (default; CPU, no download) a tiny random SD built from config, trained for a few steps
             at 32 px on the pairs: it proves the pipeline end to end; it is NOT a useful editor and
             its metadata says so (smoke_model = true)
-    paper   SPEC's recipe: SD 1.5 init (init_model), 256 px crops, Adam 5e-5, grad-clip 1,
+    paper   the paper's recipe (docs/method.md#training): SD 1.5 init (init_model), 256 px crops, Adam 5e-5, grad-clip 1,
             an effective batch of 4096 (128/device, accumulation from the world size), 60
             epochs, 5 %/5 %/5 % conditioning dropout, location phrase with p = 0.25; latents
             cached (`latents: cache`)

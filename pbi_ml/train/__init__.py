@@ -1,4 +1,4 @@
-"""Training the InstructPix2Pix-style "add an object" model (SPEC row "model").
+"""Training the InstructPix2Pix-style "add an object" model (docs/method.md#training).
 
     from pbi_ml.train import TrainConfig, TrainingExample, train_instruct_pix2pix
 

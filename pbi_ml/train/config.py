@@ -1,6 +1,6 @@
 """Training configuration of the InstructPix2Pix-style "add an object" model.
 
-Defaults are the paper's recipe (SPEC.md, row "model"): SD 1.5 init, 256 px crops, Adam
+Defaults are the paper's recipe (docs/method.md#training): SD 1.5 init, 256 px crops, Adam
 lr 5e-5 without warm-up, gradient clipping at 1, an effective batch of 4096 (batch 128 per GPU x
 8 GPUs x accumulation 4; written as 128 x accumulation 32 on one process, see below), 60 epochs, conditioning dropout 5 % text / 5 % image / 5 % both, and the location phrase
 appended with probability 0.25.
@@ -79,31 +79,31 @@ class TrainConfig:
     crop: str = "object"  # object | squash | random: how a pair becomes a square (module docstring)
     learning_rate: float = 5e-5  # constant, no warm-up
     adam_beta1: float = 0.9  # diffusers' InstructPix2Pix trainer defaults
-    adam_beta2: float = 0.999
-    # SPEC says Adam: weight decay 0 makes torch's AdamW exactly Adam. (diffusers' trainer uses
+    adam_beta2: float = 0.999  # Adam's second-moment decay
+    # The paper says Adam: weight decay 0 makes torch's AdamW exactly Adam. (diffusers' trainer uses
     # AdamW with 1e-2; set weight_decay=0.01 to follow it instead.)
     weight_decay: float = 0.0
-    epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
+    epsilon: float = 1e-8  # Adam's epsilon
+    max_grad_norm: float = 1.0  # gradient clipping (paper: 1)
     train_batch_size: int = 128  # per device at most (paper: 128/GPU x 8 A100 x accumulation 4 = 4096)
     # on one process: 128 x 32 = 4096, the paper's effective batch; on W processes `batch_plan`
     # recomputes it (8 GPUs: 128 x 4)
     gradient_accumulation_steps: int = 32
     effective_batch_size: int | None = None  # samples per optimizer step, all processes (None: batch x accumulation)
     num_processes: int | None = None  # training processes (accelerate launch); None: one per device of the step
-    num_epochs: int | None = 60
+    num_epochs: int | None = 60  # passes over the train split (paper: 60); max_steps overrides it
     max_steps: int | None = None  # optimizer steps; overrides num_epochs when set
-    text_dropout: float = 0.05  # SPEC: 5 % text only ...
+    text_dropout: float = 0.05  # docs/method.md#training: 5 % text only ...
     image_dropout: float = 0.05  # ... 5 % image only ...
     both_dropout: float = 0.05  # ... 5 % both (disjoint cases)
     location_prob: float = 0.25  # append " at the <location>" to the instruction at training time
-    use_ema: bool = False
-    ema_decay: float = 0.9999
+    use_ema: bool = False  # keep an exponential moving average of the UNet and save it
+    ema_decay: float = 0.9999  # the EMA's decay per optimizer step (use_ema)
     mixed_precision: str = "auto"  # "no" on CPU; "auto" on CUDA -> bf16 if supported else fp16
     checkpoint_every: int = 500  # optimizer steps; the final step is always checkpointed too
-    keep_checkpoints: int = 2
-    seed: int = 0
-    dataloader_workers: int = 0
+    keep_checkpoints: int = 2  # newest checkpoints kept on disk; older ones are deleted
+    seed: int = 0  # seeds noise, timesteps, dropout and crops: same seed, same run
+    dataloader_workers: int = 0  # DataLoader worker processes per training process (0: in the main process)
     device: str = "auto"  # "auto" = cuda if available else cpu
     latents: str = "on_the_fly"  # on_the_fly | cache (module docstring; the paper recipe caches)
     latent_crops: int = 4  # latents: cache: fixed crop plans per pair whose crop is not unique

@@ -106,7 +106,7 @@ def micro_batches_per_epoch(num_examples: int, batch_size: int, num_processes: i
 
 
 def with_location(instruction: str, location: str) -> str:
-    """SPEC: the location phrase is " at the <location>", appended to the instruction."""
+    """docs/method.md#instructions: the location phrase is " at the <location>", appended to the instruction."""
     return f"{instruction} at the {location}" if location else instruction
 
 
@@ -332,7 +332,7 @@ def collate(items: list[dict]) -> dict:
 def sample_conditioning_dropout(u, text_prob: float, image_prob: float, both_prob: float):
     """Which samples lose their conditioning, from uniform draws `u` in [0, 1) (a torch tensor).
 
-    The three cases are disjoint (SPEC: 5 % text, 5 % image, 5 % both):
+    The three cases are disjoint (docs/method.md#training: 5 % text, 5 % image, 5 % both):
         u < text_prob                               text dropped only
         text_prob <= u < text_prob + image_prob     image dropped only
         text_prob + image_prob <= u < sum of all    both dropped

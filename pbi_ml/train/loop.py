@@ -103,7 +103,7 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str], device):
 def encode_pair(vae, source_pixels, target_pixels, generator):
     """VAE latents of the pair: the target sampled from the posterior and scaled (what the UNet
     denoises), the source's posterior mode unscaled (the image conditioning), as in diffusers'
-    trainer. Pre-encoding these is what makes optimised trainers ~10x faster (SPEC anchors)."""
+    trainer. Pre-encoding these is what makes optimised trainers ~10x faster (docs/method.md#speed-anchors)."""
     latents = vae.encode(target_pixels).latent_dist.sample(generator=generator) * vae.config.scaling_factor
     image_embeds = vae.encode(source_pixels).latent_dist.mode()
     return latents, image_embeds
