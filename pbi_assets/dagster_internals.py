@@ -1,6 +1,6 @@
 """Every name PBI takes from Dagster's private modules (`dagster._...`), each with the reason: there
 is no public equivalent in Dagster 1.13. Nothing else in pbi_assets or pbi_ml imports a private
-Dagster module (tests/test_layering.py fails on a new one, and on a change to this list), so an
+Dagster module (tests/unit/test_layering.py fails on a new one, and on a change to this list), so an
 upgrade of Dagster has one file to check. Import this module lazily, inside functions: it loads
 Dagster's internals.
 """

@@ -26,7 +26,7 @@ import pytest
 from pbi_assets.partitions import PROJECT
 from pbi_ml.catalog import INFO_TABLE
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # the DuckDB file itself differs between two builds (its rows are compared instead)
 VOLATILE = {"catalog.duckdb"}
 ROOT = "<data root>"  # the two data roots differ: paths under them are compared relative to them

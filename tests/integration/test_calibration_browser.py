@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import shutil
 
-from browser import CHROMIUM, CHROMIUM_ARGS, sync_playwright_or_skip
-
 from pbi_assets.partitions import PROJECT
 from pbi_ml.calibration import sample_for_labelling
 from pbi_ml.storage import Storage
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, sync_playwright_or_skip
 
 
 def test_label_by_key_download_and_fit(request, tmp_path, capsys):

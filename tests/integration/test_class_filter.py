@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from pipeline_helpers import metadata_of
 
 from pbi_ml import reasons, tables
 from pbi_ml.config import CandidateConfig, ClassFilterConfig, RemovalConfig, SourceIndexConfig, demo_source
 from pbi_ml.storage import Storage
+from tests.support.pipeline_helpers import metadata_of
 
 
 def _prepared(root):

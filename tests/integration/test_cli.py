@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env(tmp_path: Path) -> dict:
@@ -65,7 +65,8 @@ def test_pbi_run_without_train_pairs_ends_green_and_says_why_nothing_was_trained
     import json
 
     import yaml
-    from source_fixtures import make_coco_source
+
+    from tests.support.source_fixtures import make_coco_source
 
     source = make_coco_source(tmp_path / "crowds", name="all_crowd", n_images=2)
     annotations = Path(source.annotation_files[0])
@@ -134,12 +135,11 @@ def test_pbi_check_reports_broken_sources_with_reason_codes(tmp_path):
 
 
 def test_check_source_fatal_problems_sample_and_read_only_parse(tmp_path):
-    from source_fixtures import make_coco_source, make_openimages_source
-
     from pbi_ml.check import IMAGES_FOLDER_MISSING, check_source
     from pbi_ml.config import SourceConfig
     from pbi_ml.sources.index import ensure_source_index, index_path
     from pbi_ml.storage import Storage
+    from tests.support.source_fixtures import make_coco_source, make_openimages_source
 
     coco = make_coco_source(tmp_path / "coco", name="c", n_images=8)
     data_root = tmp_path / "data"

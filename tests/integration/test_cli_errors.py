@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _pbi(tmp_path: Path, *args: str, config: Path | str | None = None) -> subprocess.CompletedProcess:

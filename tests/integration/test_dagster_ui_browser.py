@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from browser import CHROMIUM, CHROMIUM_ARGS, sync_playwright_or_skip
 
 from pbi_assets.partitions import PROJECT
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, sync_playwright_or_skip
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SERVER_START_S = 180
 BACKFILL_S = 600
 

@@ -10,7 +10,6 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from pipeline_helpers import DATA_PLANE, check_results, materialize_partition, materialize_unpartitioned, metadata_of
 
 from pbi_assets.partitions import PROJECT
 from pbi_ml import tables
@@ -18,6 +17,13 @@ from pbi_ml.config import SourceIndexConfig
 from pbi_ml.imageio import load_mask_png, load_rgb_path
 from pbi_ml.masks import LOCATION_GRID
 from pbi_ml.storage import Storage
+from tests.support.pipeline_helpers import (
+    DATA_PLANE,
+    check_results,
+    materialize_partition,
+    materialize_unpartitioned,
+    metadata_of,
+)
 
 CATALOG = [
     a
@@ -275,7 +281,7 @@ def test_sigkill_mid_partition_then_rerun_loses_and_duplicates_nothing(tmp_path)
         f"p = load_project_config()\n"
         f"run_removals(Storage({str(killed.root)!r}), p.source('demo'), {shard!r}, RemovalConfig(batch_size=1, num_candidates=6))\n"
     )
-    child = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1])
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2])
     records = killed.item_dir(tables.REMOVALS, "demo", shard)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list(records.glob("*.json"))) < 1 and child.poll() is None:

@@ -220,7 +220,7 @@ def test_export_formats_default_and_unknown_format(tmp_path):
 
 
 def test_exports_metadata_counts_the_removal_rows(demo, ok_pairs):
-    from pipeline_helpers import metadata_of
+    from tests.support.pipeline_helpers import metadata_of
 
     _, unpartitioned = demo
     meta = metadata_of(unpartitioned, "exports")

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from pbi_ml import tables
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PBI = [sys.executable, "-c", "import sys; from pbi_assets.cli import main; sys.exit(main())"]
 
 

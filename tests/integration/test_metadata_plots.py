@@ -9,10 +9,10 @@ import re
 
 import pytest
 from PIL import Image
-from pipeline_helpers import metadata_of
 
 from pbi_assets import metadata as M
 from pbi_assets import plots
+from tests.support.pipeline_helpers import metadata_of
 
 PNG = re.compile(r"!\[[^\]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)")
 MAX_PNG_BYTES = 20_000

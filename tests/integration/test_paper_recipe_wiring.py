@@ -6,11 +6,11 @@ user's Hub ids take. The numbers mean nothing; the wiring is what is tested."""
 from __future__ import annotations
 
 import duckdb
-from pipeline_helpers import materialize_partition, materialize_unpartitioned, metadata_of
-from tiny_clip import save_tiny_clip, save_tiny_dino
 
 from pbi_assets.partitions import PROJECT
 from pbi_ml.storage import Storage
+from tests.support.pipeline_helpers import materialize_partition, materialize_unpartitioned, metadata_of
+from tests.support.tiny_clip import save_tiny_clip, save_tiny_dino
 
 
 def test_all_real_backends_by_configuration(tmp_path, tiny_vlm_dir, smollm2_dir):

@@ -1,6 +1,6 @@
 """The Dagster instance in PostgreSQL (deploy/dagster-postgres.yaml, the `pbi[postgres]` extra).
 
-A real PostgreSQL server (tests/postgres_server.py: the one $DAGSTER_PG_* names, as `.ci/run`
+A real PostgreSQL server (tests/support/postgres_server.py: the one $DAGSTER_PG_* names, as `.ci/run`
 sets up, else a throwaway cluster from the machine's PostgreSQL binaries) and a fresh database per
 test. The demo graph runs through `pbi run` against it, two processes of two sources at once,
 and the database itself is queried: the runs, their event logs, a schedule and the pools' slots
@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from postgres_server import PostgresServer, PostgresUnavailable, fresh_database, postgres_server
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.postgres_server import PostgresServer, PostgresUnavailable, fresh_database, postgres_server
+
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 TEMPLATE = ROOT / "deploy" / "dagster-postgres.yaml"
 GPU_STEPS = ("class_scores", "removals", "removal_scores", "descriptions", "instructions", "checkpoint", "evaluation")
@@ -54,7 +55,7 @@ def pg_env(tmp_path, pg) -> Iterator[dict[str, str]]:
     """The environment of a process on the Postgres instance: DAGSTER_HOME holding
     deploy/dagster-postgres.yaml, DAGSTER_PG_* naming a fresh database, a pbi.yaml with the demo
     source and a small generated COCO source, two shards each, a shared data root."""
-    from source_fixtures import make_coco_source
+    from tests.support.source_fixtures import make_coco_source
 
     home = tmp_path / "home"
     home.mkdir()

@@ -18,7 +18,7 @@ import pytest
 
 from pbi_ml.shared_lock import create_lock
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 HOLD = """
 import sys, time

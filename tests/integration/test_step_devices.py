@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-from pipeline_helpers import materialize_partition, metadata_of
 
-ROOT = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
+from tests.support.pipeline_helpers import materialize_partition, metadata_of
+
+ROOT = Path(__file__).resolve().parents[2]
 
 HOLDER = (
     "import sys, time\n"
@@ -31,16 +31,15 @@ HOLDER = (
 
 STEP = """
 import json, sys
-sys.path.insert(0, {tests!r})
 from pathlib import Path
-from pipeline_helpers import materialize_partition, metadata_of
+from tests.support.pipeline_helpers import materialize_partition, metadata_of
 from pbi_ml.storage import Storage
 from pbi_ml.tables import CLASS_SCORES
 root, shard, run_config = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
 result = materialize_partition("demo", shard, root, selection=["class_scores"], run_config=run_config)
 meta = metadata_of(result, "class_scores")
 devices = Storage(root).read_table(CLASS_SCORES, "demo", shard).column("device").to_pylist()
-print("RESULT " + json.dumps({{"slot": meta.get("device_slot"), "device": meta["device"], "rows": devices}}), flush=True)
+print("RESULT " + json.dumps({"slot": meta.get("device_slot"), "device": meta["device"], "rows": devices}), flush=True)
 """
 
 
@@ -120,7 +119,7 @@ def test_two_concurrent_steps_wait_then_take_two_different_slots(tmp_path, tiny_
                     [
                         sys.executable,
                         "-c",
-                        STEP.format(tests=str(TESTS)),
+                        STEP,
                         str(root),
                         shard,
                         json.dumps(_clip_run_config(tiny_clip_files)),

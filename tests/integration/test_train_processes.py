@@ -20,13 +20,13 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from pipeline_helpers import everything, materialize_source
 
 from pbi_assets.resources import PBIProject
 from pbi_ml.storage import Storage
 from pbi_ml.train.loop import list_checkpoints
+from tests.support.pipeline_helpers import everything, materialize_source
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RUN_CONFIG = {"ops": {"checkpoint": {"config": {"max_steps": 4, "checkpoint_every": 2}}}}
 
 
@@ -102,10 +102,8 @@ def test_two_processes_through_pipes(pairs_root, two_cpus, tmp_path):
 
 
 KILLED_CHILD = """
-import sys
-sys.path.insert(0, {tests!r})
 import dagster as dg
-from test_train_processes import _materialize, RUN_CONFIG
+from tests.integration.test_train_processes import _materialize, RUN_CONFIG
 from pathlib import Path
 _materialize(Path({root!r}), Path({leases!r}), dg.DagsterInstance.ephemeral())
 """
@@ -132,7 +130,7 @@ def _alive(pid: int) -> bool:
 def test_sigkill_after_the_first_checkpoint_resumes_there(pairs_root, two_cpus, tmp_path):
     pytest.importorskip("psutil")
     root = _copy(pairs_root, tmp_path / "data")
-    code = KILLED_CHILD.format(tests=str(ROOT / "tests"), root=str(root), leases=str(two_cpus))
+    code = KILLED_CHILD.format(root=str(root), leases=str(two_cpus))
     child = subprocess.Popen(
         [sys.executable, "-c", code],
         cwd=ROOT,

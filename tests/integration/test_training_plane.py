@@ -11,11 +11,11 @@ import dagster as dg
 import duckdb
 import pyarrow.parquet as pq
 import pytest
-from pipeline_helpers import check_results, metadata_of
 
 from pbi_assets.resources import PBIProject
 from pbi_ml import tables
 from pbi_ml.storage import Storage
+from tests.support.pipeline_helpers import check_results, metadata_of
 
 
 @pytest.fixture(scope="module")
@@ -314,7 +314,7 @@ def test_nothing_to_train_is_skipped_not_failed(tmp_path):
     """A data root without one train pair (every instance rejected, or nothing run yet): the
     unpartitioned assets succeed; checkpoint and evaluation say in their metadata why they did
     nothing."""
-    from pipeline_helpers import materialize_unpartitioned
+    from tests.support.pipeline_helpers import materialize_unpartitioned
 
     result = materialize_unpartitioned(tmp_path / "empty", raise_on_error=False)
     assert result.success

@@ -25,7 +25,7 @@ from typing import Any
 
 import dagster as dg
 
-SNAPSHOT = Path(__file__).parent / "snapshots" / "asset_graph.json"
+SNAPSHOT = Path(__file__).parents[1] / "snapshots" / "asset_graph.json"
 UPDATE_ENV = "PBI_UPDATE_SNAPSHOTS"
 
 

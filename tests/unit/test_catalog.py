@@ -9,11 +9,11 @@ import time
 import dagster as dg
 import duckdb
 import pytest
-from pipeline_helpers import materialize_unpartitioned, metadata_of
 
 from pbi_ml import tables
 from pbi_ml.catalog import INFO_TABLE, MATERIALIZED, build_catalog, built_at, live_name, read_view, stale_files
 from pbi_ml.storage import Storage, table_from_records
+from tests.support.pipeline_helpers import materialize_unpartitioned, metadata_of
 
 LIVE_PAIRS = live_name(tables.PAIRS.name)
 

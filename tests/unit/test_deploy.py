@@ -29,7 +29,7 @@ import dagster as dg
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 # variables read by a library, not by our code: where they are read
 LIBRARY_VARS = {"HF_HOME": "huggingface_hub.constants", "DAGSTER_HOME": "dagster._core.instance.config"}

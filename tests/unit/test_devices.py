@@ -14,7 +14,7 @@ import pytest
 from pbi_ml.devices import lease_device, node_devices, parse_devices
 from pbi_ml.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HOLDER = (
     "import sys, time\n"
     "from pbi_ml.devices import lease_device\n"

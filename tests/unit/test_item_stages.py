@@ -33,7 +33,7 @@ from pbi_ml.config import (
 from pbi_ml.errors import ConfigError
 from pbi_ml.storage import Storage
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OPEN_GATES = dict(clip_max_consensus_std=10.0, clip_max_removal_sim=1.0, clip_max_importance_sim=1.01)
 
 

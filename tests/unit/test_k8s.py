@@ -27,7 +27,7 @@ from pbi_ml.cluster import STAGE_RESOURCES, K8sConfig, parse_k8s
 from pbi_ml.config import load_project_config
 from pbi_ml.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GPU_ASSETS = {"class_scores", "removals", "removal_scores", "descriptions", "instructions", "checkpoint", "evaluation"}
 
 

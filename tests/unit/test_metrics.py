@@ -34,7 +34,7 @@ def photos():
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
-    from tiny_clip import save_tiny_clip, save_tiny_dino
+    from tests.support.tiny_clip import save_tiny_clip, save_tiny_dino
 
     root = tmp_path_factory.mktemp("tiny-metric-models")
     clip_config, clip_weights = save_tiny_clip(root / "clip", name="pbi-tiny-clip-metrics")
@@ -248,7 +248,7 @@ def test_offline_defaults_give_null_model_metrics_with_reasons(photos):
 @pytest.fixture(scope="module")
 def tiny_tagged(tmp_path_factory):
     """A tiny config without a quick_gelu key (like open_clip's "ViT-B-32") and one that forces it."""
-    from tiny_clip import save_tiny_clip
+    from tests.support.tiny_clip import save_tiny_clip
 
     root = tmp_path_factory.mktemp("tiny-tagged")
     plain = save_tiny_clip(root / "plain", name="pbi-tiny-clip-plain-act")
@@ -307,12 +307,11 @@ def test_real_openai_names_are_built_with_force_quick_gelu(monkeypatch):
 
 
 def test_every_clip_model_follows_its_tags_activation(monkeypatch, tiny_tagged, photos):
-    from tiny_clip import mlp_activations, register_tiny_tag
-
     import pbi_ml.clip_embedder as clip_embedder
     from pbi_ml.clip_embedder import ClipEmbedder
     from pbi_ml.config import ScoringConfig
     from pbi_ml.scoring.clip import cached_embedder
+    from tests.support.tiny_clip import mlp_activations, register_tiny_tag
 
     (config, weights), _ = tiny_tagged
     register_tiny_tag(monkeypatch, config, "fake_openai", weights, quick_gelu=True)
@@ -357,10 +356,10 @@ def test_an_activation_mismatch_is_an_error_not_a_warning(monkeypatch, tiny_tagg
     import warnings
 
     import open_clip
-    from tiny_clip import register_tiny_tag
 
     from pbi_ml.clip_embedder import ActivationMismatchError, ClipEmbedder, create_open_clip
     from pbi_ml.scoring.clip import cached_embedder
+    from tests.support.tiny_clip import register_tiny_tag
 
     _, (forced, weights) = tiny_tagged
     register_tiny_tag(monkeypatch, forced, "fake_laion", weights, quick_gelu=False)

@@ -23,7 +23,7 @@ from pbi_ml.errors import ConfigError, ItemError
 from pbi_ml.masks import dilate
 from pbi_ml.removal import REMOVAL_BACKENDS, make_inpainter
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def ellipse_mask(shape, center, axes, dilation_px):

@@ -199,15 +199,14 @@ def test_decide_clip_thresholds_and_exception():
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    from tiny_clip import save_tiny_clip
+    from tests.support.tiny_clip import save_tiny_clip
 
     return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"), name="pbi-tiny-clip-scoring")
 
 
 def test_clip_embedder_loads_the_checkpoint_and_uses_the_real_clip_tokenizer(tiny_clip, tmp_path):
-    from tiny_clip import save_tiny_clip
-
     from pbi_ml.clip_embedder import ClipEmbedder
+    from tests.support.tiny_clip import save_tiny_clip
 
     config_path, checkpoint = tiny_clip
     embedder = ClipEmbedder(config_path, checkpoint, device="cpu", batch_size=2)

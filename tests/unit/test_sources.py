@@ -13,15 +13,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from PIL import Image
-from source_fixtures import make_coco_source, make_lvis_source, make_openimages_source
 
 from pbi_ml.config import SourceConfig
 from pbi_ml.errors import AnnotationFileError, ItemError
 from pbi_ml.sources import INDEX_SCHEMA, decode_mask, load_source_index, read_source_index, shard_index, shard_of
 from pbi_ml.sources import index as index_module
 from pbi_ml.storage import Storage
+from tests.support.source_fixtures import make_coco_source, make_lvis_source, make_openimages_source
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = Path("/work/shared/data")
 
 
