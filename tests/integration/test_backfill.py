@@ -14,7 +14,6 @@ import json
 import os
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import duckdb
@@ -25,6 +24,7 @@ import pytest
 
 from pbi_assets.partitions import PROJECT
 from pbi_ml.catalog import INFO_TABLE
+from tests.support.cli import pbi_env, run_pbi, start_pbi
 
 REPO = Path(__file__).resolve().parents[2]
 # the DuckDB file itself differs between two builds (its rows are compared instead)
@@ -98,15 +98,7 @@ def _catalog_rows(root: Path) -> dict[str, list]:
 def test_backfill_wait_gives_the_catalog_of_pbi_run(demo_run, tmp_path):
     reference, *_ = demo_run  # every asset on the demo, in process (what `pbi run` materializes)
     data, home = tmp_path / "data", tmp_path / "dagster_home"
-    env = {**os.environ, "PBI_DATA_ROOT": str(data), "DAGSTER_HOME": str(home), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pbi_assets.cli", "backfill", "--source", "demo", "--wait"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    proc = run_pbi("backfill", "--source", "demo", "--wait", env=pbi_env(data, home), timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "no Dagster daemon was running: started `dagster-daemon run`" in out, out
@@ -210,12 +202,9 @@ def test_backfill_wait_in_a_pod_follows_the_deployments_daemon_and_starts_none(t
     home = tmp_path / "home"
     home.mkdir()
     (home / "dagster.yaml").write_bytes((REPO / "pbi_assets" / "dagster.yaml").read_bytes())
-    env = dict(os.environ, KUBERNETES_SERVICE_HOST="10.96.0.1", DAGSTER_HOME=str(home), HF_HUB_OFFLINE="1")
-    env["PBI_DATA_ROOT"] = str(tmp_path / "data")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pbi_assets.cli", "backfill", "--source", "demo", "--assets", "key:catalog", "--wait"],
-        cwd=REPO,
-        env=env,
+    process = start_pbi(
+        *("backfill", "--source", "demo", "--assets", "key:catalog", "--wait"),
+        env=pbi_env(tmp_path / "data", home, KUBERNETES_SERVICE_HOST="10.96.0.1"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -2,37 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _env(tmp_path: Path) -> dict:
-    env = dict(os.environ)
-    config = tmp_path / "pbi.yaml"
-    if not config.exists():
-        config.write_text("{}\n")  # nothing declared: the demo source only
-    env.update(
-        PBI_CONFIG=str(config),
-        PBI_DATA_ROOT=str(tmp_path / "data"),
-        DAGSTER_HOME=str(tmp_path / "home"),
-        HF_HUB_OFFLINE="1",
-    )
-    return env
+from tests.support.cli import pbi_env, run_pbi
 
 
 def _pbi(tmp_path, *args) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pbi_assets.cli", *args],
-        cwd=ROOT,
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    config = tmp_path / "pbi.yaml"
+    if not config.exists():
+        config.write_text("{}\n")  # nothing declared: the demo source only
+    return run_pbi(*args, env=pbi_env(tmp_path / "data", tmp_path / "home", PBI_CONFIG=str(config)), timeout=900)
 
 
 def test_pbi_run_records_runs_in_the_instance_and_sql_reads_the_catalog(tmp_path, monkeypatch):
@@ -95,10 +75,7 @@ def test_pbi_run_without_train_pairs_ends_green_and_says_why_nothing_was_trained
 
 def _pbi_session(tmp_path, *args) -> subprocess.CompletedProcess:
     """`pbi` on the session pbi.yaml (tests/conftest.py: gen_coco, gen_bad, gen_malformed, ...)."""
-    env = dict(os.environ, PBI_DATA_ROOT=str(tmp_path / "data"), DAGSTER_HOME=str(tmp_path / "home"))
-    return subprocess.run(
-        [sys.executable, "-m", "pbi_assets.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
+    return run_pbi(*args, env=pbi_env(tmp_path / "data", tmp_path / "home"), timeout=300)
 
 
 def test_pbi_check_counts_the_demo_source(tmp_path):

@@ -9,28 +9,18 @@ first step (source_index) fails in seconds.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.cli import pbi_env, run_pbi
 
 
 def _pbi(tmp_path: Path, *args: str, config: Path | str | None = None) -> subprocess.CompletedProcess:
     """Run `pbi` with the session config (or `config`), a fresh data root and Dagster home."""
-    env = dict(os.environ)  # PBI_CONFIG: the session pbi.yaml (tests/conftest.py)
+    env = pbi_env(tmp_path / "data", tmp_path / "home")  # PBI_CONFIG: the session pbi.yaml (tests/conftest.py)
     if config is not None:
         env["PBI_CONFIG"] = str(config)
-    env.update(PBI_DATA_ROOT=str(tmp_path / "data"), DAGSTER_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1")
-    return subprocess.run(
-        [sys.executable, "-m", "pbi_assets.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_pbi(*args, env=env)
 
 
 def _brief_error(done: subprocess.CompletedProcess) -> str:
@@ -125,17 +115,9 @@ def test_a_failed_partition_names_its_step_the_reason_and_the_run_in_the_ui(tmp_
 
 def test_in_a_pod_without_the_instance_file_backfill_fails_in_one_line_naming_it(tmp_path):
     """In Kubernetes pbi never makes its own SQLite instance: an empty DAGSTER_HOME is an error."""
-    env = dict(os.environ, KUBERNETES_SERVICE_HOST="10.96.0.1", HF_HUB_OFFLINE="1")
-    env.update(PBI_DATA_ROOT=str(tmp_path / "data"), DAGSTER_HOME=str(tmp_path / "home"))
+    env = pbi_env(tmp_path / "data", tmp_path / "home", KUBERNETES_SERVICE_HOST="10.96.0.1")
     (tmp_path / "home").mkdir()
-    done = subprocess.run(
-        [sys.executable, "-m", "pbi_assets.cli", "backfill", "--source", "demo"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = run_pbi("backfill", "--source", "demo", env=env)
     err = _brief_error(done)
     assert len(err.strip().splitlines()) == 1, err
     assert str(tmp_path / "home" / "dagster.yaml") in err and "instance ConfigMap" in err, err

@@ -6,42 +6,27 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from pbi_ml import tables
-
-ROOT = Path(__file__).resolve().parents[2]
-PBI = [sys.executable, "-c", "import sys; from pbi_assets.cli import main; sys.exit(main())"]
-
-
-def _env(data_root: Path, home: Path) -> dict:
-    env = dict(os.environ)
-    env.update(PBI_DATA_ROOT=str(data_root), DAGSTER_HOME=str(home), HF_HUB_OFFLINE="1")
-    return env
+from tests.support.cli import pbi_env, run_pbi, start_pbi
 
 
 def _pbi_run(data_root: Path, home: Path, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*PBI, "run", "--source", "demo"],
-        env=_env(data_root, home),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_pbi("run", "--source", "demo", env=pbi_env(data_root, home), timeout=timeout)
 
 
 def _kill_when(data_root: Path, home: Path, folder: Path, timeout: float = 600) -> int:
     """Start `pbi run`, SIGKILL it as soon as `folder` holds a finished-item record; returns how
     many records there were at the kill."""
-    child = subprocess.Popen(
-        [*PBI, "run", "--source", "demo"],
-        env=_env(data_root, home),
-        cwd=ROOT,
+    child = start_pbi(
+        "run",
+        "--source",
+        "demo",
+        env=pbi_env(data_root, home),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.cli import pbi_env, run_pbi, start_pbi
+
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "pbi_assets" / "dagster.yaml"
 BIN = Path(sys.executable).parent
@@ -203,15 +205,8 @@ def test_pool_wait_reporter_says_which_pool_and_which_run_holds_it(instance):
 
 
 def _pbi_env(tmp_path: Path) -> dict:
-    env = dict(os.environ)  # the session pbi.yaml (PBI_CONFIG) from conftest
-    env.update(
-        PBI_DATA_ROOT=str(tmp_path / "data"),
-        DAGSTER_HOME=str(tmp_path / "home"),
-        HF_HUB_OFFLINE="1",
-        PBI_POOL_WAIT_LOG_SECONDS="2",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
+    # the session pbi.yaml (PBI_CONFIG) from conftest
+    return pbi_env(tmp_path / "data", tmp_path / "home", PBI_POOL_WAIT_LOG_SECONDS="2", PYTHONUNBUFFERED="1")
 
 
 def _wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
@@ -245,9 +240,12 @@ def test_pbi_run_after_a_kill_minus_9_during_a_gpu_step_completes(tmp_path):
     # them at once can stamp the alembic version twice ("more than one head present")
     dg.DagsterInstance.from_config(str(home)).dispose()
     log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen(
-        [sys.executable, "-m", "pbi_assets.cli", "run", "--source", "demo", "--shard", "000"],
-        cwd=ROOT,
+    first = start_pbi(
+        "run",
+        "--source",
+        "demo",
+        "--shard",
+        "000",
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -276,25 +274,8 @@ def test_pbi_run_after_a_kill_minus_9_during_a_gpu_step_completes(tmp_path):
         )
     )
     started = time.monotonic()
-    second = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pbi_assets.cli",
-            "run",
-            "--source",
-            "demo",
-            "--shard",
-            "000",
-            "--run-config",
-            str(quick),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,  # without the cleanup this waits for the slot forever
-    )
+    # without the cleanup this waits for the slot forever
+    second = run_pbi("run", "--source", "demo", "--shard", "000", "--run-config", str(quick), env=env, timeout=600)
     out = second.stdout + second.stderr
     assert second.returncode == 0, out
     assert f"cleaned up run {holder.run_id[:8]} (assets " in out, out

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.cli import run_pbi, start_pbi
 from tests.support.postgres_server import PostgresServer, PostgresUnavailable, fresh_database, postgres_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,9 +114,8 @@ def test_the_instance_is_postgres(pg_env, monkeypatch):
 def _pbi_run(env: dict, source: str, log: Path) -> subprocess.Popen:
     """`pbi run` of one shard of `source` (a shard each keeps the test short), in the background."""
     quick = Path(env["PBI_CONFIG"]).with_name("quick.yaml")
-    return subprocess.Popen(
-        [str(BIN / "pbi"), "run", "--source", source, "--shard", "000", "--run-config", str(quick)],
-        cwd=ROOT,
+    return start_pbi(
+        *("run", "--source", source, "--shard", "000", "--run-config", str(quick)),
         env=env,
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
@@ -186,14 +186,7 @@ def test_a_backfill_through_the_daemon_on_the_postgres_instance(pg, pg_env):
     # in_process: each run's steps in its run worker (the executor switch; multiprocess would start
     # a process per step, each importing the code location: slow on a small CI machine)
     env = dict(pg_env, PBI_EXECUTOR="in_process")
-    done = subprocess.run(
-        [str(BIN / "pbi"), "backfill", "--source", "small", "--assets", "key:source_index or key:candidates", "--wait"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = run_pbi("backfill", "--source", "small", "--assets", "key:source_index or key:candidates", "--wait", env=env)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
     print(f"backfill of 2 shards through the daemon: {time.monotonic() - started:.0f}s\n{out}")
