@@ -2,13 +2,14 @@
 #   make demo   create .venv if missing, install, run the whole graph on the bundled demo source
 #   make test   create .venv if missing, install, lint, run the test suite and validate the definitions
 #   make lint   ruff (lint + format check) and pyright, the checks `make test` runs first
+#   make test-fast  the unit tests only (tests/unit: under 2 minutes on 2 cores); tests/integration has the long runs
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.pbi-installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install demo lint test validate ui clean-data
+.PHONY: install demo lint test test-fast validate ui clean-data
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +45,10 @@ lint: install
 test: lint $(DAGSTER_HOME)/dagster.yaml
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 	@$(MAKE) --no-print-directory validate
+
+# tests/unit only: no kill/resume, daemon, backfill, browser, Postgres, multi-process or whole-pipeline runs
+test-fast: install $(DAGSTER_HOME)/dagster.yaml
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests/unit
 
 # the code location loads as Dagster's own tools load it: `dg check defs` (the dg project in
 # pyproject.toml, the same module workspace.yaml names); exits non-zero on any load error

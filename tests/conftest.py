@@ -9,7 +9,6 @@ one, and PBI_DATA_ROOT / DAGSTER_HOME at temp folders. Nothing here needs ../sha
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -20,12 +19,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="pbi-tests-"))
 _DATASETS = _SESSION_DIR / "datasets"
-sys.path.insert(0, str(Path(__file__).parent))
 
 
 def _write_session_config() -> Path:
     import yaml
-    from source_fixtures import make_coco_source, make_lvis_source, make_openimages_source
+
+    from tests.support.source_fixtures import make_coco_source, make_lvis_source, make_openimages_source
 
     sources = [
         make_coco_source(_DATASETS / "gen_coco", name="gen_coco"),
@@ -80,7 +79,7 @@ def session_dir() -> Path:
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
     """The whole graph, every asset and check, on the bundled demo source (run once per session)."""
-    from pipeline_helpers import run_everything
+    from tests.support.pipeline_helpers import run_everything
 
     root = tmp_path_factory.mktemp("demo-data")
     partitioned, unpartitioned = run_everything("demo", root)
@@ -92,8 +91,8 @@ def demo_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_vlm_dir(tmp_path_factory) -> Path:
-    """A tiny random Qwen2-VL saved like a Hub checkpoint (tests/tiny_vlm.py)."""
-    from tiny_vlm import save_tiny_vlm
+    """A tiny random Qwen2-VL saved like a Hub checkpoint (tests/support/tiny_vlm.py)."""
+    from tests.support.tiny_vlm import save_tiny_vlm
 
     return save_tiny_vlm(tmp_path_factory.mktemp("tiny_qwen2_vl"))
 
@@ -119,7 +118,7 @@ def tiny_sd_inpaint_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_clip_files(tmp_path_factory) -> tuple[str, str]:
-    """(open_clip model config path, weights path) of a tiny random CLIP (tests/tiny_clip.py)."""
-    from tiny_clip import save_tiny_clip
+    """(open_clip model config path, weights path) of a tiny random CLIP (tests/support/tiny_clip.py)."""
+    from tests.support.tiny_clip import save_tiny_clip
 
     return save_tiny_clip(tmp_path_factory.mktemp("tiny_clip"), name="pbi-session-clip")

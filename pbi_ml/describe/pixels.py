@@ -40,7 +40,7 @@ SECOND_COLOUR_MIN_FRACTION = 0.25  # a second colour is named when it covers at 
 THIRD_COLOUR_MIN_FRACTION = 0.20
 # Mean gradient magnitude (central differences on 0-255 luminance) inside the mask, with the
 # object's box rescaled to TEXTURE_SCALE px. Thresholds set on scikit-image photos (see
-# the measurements in tests/test_describe.py): flat colour 0, sky ~2, rocket body ~3.6, cat fur ~10,
+# the measurements in tests/unit/test_describe.py): flat colour 0, sky ~2, rocket body ~3.6, cat fur ~10,
 # coins ~14, gravel and grass ~20. In between, texture is not mentioned.
 TEXTURE_SCALE = 128
 PLAIN_MAX_GRADIENT = 4.0

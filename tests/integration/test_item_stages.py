@@ -1,0 +1,524 @@
+"""The one item-stage mechanism, pinned down on real data and real backends.
+
+- mid-chunk resume: forget one finished item in the middle of a chunk, re-run, compare bytes, for
+  every per-item stage on its real backend (tiny SD, tiny open_clip, tiny Qwen2-VL, real SmolLM2);
+- outputs are trusted only when intact: a corrupted finished PNG is redone, never crashes a stage;
+- accounting: faults injected at each stage, and every item that entered a stage has its rows;
+- the stage contract (signatures, config validation, config precedence) and the table registry.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import shutil
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+
+from pbi_ml import reasons, tables
+from pbi_ml.config import (
+    CandidateConfig,
+    ClassFilterConfig,
+    PairConfig,
+    RemovalConfig,
+    ScoringConfig,
+    SourceConfig,
+    SourceIndexConfig,
+    SplitConfig,
+    demo_source,
+)
+from pbi_ml.errors import ConfigError
+from pbi_ml.storage import Storage
+
+ROOT = Path(__file__).resolve().parents[2]
+OPEN_GATES = dict(clip_max_consensus_std=10.0, clip_max_removal_sim=1.0, clip_max_importance_sim=1.01)
+
+
+def copied_demo_source(directory: Path) -> SourceConfig:
+    """The bundled demo source, copied so a test may break its files."""
+    demo = demo_source()
+    images = directory / "images"
+    shutil.copytree(demo.images, images)
+    annotations = directory / "annotations.json"
+    shutil.copyfile(demo.annotations, annotations)
+    return dataclasses.replace(demo, images=str(images), annotations=str(annotations))
+
+
+class Pipeline:
+    """The per-partition stage functions on one data root, one shard, each called as the assets do."""
+
+    def __init__(self, root: Path, source: SourceConfig, shard: str = "000"):
+        from pbi_ml.config import ProjectConfig
+
+        self.storage = Storage(root)
+        self.source = source
+        self.shard = shard
+        self.project = ProjectConfig(data_root=str(root), num_shards=1, sources=(source,))
+
+    def index(self):
+        from pbi_ml.stages.candidates import run_candidates
+        from pbi_ml.stages.source_index import run_source_index
+
+        run_source_index(self.storage, self.source, self.shard, SourceIndexConfig(num_shards=1))
+        candidates = run_candidates(self.storage, self.source, self.shard, CandidateConfig())
+        self.class_scores()
+        return candidates
+
+    def class_scores(self, config=None):
+        from pbi_ml.stages.class_scores import run_class_scores
+
+        return run_class_scores(self.storage, self.source, self.shard, config or ClassFilterConfig())
+
+    def removals(self, config=None):
+        from pbi_ml.stages.removals import run_removals
+
+        return run_removals(self.storage, self.source, self.shard, config or RemovalConfig(batch_size=4))
+
+    def scores(self, config=None):
+        from pbi_ml.stages.scores import run_scores
+
+        return run_scores(self.storage, self.source, self.shard, config or ScoringConfig(batch_size=4))
+
+    def pairs(self, config=None):
+        from pbi_ml.stages.pairs import run_pairs
+
+        return run_pairs(self.storage, self.source, self.shard, config or PairConfig())
+
+    def descriptions(self, config=None):
+        from pbi_ml.describe import DescribeConfig
+        from pbi_ml.stages.descriptions import run_descriptions
+
+        return run_descriptions(self.storage, self.source, self.shard, config or DescribeConfig(batch_size=4))
+
+    def instructions(self, config=None):
+        from pbi_ml.instruct import InstructConfig
+        from pbi_ml.stages.instructions import run_instructions
+
+        return run_instructions(self.storage, self.source, self.shard, config or InstructConfig(batch_size=4))
+
+    def splits(self):
+        from pbi_ml.stages.splits import run_splits
+
+        return run_splits(self.storage, self.source, self.shard, SplitConfig(), project=self.project)
+
+    def table(self, spec):
+        return self.storage.read_table(spec, self.source.name, self.shard)
+
+
+# ---- mid-chunk resume, every per-item stage on its real backend
+
+STAGES = ["class_scores", "removals", "removal_scores", "pairs", "descriptions", "instructions"]
+UPSTREAM = {
+    "class_scores": [],
+    "removals": [],
+    "removal_scores": ["removals"],
+    "pairs": ["removals", "removal_scores"],
+    "descriptions": ["removals", "removal_scores", "pairs"],
+    "instructions": ["removals", "removal_scores", "pairs", "descriptions"],
+}
+
+
+def _real_backend_config(stage: str, request):
+    from pbi_ml.describe import DescribeConfig
+    from pbi_ml.instruct import InstructConfig
+
+    if stage == "class_scores":
+        config_path, weights = request.getfixturevalue("tiny_clip_files")
+        return ClassFilterConfig(
+            backend="clip", clip_model=config_path, clip_pretrained=weights, batch_size=4, device="cpu"
+        )
+    if stage == "removals":
+        model = request.getfixturevalue("tiny_sd_inpaint_dir")
+        return RemovalConfig(backend="diffusers", model=str(model), steps=2, resolution=64, batch_size=4, device="cpu")
+    if stage == "removal_scores":
+        config_path, weights = request.getfixturevalue("tiny_clip_files")
+        return ScoringConfig(
+            backend="clip", clip_model=config_path, clip_pretrained=weights, batch_size=4, device="cpu", **OPEN_GATES
+        )
+    if stage == "pairs":
+        return PairConfig()
+    if stage == "descriptions":
+        model = request.getfixturevalue("tiny_vlm_dir")
+        return DescribeConfig(backend="vlm", model=str(model), max_new_tokens=6, batch_size=4, device="cpu")
+    model = request.getfixturevalue("smollm2_dir")
+    return InstructConfig(backend="llm", model=str(model), max_new_tokens=12, batch_size=4, device="cpu")
+
+
+def _stage_spec(stage: str):
+    return {
+        "class_scores": tables.CLASS_SCORES,
+        "removals": tables.REMOVALS,
+        "removal_scores": tables.REMOVAL_SCORES,
+        "pairs": tables.PAIRS,
+        "descriptions": tables.DESCRIPTIONS,
+        "instructions": tables.INSTRUCTIONS,
+    }[stage]
+
+
+def _stage_object(pipeline: Pipeline, stage: str, config):
+    from pbi_ml.stages.class_scores import ClassScoreStage
+    from pbi_ml.stages.descriptions import DescriptionStage
+    from pbi_ml.stages.instructions import InstructionStage
+    from pbi_ml.stages.pairs import PairStage
+    from pbi_ml.stages.removals import RemovalStage
+    from pbi_ml.stages.scores import ScoreStage
+
+    cls = {
+        "class_scores": ClassScoreStage,
+        "removals": RemovalStage,
+        "removal_scores": ScoreStage,
+        "pairs": PairStage,
+        "descriptions": DescriptionStage,
+        "instructions": InstructionStage,
+    }[stage]
+    return cls(pipeline.storage, pipeline.source, pipeline.shard, config)
+
+
+def _files_of(storage: Storage, spec) -> dict[str, bytes]:
+    folder = storage.root / "files" / spec.name
+    return {str(p): p.read_bytes() for p in sorted(folder.rglob("*.png"))} if folder.exists() else {}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_resume_mid_chunk_gives_the_uninterrupted_bytes(stage, tmp_path, request):
+    """Forget one finished item in the middle of a chunk, as if the run died while writing its
+    chunk: the re-run recomputes exactly that item, computes its chunk whole (a model's output can
+    depend on what shares its batch), and writes the table and files of the uninterrupted run."""
+    config = _real_backend_config(stage, request)
+    pipeline = Pipeline(tmp_path, demo_source())
+    pipeline.index()
+    for upstream in UPSTREAM[stage]:
+        getattr(pipeline, upstream.replace("removal_scores", "scores"))()
+    run = getattr(pipeline, stage.replace("removal_scores", "scores"))  # Pipeline.index() ran class_scores (off)
+    spec = _stage_spec(stage)
+    clean = run(config)
+    assert clean.counts["items"] >= 4, clean.counts
+    files_before = _files_of(pipeline.storage, spec)
+
+    items = _stage_object(pipeline, stage, config).items()
+    size = max(1, getattr(config, "batch_size", 1)) if stage != "pairs" else 1
+    chunk = items[:size]
+    victim = chunk[min(1, len(chunk) - 1)]
+    pipeline.storage.item_record_path(spec, pipeline.source.name, pipeline.shard, victim.key).unlink()
+    victim_dir = pipeline.storage.file_dir(spec, pipeline.source.name, pipeline.shard, victim.key)
+    if victim_dir.exists():
+        shutil.rmtree(victim_dir)
+
+    resumed = run(config)
+    assert resumed.counts["items_computed_this_run"] == 1
+    assert resumed.counts["items_recomputed_to_keep_chunks_whole"] == len(chunk) - 1
+    assert resumed.table.equals(clean.table)
+    assert _files_of(pipeline.storage, spec) == files_before
+
+
+# ---- intact outputs, and the accounting of every item
+
+
+def test_a_corrupted_finished_png_is_redone_and_never_crashes_the_stage(tmp_path):
+    """The user's case: a removal PNG overwritten with garbage after a full run. The re-run (with a
+    changed scoring threshold) redoes that object instead of trusting it, builds its metadata
+    samples without failing, and scoring then sees the regenerated file."""
+    pipeline = Pipeline(tmp_path / "data", demo_source())
+    pipeline.index()
+    first = pipeline.removals()
+    pipeline.scores()
+    png = Path(first.table.column("removal_image")[0].as_py())  # the object the metadata samples show
+    original = png.read_bytes()
+    png.write_bytes(b"\x89PNG garbage from a disk hiccup")
+
+    again = pipeline.removals()
+    assert again.counts["items_computed_this_run"] == 1
+    assert png.read_bytes() == original, "redone with the same bytes"
+    assert again.samples, "metadata samples are built"
+    scored = pipeline.scores(ScoringConfig(batch_size=4, stats_min_change=0.01))
+    assert scored.counts["items_failed"] == 0
+
+
+def test_samples_never_fail_a_stage(tmp_path):
+    """A file that goes bad between the resume check and the metadata samples costs a thumbnail,
+    not the partition."""
+    from pbi_ml.stages.item_stage import run_item_stage
+    from pbi_ml.stages.removals import RemovalStage
+
+    pipeline = Pipeline(tmp_path / "data", demo_source())
+    pipeline.index()
+    pipeline.removals()
+
+    class BrokenSamples(RemovalStage):
+        def sample(self, item, record):
+            from pbi_ml.imageio import load_rgb_path
+
+            return [("x", load_rgb_path(tmp_path / "nope.png"))]
+
+    stage = BrokenSamples(pipeline.storage, pipeline.source, pipeline.shard, RemovalConfig(batch_size=4))
+    result = run_item_stage(pipeline.storage, stage, pipeline.source.name, pipeline.shard)
+    assert result.samples == [] and result.counts["items_ok"] >= 4
+
+
+def test_every_item_that_enters_a_stage_leaves_rows_with_reasons(tmp_path):
+    """Faults injected at each stage; then every kept candidate has a removals row, every removed
+    object has removal_scores rows, every pair has descriptions, instructions and splits rows, and
+    each failure carries a reason code from pbi_ml.reasons."""
+    source = copied_demo_source(tmp_path / "demo")
+    pipeline = Pipeline(tmp_path / "data", source)
+    candidates = pipeline.index().table
+    kept = candidates.filter(pc.field("kept")).to_pylist()
+
+    # 1. an image deleted after `candidates`
+    lost_image = kept[0]["image_file"]
+    lost_objects = {r["annotation_id"] for r in kept if r["image_file"] == lost_image}
+    (Path(source.images) / lost_image).unlink()
+    removals = pipeline.removals().table.to_pylist()
+    assert {r["annotation_id"] for r in removals} == {r["annotation_id"] for r in kept}
+    failed = {r["annotation_id"]: r["error"] for r in removals if r["status"] == "failed"}
+    assert failed == {a: reasons.IMAGE_MISSING for a in lost_objects}
+    assert all(r["candidate"] == -1 for r in removals if r["status"] == "failed")
+
+    # 2. a removal PNG corrupted before scoring
+    ok_removals = [r for r in removals if r["status"] == "ok"]
+    corrupt = ok_removals[0]
+    Path(corrupt["removal_image"]).write_bytes(b"not a png")
+    scores = pipeline.scores().table.to_pylist()
+    removed_objects = {r["annotation_id"] for r in ok_removals}
+    assert {r["annotation_id"] for r in scores} == removed_objects
+    score_failures = {r["annotation_id"]: r["error"] for r in scores if r["status"] == "failed"}
+    assert score_failures == {corrupt["annotation_id"]: reasons.IMAGE_UNREADABLE}
+
+    # 3. a pair image deleted before describing
+    pairs = pipeline.pairs().table.to_pylist()
+    chosen = {r["annotation_id"] for r in scores if r["chosen"]}
+    assert {r["annotation_id"] for r in pairs} == chosen and all(r["status"] == "ok" for r in pairs)
+    Path(pairs[0]["target_image"]).unlink()
+    descriptions = pipeline.descriptions().table.to_pylist()
+    instructions = pipeline.instructions().table.to_pylist()
+    splits = pipeline.splits().table.to_pylist()
+    pair_ids = {r["pair_id"] for r in pairs}
+    for rows in (descriptions, instructions, splits):
+        assert {r["pair_id"] for r in rows} == pair_ids
+    described = {r["pair_id"]: r for r in descriptions}
+    assert described[pairs[0]["pair_id"]]["status"] == "failed"
+    assert described[pairs[0]["pair_id"]]["error"] == reasons.IMAGE_MISSING
+    instructed = {r["pair_id"]: r for r in instructions}
+    assert instructed[pairs[0]["pair_id"]]["instruction_check"] == "no_description"
+
+    for rows in (removals, scores, pairs, descriptions, instructions):
+        for row in rows:
+            assert row["status"] in ("ok", "failed")
+            assert (row["error"] is None) == (row["status"] == "ok")
+            if row["error"]:
+                assert row["error"] in reasons.ITEM_REASONS, row["error"]
+
+    # fixing the input retries the failed item (a failure is trusted only while its inputs are unchanged)
+    again = pipeline.removals()
+    assert again.counts["items_computed_this_run"] == 1, "the corrupt PNG is redone; the lost image stays failed"
+    scores_again = pipeline.scores().table.to_pylist()
+    assert all(r["status"] == "ok" for r in scores_again)
+
+
+def test_a_changed_upstream_item_redoes_exactly_its_dependents(tmp_path):
+    """Re-remove one object with different pixels: its scores and its pair are redone and nothing
+    else; give one pair a different description: only its instruction is redone."""
+    import json
+
+    import numpy as np
+
+    from pbi_ml.stages.item_stage import ItemRecords
+    from pbi_ml.stages.removals import RemovalStage
+
+    pipeline = Pipeline(tmp_path / "data", demo_source())
+    pipeline.index()
+    pipeline.removals()
+    pipeline.scores()
+    pairs = pipeline.pairs().table.to_pylist()
+    pipeline.descriptions()
+    pipeline.instructions()
+
+    # re-remove one object (as another inpainter would): one grey level brighter everywhere
+    stage = RemovalStage(pipeline.storage, pipeline.source, pipeline.shard, RemovalConfig(batch_size=4))
+    target = pairs[0]["annotation_id"]
+    item = next(i for i in stage.items() if i.key == target)
+    [(candidates, context)] = stage.compute([stage.prepare(item)])
+    brighter = [np.where(c < 255, c + 1, c).astype(np.uint8) for c in candidates]
+    directory = pipeline.storage.file_dir(tables.REMOVALS, pipeline.source.name, pipeline.shard, target)
+    ItemRecords(pipeline.storage, stage, pipeline.source.name, pipeline.shard).write_ok(
+        item, stage.write(item, (brighter, context), directory)
+    )
+    assert pipeline.removals().counts["items_computed_this_run"] == 0, "a trusted, intact re-removal"
+    assert pipeline.scores().counts["items_computed_this_run"] == 1
+    still_chosen = any(
+        r["chosen"] for r in pipeline.table(tables.REMOVAL_SCORES).to_pylist() if r["annotation_id"] == target
+    )
+    assert pipeline.pairs().counts["items_computed_this_run"] == (1 if still_chosen else 0)
+    # the pixels describer looks at the original under the mask: a re-made pair, the same text
+    assert pipeline.descriptions().counts["items_computed_this_run"] == (1 if still_chosen else 0)
+    assert pipeline.instructions().counts["items_computed_this_run"] == 0
+
+    # a different description for one pair: exactly its instruction is redone
+    other = pairs[-1]["pair_id"]
+    path = pipeline.storage.item_record_path(tables.DESCRIPTIONS, pipeline.source.name, pipeline.shard, other)
+    record = json.loads(path.read_text())
+    record["data"]["description"] = "a small purple object with stripes"
+    path.write_text(json.dumps(record))
+    assert pipeline.descriptions().counts["items_computed_this_run"] == 0
+    assert pipeline.instructions().counts["items_computed_this_run"] == 1
+    assert pipeline.instructions().counts["items_computed_this_run"] == 0
+
+
+# ---- the stage contract
+
+
+def test_every_stage_entry_point_has_the_one_signature():
+    from pbi_ml.stages import (
+        candidates,
+        class_scores,
+        descriptions,
+        evaluation,
+        exports,
+        instructions,
+        pairs,
+        removals,
+        scores,
+        source_index,
+        splits,
+        training,
+    )
+
+    partitioned = [
+        source_index.run_source_index,
+        candidates.run_candidates,
+        class_scores.run_class_scores,
+        removals.run_removals,
+        scores.run_scores,
+        pairs.run_pairs,
+        descriptions.run_descriptions,
+        instructions.run_instructions,
+        splits.run_splits,
+    ]
+    for fn in partitioned:
+        params = list(inspect.signature(fn).parameters.values())
+        assert [p.name for p in params[:4]] == ["storage", "source", "shard", "config"], fn.__name__
+        assert all(p.kind == p.POSITIONAL_OR_KEYWORD for p in params[:4]), fn.__name__
+        assert "progress" in {p.name for p in params[4:]} and all(p.kind == p.KEYWORD_ONLY for p in params[4:])
+    for fn in (exports.run_exports, training.run_training, evaluation.run_evaluation):
+        params = list(inspect.signature(fn).parameters.values())
+        assert [p.name for p in params[:2]] == ["storage", "config"], fn.__name__
+        assert "progress" in {p.name for p in params[2:]} and all(p.kind == p.KEYWORD_ONLY for p in params[2:])
+
+
+@pytest.mark.parametrize(
+    "build, field",
+    [
+        (lambda: RemovalConfig(batch_size=0), "RemovalConfig.batch_size"),
+        (lambda: RemovalConfig(backend="photoshop"), "RemovalConfig.backend"),
+        (lambda: ScoringConfig(backend="vibes"), "ScoringConfig.backend"),
+        (lambda: CandidateConfig(min_area_fraction=1.5), "CandidateConfig.min_area_fraction"),
+        (lambda: SplitConfig(test_fraction=-0.1), "SplitConfig.test_fraction"),
+        (lambda: PairConfig(feather_sigma=-1), "PairConfig.feather_sigma"),
+        (lambda: SourceIndexConfig(num_shards=0), "SourceIndexConfig.num_shards"),
+    ],
+)
+def test_stage_configs_validate_naming_the_field(build, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        build()
+
+
+def test_config_precedence_default_then_pbi_yaml_then_run_config(tmp_path):
+    import yaml
+
+    from pbi_assets.resources import PBIProject
+    from pbi_assets.run_config import stage_run_config
+
+    path = tmp_path / "pbi.yaml"
+    path.write_text(
+        yaml.safe_dump({"data_root": str(tmp_path / "d"), "stages": {"removals": {"dilation_px": 7, "steps": 3}}})
+    )
+    pbi = PBIProject(config_path=str(path))
+    default = RemovalConfig()
+    from_yaml = pbi.stage_config(tables.REMOVALS.name, RemovalConfig, None)
+    assert (from_yaml.dilation_px, from_yaml.steps, from_yaml.seed) == (7, 3, default.seed)
+    from_run = pbi.stage_config(
+        tables.REMOVALS.name, RemovalConfig, stage_run_config("RemovalsRunConfig", RemovalConfig)(steps=5)
+    )
+    assert (from_run.dilation_px, from_run.steps, from_run.seed) == (7, 5, default.seed)
+    assert pbi.project() is pbi.project(), "loaded once per process"
+
+
+def test_partitions_and_resource_come_from_one_load():
+    from pbi_assets.partitions import PROJECT
+    from pbi_assets.resources import PBIProject
+
+    assert PBIProject().project() is PROJECT
+
+
+# ---- one registry of tables
+
+
+STORAGE_CALLS = {
+    "read_table",
+    "write_table",
+    "has_table",
+    "table_path",
+    "table_glob",
+    "item_dir",
+    "file_dir",
+    "read_item_record",
+    "write_item_record",
+    "item_record_path",
+    "read_view",
+    "global_dir",
+}
+
+
+def test_no_table_name_literal_outside_the_registry():
+    names = {t.name for t in tables.ALL_TABLES}
+    offenders = []
+    for path in [*ROOT.glob("pbi_ml/**/*.py"), *ROOT.glob("pbi_assets/**/*.py")]:
+        if path.name == "tables.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                fn = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                if fn in STORAGE_CALLS or fn == "stage_config":
+                    for arg in node.args[:2]:
+                        if isinstance(arg, ast.Constant) and arg.value in names:
+                            offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {fn}({arg.value!r})")
+    assert not offenders, offenders
+
+
+def test_catalog_and_stages_do_not_import_each_other_in_a_cycle():
+    catalog = ast.parse((ROOT / "pbi_ml" / "catalog.py").read_text())
+    imported = {n.module for n in ast.walk(catalog) if isinstance(n, ast.ImportFrom) and n.module} | {
+        a.name for n in ast.walk(catalog) if isinstance(n, ast.Import) for a in n.names
+    }
+    assert not [m for m in imported if m.startswith("pbi_ml.stages")], imported
+    registry = ast.parse((ROOT / "pbi_ml" / "tables.py").read_text())
+    leaf_imports = {n.module for n in ast.walk(registry) if isinstance(n, ast.ImportFrom) and n.module}
+    assert leaf_imports <= {"__future__", "dataclasses"}, leaf_imports
+
+
+def test_every_table_has_a_view_with_its_schema(tmp_path):
+    from pbi_ml.catalog import build_catalog, connect
+
+    counts = build_catalog(Storage(tmp_path))
+    assert set(counts) == {t.name for t in tables.ALL_TABLES}
+    con = connect(Storage(tmp_path))
+    try:
+        for table in tables.ALL_TABLES:
+            columns = [r[0] for r in con.execute(f'DESCRIBE "{table.name}"').fetchall()]
+            assert columns[: len(table.schema.names)] == table.schema.names, table.name
+            assert set(table.key) <= set(table.schema.names)
+    finally:
+        con.close()
+
+
+def test_docs_list_every_reason_code():
+    catalog_doc = (ROOT / "docs" / "catalog.md").read_text()
+    missing = [
+        code
+        for code in [*reasons.ITEM_REASONS, *reasons.CANDIDATE_REASONS, *reasons.SCORE_REASONS]
+        if f"`{code}`" not in catalog_doc
+    ]
+    assert not missing, missing
