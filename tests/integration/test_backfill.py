@@ -99,7 +99,8 @@ def _catalog_rows(root: Path) -> dict[str, list]:
 def test_backfill_wait_gives_the_catalog_of_pbi_run(demo_run, tmp_path):
     reference, *_ = demo_run  # every asset on the demo, in process (what `pbi run` materializes)
     data, home = tmp_path / "data", tmp_path / "dagster_home"
-    proc = run_pbi("backfill", "--source", "demo", "--wait", env=pbi_env(data, home), timeout=900)
+    env = pbi_env(data, home)
+    proc = run_pbi("backfill", "--source", "demo", "--wait", env=env, timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "no Dagster daemon was running: started `dagster-daemon run`" in out, out
@@ -131,14 +132,7 @@ def test_backfill_wait_gives_the_catalog_of_pbi_run(demo_run, tmp_path):
     daemon_pid = int(re.search(r"started `dagster-daemon run` for this backfill \(pid (\d+)", out).group(1))
     with pytest.raises(ProcessLookupError):
         os.killpg(daemon_pid, 0)
-    again = subprocess.run(
-        [sys.executable, "-m", "pbi_assets.cli", "backfill", "--source", "demo", "--assets", "key:catalog"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    again = run_pbi("backfill", "--source", "demo", "--assets", "key:catalog", env=env, timeout=300)
     assert again.returncode == 0 and "no Dagster daemon is running" in again.stdout, again.stdout + again.stderr
 
 
