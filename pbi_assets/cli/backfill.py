@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pbi_assets.cli.errors import UserError, require_source
-from pbi_assets.cli.instance import UI_URL, ensure_dagster_home, prepare_instance, starts_own_daemon
+from pbi_assets.cli.instance import UI_URL, ensure_dagster_home, open_instance, prepare_instance, starts_own_daemon
 from pbi_assets.failures import run_failure
 
 BACKFILL_DAEMON = "BACKFILL"  # the daemon type whose heartbeat says backfills are being processed
@@ -43,9 +43,8 @@ def cmd_backfill(args) -> int:
 
     require_source(PROJECT.source_names, args.source)
     home = ensure_dagster_home()
-    import dagster as dg
 
-    instance = dg.DagsterInstance.get()
+    instance = open_instance()
     prepare_instance(instance)
     asset_graph = defs.resolve_asset_graph()
     keys = selected_asset_keys(asset_graph, args.assets)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 from pbi_assets.cli.errors import UserError
@@ -38,6 +39,43 @@ def ensure_dagster_home() -> Path:
         shutil.copyfile(Path(__file__).parents[1] / "dagster.yaml", target)  # pbi_assets/dagster.yaml
     os.environ["DAGSTER_HOME"] = str(home)
     return home
+
+
+# Postgres error codes of two processes creating a new database's tables at once: 42P07 the table,
+# 42710 its row type (the other process committed between Postgres's two name checks), 23505 a
+# catalog row. Dagster retries only the first two kinds itself.
+_CONCURRENT_CREATE_CODES = frozenset({"42P07", "42710", "23505"})
+
+
+def open_instance(attempts: int = 6):
+    """The instance in $DAGSTER_HOME. The first processes on a new Postgres database create its
+    tables (Dagster's storages, with checkfirst); two `pbi` processes starting at once can collide
+    there, and the loser fails. Dagster retries that only for some of the errors it gives, so the
+    instance is opened again (a retry finds the winner's tables and skips them); any other error,
+    or the same one `attempts` times, propagates."""
+    import dagster as dg
+
+    for attempt in range(attempts):
+        try:
+            return dg.DagsterInstance.get()
+        except Exception as exc:
+            if not postgres_error_codes(exc) & _CONCURRENT_CREATE_CODES or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def postgres_error_codes(exc: BaseException) -> set[str]:
+    """The Postgres error codes (SQLSTATE) in `exc` and the exceptions it was raised from: Dagster
+    wraps the driver's error (DagsterPostgresException from sqlalchemy's from psycopg2's)."""
+    codes = set()
+    cause: BaseException | None = exc
+    while cause is not None:
+        code = getattr(cause, "pgcode", None)
+        if code:
+            codes.add(code)
+        cause = cause.__cause__ or cause.__context__
+    return codes
 
 
 def starts_own_daemon(instance) -> bool:

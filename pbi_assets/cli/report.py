@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from pbi_assets.cli.errors import UserError, require_source
-from pbi_assets.cli.instance import ensure_dagster_home
+from pbi_assets.cli.instance import ensure_dagster_home, open_instance
 
 
 def print_summary(source: str) -> None:
@@ -124,7 +124,6 @@ def gpu_pool_lines(project) -> list[str]:
     the devices are how many of them can hold a device (the rest wait for a lease, idle). PBI
     does not set the limit itself (on Kubernetes it counts the GPUs of every node, not this
     one's): `pbi info` shows both, and says how to make them agree."""
-    import dagster as dg
 
     from pbi_assets.assets.gpu import GPU_POOL
     from pbi_ml.devices import DEVICES_ENV, default_lease_dir, node_devices
@@ -132,7 +131,7 @@ def gpu_pool_lines(project) -> list[str]:
     ensure_dagster_home()
     devices = node_devices(project.devices)
     where = f"${DEVICES_ENV}" if os.environ.get(DEVICES_ENV) else "pbi.yaml devices:"
-    with dg.DagsterInstance.get() as instance:
+    with open_instance() as instance:
         info = instance.event_log_storage.get_concurrency_info(GPU_POOL)
     limit = info.limit
     origin = (

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from pbi_assets.cli.errors import UserError, require_source
-from pbi_assets.cli.instance import UI_URL, ensure_dagster_home, prepare_instance
+from pbi_assets.cli.instance import UI_URL, ensure_dagster_home, open_instance, prepare_instance
 from pbi_assets.cli.report import print_summary
 from pbi_assets.failures import run_failure
 from pbi_assets.run_health import PoolWaitReporter, process_tags
@@ -113,7 +113,7 @@ def cmd_run(args) -> int:
     log_level = "DEBUG" if args.verbose else "WARNING" if args.debug else "CRITICAL"
     import dagster as dg
 
-    instance = dg.DagsterInstance.get()
+    instance = open_instance()
     prepare_instance(instance)
     try:
         # while a step waits for a pool slot, a line every $PBI_POOL_WAIT_LOG_SECONDS says who holds it

@@ -243,3 +243,62 @@ def test_processes_starting_at_once_on_a_fresh_instance_initialize_each_pool_onc
     assert sorted(won) == ["duckdb_catalog", "gpu"], f"each pool initialized by exactly one process: {outs}"
     slots = dict(_rows(pg, pg_env, "SELECT concurrency_key, count(*) FROM concurrency_slots GROUP BY 1"))
     assert slots == {"gpu": 1, "duckdb_catalog": 1}
+
+
+_OPEN_AFTER_A_COLLISION = """
+import dagster as dg
+from pbi_assets.cli.instance import open_instance, postgres_error_codes
+try:
+    dg.DagsterInstance.get()
+    print("no collision", flush=True)
+except Exception as exc:
+    print("collided", *sorted(postgres_error_codes(exc)), flush=True)
+instance = open_instance()
+print("opened; runs:", instance.get_runs_count(), flush=True)
+"""
+
+
+def test_a_process_that_collides_creating_the_tables_opens_the_instance_on_retry(pg, pg_env):
+    """What made one of two `pbi run`s on a new database die before any step: both create the
+    storage's tables, and the loser's CREATE TABLE fails with DuplicateObject (42710: the other
+    process committed the table's row type between Postgres's two name checks), which Dagster
+    does not retry. The same error, made deterministic: a type named like a Dagster table already
+    exists (an enum: a type without a relation, so the table's name check passes and its type's
+    fails), so opening the instance fails; `open_instance` keeps retrying, and succeeds once the
+    name is free (as it is, for a real collision, once the winner has committed its tables)."""
+    with contextlib.closing(pg.connect(pg_env["DAGSTER_PG_DB"])) as conn, conn.cursor() as cur:
+        conn.autocommit = True
+        cur.execute("CREATE TYPE secondary_indexes AS ENUM ('x')")
+        child = subprocess.Popen(
+            [sys.executable, "-c", _OPEN_AFTER_A_COLLISION], env=pg_env, stdout=subprocess.PIPE, text=True
+        )
+        assert child.stdout is not None
+        first = child.stdout.readline()
+        assert first.split() == ["collided", "42710"], first
+        time.sleep(1.0)  # open_instance is retrying against the same error meanwhile
+        cur.execute("DROP TYPE secondary_indexes")
+    out = first + child.communicate(timeout=120)[0]
+    assert child.returncode == 0 and "opened; runs: 0" in out, out
+    tables = {name for (name,) in _rows(pg, pg_env, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    assert {"runs", "event_logs", "secondary_indexes", "alembic_version"} <= tables
+
+
+_OPEN_AT = """
+import sys, time
+start = float(sys.argv[1])
+from pbi_assets.cli.instance import open_instance
+time.sleep(max(0.0, start - time.time()))
+print("opened; runs:", open_instance().get_runs_count())
+"""
+
+
+def test_four_processes_open_a_new_instance_at_the_same_instant(pg, pg_env):
+    """Four `pbi` processes on a new database create its tables at the same instant: all open it."""
+    start = time.time() + 8  # every process has imported dagster by then
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _OPEN_AT, str(start)], env=pg_env, stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    outs = [proc.communicate(timeout=120)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0, 0], outs
+    assert all("opened; runs: 0" in out for out in outs), outs
