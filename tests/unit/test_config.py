@@ -74,7 +74,7 @@ def test_stage_config_rejects_unknown_keys():
         config_from_dict(CandidateConfig, {"min_area": 0.1})
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_docs_configuration_md_is_generated_from_the_dataclasses():
