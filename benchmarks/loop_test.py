@@ -2,7 +2,7 @@
 passed: the proof that a concurrency fix holds (a flaky test passes 10 of 10, not once).
 
     .venv/bin/python benchmarks/loop_test.py --times 10 \
-        "tests/test_postgres_instance.py::test_two_pbi_runs_of_two_sources_at_once_share_the_postgres_instance"
+        "tests/integration/test_postgres_instance.py::test_two_pbi_runs_of_two_sources_at_once_share_the_postgres_instance"
 
 Postgres tests use the server $DAGSTER_PG_* names (`eval "$(.ci/postgres)"`), else a throwaway cluster.
 """
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("node", help="a pytest node id, e.g. tests/test_x.py::test_y")
+    parser.add_argument("node", help="a pytest node id, e.g. tests/unit/test_x.py::test_y")
     parser.add_argument("--times", type=int, default=10)
     args = parser.parse_args()
     env = dict(os.environ, HF_HUB_OFFLINE="1")

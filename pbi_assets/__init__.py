@@ -1,6 +1,3 @@
-"""PBI's Dagster code location: a thin shell over `pbi_ml`.
-
-Each asset resolves its partition (source x shard), calls one `pbi_ml` stage function and turns the
-result into metadata. Heavy ML modules are imported inside stage functions, never at import time
-here (the multiprocess executor re-imports this package in every step process).
-"""
+"""PBI's Dagster code location, a thin shell over `pbi_ml`: each asset resolves its partition, calls
+one `pbi_ml` stage function and turns the result into metadata. No heavy ML import at import time
+(the multiprocess executor re-imports this package in every step process)."""

@@ -62,10 +62,8 @@ catalog_automation_sensor = dg.AutomationConditionSensorDefinition(
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=CATALOG_SENSOR_INTERVAL_S,
     description=(
-        "Evaluates the catalog's automation condition every minute: rebuilds catalog.duckdb (its stored "
-        "`pairs` table) when a partition of pairs, descriptions, instructions or splits has been "
-        "materialized since the last rebuild was requested. RUNNING by default (the catalog must not stay "
-        "stale without a manual step); needs the Dagster daemon (`dagster dev` runs it; in production "
-        "`dagster-daemon run`)."
+        "Every minute, rebuilds catalog.duckdb when a partition of pairs, descriptions, instructions or "
+        "splits was materialized since the last rebuild was requested. RUNNING by default (the catalog must "
+        "not stay stale); needs the Dagster daemon (`dagster dev` runs one; in production `dagster-daemon run`)."
     ),
 )

@@ -1,9 +1,7 @@
 """Where a launched run's steps execute (the `executor:` switch of pbi.yaml, `$PBI_EXECUTOR`),
 and the `dagster-k8s/config` op tag of every stage (its pod under the k8s executor).
 
-The pod specs come from `pbi_ml.cluster` (`k8s:` in pbi.yaml); dagster-k8s reads the op tag
-with `get_user_defined_k8s_config` and builds each step's Kubernetes Job from it
-(tests/test_k8s.py builds those Jobs with dagster-k8s' own `construct_dagster_k8s_job`).
+The pod specs come from `pbi_ml.cluster` (`k8s:` in pbi.yaml); dagster-k8s builds each step's Job from the tag.
 """
 
 from __future__ import annotations

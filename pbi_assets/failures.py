@@ -1,9 +1,6 @@
-"""Why a run failed, read from its event log in one place (`pbi run` and `pbi backfill` both print it).
-
-A failed step's reason is the user code's exception, unwrapped from Dagster's own wrapper. A run
-can also fail outside any step (its executor could not start, a pool could not be claimed, the
-run worker died): then the reason is Dagster's, from the RUN_FAILURE event's error or, where that
-has none, the last engine event that carries one, or the RUN_FAILURE message itself.
+"""Why a run failed, read from its event log in one place (`pbi run` and `pbi backfill` print it):
+a failed step's exception, unwrapped from Dagster's; for a run that failed outside any step,
+Dagster's reason (the RUN_FAILURE error, else the last engine event error, else its message).
 """
 
 from __future__ import annotations

@@ -1,16 +1,14 @@
-"""Turning stage results into Dagster metadata: row counts, schemas, thumbnails, histograms (a small
-PNG plot above the text histogram, see pbi_assets.plots), the loss curve."""
+"""Stage results as Dagster metadata: row counts, schemas, thumbnails, histograms (pbi_ml.plots)."""
 
 from __future__ import annotations
 
-import base64
+from typing import Any
 
 import dagster as dg
-import numpy as np
 import pyarrow as pa
 
-from pbi_assets.plots import finite_values, histogram_text
 from pbi_ml.imageio import thumbnail_png
+from pbi_ml.plots import histogram_bins, histogram_text, markdown_image
 
 
 def table_metadata(table: pa.Table, path=None) -> dict:
@@ -29,29 +27,14 @@ def counts_metadata(counts: dict) -> dict:
     return {k: (float(v) if isinstance(v, float) else int(v)) for k, v in counts.items()}
 
 
-def thumbnails_markdown(samples: list[tuple[str, np.ndarray]], max_side: int = 128) -> dg.MetadataValue:
-    """A few small base64 PNGs inline (a few kB each: metadata lives in the event log)."""
-    parts = []
-    for caption, image in samples[:4]:
-        b64 = base64.b64encode(thumbnail_png(image, max_side)).decode()
-        # markdown image syntax: the Dagster UI strips HTML <img> tags from markdown metadata
-        label = caption.replace("[", "(").replace("]", ")")
-        parts.append(f"**{label}**\n\n![{label}](data:image/png;base64,{b64})")
+def thumbnails_markdown(samples: list[tuple[str, Any]], max_side: int = 128, limit: int = 4) -> dg.MetadataValue:
+    """The first `limit` samples as small inline PNGs under their captions (a few kB each: metadata
+    lives in the event log)."""
+    parts = [
+        f"**{caption}**\n\n{markdown_image(caption, thumbnail_png(image, max_side))}"
+        for caption, image in samples[:limit]
+    ]
     return dg.MetadataValue.md("\n\n".join(parts) if parts else "_no samples in this partition_")
-
-
-def histogram_bins(values, bins: int = 10) -> dict:
-    """The histogram's numbers, for JSON metadata: n, bin edges and counts (empty lists without values)."""
-    finite = finite_values(values)
-    if finite.size == 0:
-        return {"n": 0, "edges": [], "counts": []}
-    counts, edges = np.histogram(finite, bins=bins)
-    return {"n": int(finite.size), "edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
-
-
-def histogram_markdown(values, bins: int = 10, title: str = "") -> dg.MetadataValue:
-    """A small PNG histogram plot (markdown image) above the same histogram as text."""
-    return dg.MetadataValue.md(histogram_text(values, bins, title))
 
 
 def result_metadata(result, histograms: dict[str, str] | None = None) -> dict:
@@ -63,7 +46,7 @@ def result_metadata(result, histograms: dict[str, str] | None = None) -> dict:
     for column, title in (histograms or {}).items():
         if column in result.table.column_names:
             values = result.table.column(column).to_pylist()
-            meta[f"histogram_{column}"] = histogram_markdown(values, title=title)
+            meta[f"histogram_{column}"] = dg.MetadataValue.md(histogram_text(values, title=title))
             meta[f"histogram_{column}_bins"] = dg.MetadataValue.json(histogram_bins(values))
     return meta
 

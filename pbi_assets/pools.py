@@ -1,16 +1,10 @@
 """Every pool the definitions use gets its limit row before any run claims a slot in it.
 
-Dagster's executor gives a pool its default limit on the first claim of a slot in it
-(`initialize_concurrency_limit_to_default`): it inserts the pool's limit row and, if the INSERT
-hits the unique key because another process got there first, updates that row in the same
-transaction. On PostgreSQL a failed statement aborts its transaction, so that UPDATE fails
-(`InFailedSqlTransaction`) and the losing run dies before any of its steps starts. Two `pbi run`
-processes (or two run workers of a backfill) starting on a fresh instance are exactly that race.
-
-`initialize_pools` does the same initialization before any run is launched, once per process, and
-treats the lost race as what it is: the other process initialized the pool, so it checks again and
-goes on. With every pool's row in place, the executor never initializes one itself. A limit set
-with `dagster instance concurrency set POOL N` is left as it is.
+Dagster's executor inserts a pool's limit row on its first claim and, when another process's
+INSERT won, updates it in the same transaction, which PostgreSQL has aborted
+(`InFailedSqlTransaction`): the losing run dies before any step. `initialize_pools` does that
+initialization before runs are launched and takes a lost race for what it is (the row exists).
+A limit set with `dagster instance concurrency set POOL N` is left as it is.
 """
 
 from __future__ import annotations

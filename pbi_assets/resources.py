@@ -11,11 +11,8 @@ from pbi_ml.storage import Storage
 
 
 class PBIProject(dg.ConfigurableResource):
-    """The PBI project: data root, shard count, sources and per-stage defaults from pbi.yaml.
-
-    `config_path` empty = `$PBI_CONFIG` or ./pbi.yaml; `data_root` non-empty overrides the file
-    (tests point it at a temp dir).
-    """
+    """The PBI project from pbi.yaml (`config_path` empty: `$PBI_CONFIG` or ./pbi.yaml): data root,
+    shards, sources, per-stage defaults. A non-empty `data_root` overrides the file's."""
 
     config_path: str = ""
     data_root: str = ""

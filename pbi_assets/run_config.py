@@ -25,29 +25,3 @@ def stage_run_config(name: str, cls, extra: dict | None = None) -> type[dg.Confi
         description = "; ".join(part for part in (f"default: {f.default}", f.doc) if part)
         fields[f.name] = (hint | None, Field(default=None, description=description))
     return create_model(name, __base__=dg.Config, **fields)
-
-
-if typing.TYPE_CHECKING:
-    # built at import from the dataclasses (below); the type checker sees each as a dg.Config
-    ExportsRunConfig = CheckpointRunConfig = EvaluationRunConfig = dg.Config
-else:
-    # the unpartitioned assets' (pbi_assets/assets/training.py); each partitioned stage asset
-    # builds its own in pbi_assets/assets/stage_asset.py
-
-    def _unpartitioned():
-        # these dataclasses live beside their stage code; importing them loads no torch
-        from pbi_ml.export import ExportConfig
-        from pbi_ml.stages.evaluation import EvaluationConfig
-        from pbi_ml.train import TrainConfig
-
-        recipe = (
-            str | None,
-            Field(default=None, description="smoke (default: tiny CPU model) or paper (the paper's recipe)"),
-        )
-        return (
-            stage_run_config("ExportsRunConfig", ExportConfig),
-            stage_run_config("CheckpointRunConfig", TrainConfig, extra={"recipe": recipe}),
-            stage_run_config("EvaluationRunConfig", EvaluationConfig),
-        )
-
-    ExportsRunConfig, CheckpointRunConfig, EvaluationRunConfig = _unpartitioned()

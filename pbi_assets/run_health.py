@@ -1,11 +1,7 @@
-"""A run `pbi run` executed in a process that died (kill -9, OOM, a closed laptop) must not block
-the next run. `pbi run` executes runs in its own process (`dg.materialize`), which no code server
-and no run monitoring watch: killed while a step holds a pool slot, such a run stays STARTED with
-the slot. So every run `pbi run` makes carries `process_tags()` (host, pid, and the process's start
-time, so a recycled pid is not taken for it), and `cleanup_dead_runs` fails such a run of this host
-whose process is gone and frees its slots. Runs the daemon or the UI launched are Dagster's: the
-code server fails a run whose worker died, and run monitoring (`run_monitoring:` in dagster.yaml)
-frees an ended run's slots; pbi never touches them.
+"""The runs `pbi run` executes in its own process (`dg.materialize`), which no code server and no
+run monitoring watch: each carries `process_tags()` (host, pid, the process's start time, so a
+recycled pid is not taken for it); `cleanup_dead_runs` fails those whose process died and frees
+their pool slots. Runs the daemon or the UI launched are Dagster's (docs/operations.md#killed-runs).
 """
 
 from __future__ import annotations
@@ -74,10 +70,9 @@ def cleanup_dead_runs(instance) -> list[str]:
 
 
 class PoolWaitReporter:
-    """While a step of a run of this process waits for a pool slot, a line every `interval` s
-    ($PBI_POOL_WAIT_LOG_SECONDS, default 30; the first once it waited `first_after` s): waiting for
-    pool 'gpu' (limit 1): held by run abc12345 step evaluation. A report also reaps dead holders
-    (`cleanup_dead_runs`). Use as a context manager around the materialize calls."""
+    """Around the materialize calls: while a step of this process waits for a pool slot, a line
+    every `interval` s ($PBI_POOL_WAIT_LOG_SECONDS, default 30) says who holds it, and dead holders
+    are reaped (`cleanup_dead_runs`)."""
 
     def __init__(self, instance, interval: float | None = None, first_after: float | None = None, log=None):
         self.instance = instance

@@ -289,6 +289,20 @@ def _plateau_mask(curve: pd.DataFrame, tolerance: float, min_kept: int) -> pd.Se
     return usable & (curve["success_rate"] >= best - tolerance)
 
 
+def fit_report(labels_csv: str | Path, column: str, tolerance: float = 0.02) -> list[str]:
+    """What `pbi calibrate fit` prints: the success rate against the threshold of `column` on the
+    labelled sample, the plateau threshold, the pbi.yaml line that sets it, and the plot it wrote."""
+    curve = threshold_curve(pd.read_csv(labels_csv), column)
+    threshold = plateau_threshold(curve, tolerance=tolerance)
+    plot = plot_threshold_curve(curve, column, threshold, plot_path(labels_csv, column), tolerance)
+    return [
+        curve.iloc[:: max(1, len(curve) // 25)].to_string(index=False),
+        f"\nplateau threshold for {column}: {threshold:.4g}",
+        f"set it in pbi.yaml:  stages: {{removal_scores: {{{THRESHOLD_FIELDS[column]}: {threshold:.4g}}}}}",
+        f"plot: {plot}",
+    ]
+
+
 def plot_path(labels_csv: str | Path, column: str) -> Path:
     """Where `pbi calibrate fit` writes the plot for `column`: next to labels.csv, as <column>.png."""
     return Path(labels_csv).parent / f"{column}.png"

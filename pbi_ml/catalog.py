@@ -21,7 +21,8 @@ file and renamed into place, so readers never see half a catalog and never conte
 lock; users open it read-only. Each stage also gets an empty, typed
 `tables/<stage>/_schema/empty.parquet` so its view exists (with the right columns) before any
 partition has been materialized. `read_view` (what the stages use) always computes from the
-Parquet, never from the catalog file.
+Parquet, never from the catalog file. Query it with `pbi sql "SELECT ..."`, or
+`duckdb.connect(path, read_only=True)`.
 """
 
 from __future__ import annotations
@@ -251,6 +252,22 @@ def source_summary(storage: Storage, source: str):
         "UNION ALL SELECT 'pairs in test split', count(*) FROM pairs WHERE source = $source AND split = 'test'"
     )
     return query(storage, sql, {"source": source})
+
+
+def evaluation_summary(storage: Storage):
+    """Every evaluation with its checkpoint's steps (the table `pbi run` prints after a training);
+    None before the first evaluation."""
+    sql = (
+        "SELECT e.checkpoint_id, e.benchmark, e.n, round(e.l1, 4) AS l1, round(e.l2, 4) AS l2, e.clip_i, e.dino, "
+        "c.steps, c.smoke_model FROM evaluations e JOIN checkpoints c USING (checkpoint_id) ORDER BY 1, 2"
+    )
+    import duckdb
+
+    try:
+        frame = query(storage, sql)
+    except (FileNotFoundError, duckdb.Error):  # no catalog, or no evaluation or checkpoint in it yet
+        return None
+    return frame if len(frame) else None
 
 
 def read_view(storage: Storage, name: str, where: str = "") -> pa.Table:

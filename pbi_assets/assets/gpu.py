@@ -21,10 +21,9 @@ class ModelStep:
 
 @contextmanager
 def on_a_device(context, pbi, stage_config) -> Iterator[ModelStep]:
-    """Run a model step on a device of its own: `device: auto` leases one free device of the node
-    (`devices:` in pbi.yaml / $PBI_DEVICES) for the block, waiting with a log line while every one
-    is taken; an explicit device is used as configured, after checking it is there. An embedded
-    backend (no model) takes no device and records "cpu"."""
+    """A model step on a device of its own: `device: auto` leases a free one of the node's (waiting,
+    with a log line, while all are taken); an explicit device is checked and used; an embedded
+    backend takes none."""
     from pbi_ml.devices import device_of, step_device, uses_device
 
     if not uses_device(stage_config):

@@ -28,13 +28,6 @@ class_scores = stage_asset(
         progress="objects scored against their class",
         histograms={"clip_class_sim": "CLIP sim(isolated object, class)"},
         extra_metadata=_class_filter_note,
-        summary=(
-            "The paper's third pre-removal filter, before any inpainting: CLIP similarity of each kept "
-            "candidate's isolated object with 'a photo of a <class>' (clip_class_sim); under min_class_sim "
-            "the object is rejected as low_class_similarity (a blurred or occluded view). Backend `off` "
-            "(no weights) skips the filter and says so in every row (clip_class_sim null with the reason); "
-            "`clip` is the paper's recipe."
-        ),
     )
 )
 
@@ -47,12 +40,6 @@ removals = stage_asset(
         deps=[class_scores],
         model=True,
         progress="objects inpainted",
-        summary=(
-            "num_candidates inpainted candidates per kept object not rejected by class_scores, masks dilated "
-            "first. Backend `opencv` (CPU: Telea / Navier-Stokes at several radii) or `diffusers` (the "
-            "paper's recipe: an SD inpainting model, 'a photo of a background, a photo of an empty place', "
-            "negative 'an object, a <class>', seeds seed+k). Resumable per object."
-        ),
     )
 )
 
@@ -72,12 +59,6 @@ removal_scores = stage_asset(
             "clip_removal_sim": "CLIP sim(region, class) after removal",
             "clip_consensus_std": "CLIP embedding std across candidates",
         },
-        summary=(
-            "One row per removal candidate with the three filters: consensus across candidates, removal "
-            "verification against the class, importance of the edit; then passed / reject_reason / chosen "
-            "(the passing candidate with the lowest removal score). Backend `stats` (pixel statistics, "
-            "CLIP columns null with the reason) or `clip` (open_clip)."
-        ),
     )
 )
 
@@ -90,10 +71,5 @@ pairs = stage_asset(
         deps=[removal_scores],
         progress="pairs made",
         histograms={"area_fraction": "mask area / image area"},
-        summary=(
-            "Object-removal pairs: the chosen candidate alpha-blended into the original through the "
-            "feathered dilated mask (lossless PNG; outside the dilated mask the object-removed image "
-            "equals the original pixel for pixel), the original, the mask, the 3x3 object_location."
-        ),
     )
 )

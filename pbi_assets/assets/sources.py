@@ -1,5 +1,7 @@
 """Sources: the annotation index of each partition, and the pre-removal candidate filters."""
 
+import inspect
+
 import dagster as dg
 
 from pbi_assets.assets.stage_asset import StageAsset, stage_asset
@@ -18,12 +20,7 @@ from pbi_ml.tables import CANDIDATES
     group_name="sources",
     kinds={"python", "parquet"},
     op_tags=stage_op_tags("source_index"),
-    description=(
-        "Images and instances of one source x shard, normalised from COCO / LVIS / Open Images "
-        "annotations (one row per instance; masks kept compact as polygons/RLE JSON or mask-PNG paths). "
-        "An image's shard is stable_hash(image_id) mod num_shards. The whole source is parsed once "
-        "and cached under index/<source>/."
-    ),
+    description=inspect.getdoc(inspect.getmodule(run_source_index)),
 )
 def source_index(context: dg.AssetExecutionContext, pbi: PBIProject) -> dg.MaterializeResult:
     part = partition_of(context)
@@ -42,10 +39,5 @@ candidates = stage_asset(
         group="sources",
         deps=[source_index],
         histograms={"area_fraction": "mask area / image area"},
-        summary=(
-            "Every instance, kept or rejected with one reason: path_escapes_root, image_missing, "
-            "image_unreadable, image_size_mismatch, invalid_mask, crowd, excluded_class, too_small, "
-            "too_large, touches_border. No instance silently disappears."
-        ),
     )
 )

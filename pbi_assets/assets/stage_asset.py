@@ -1,18 +1,11 @@
-"""One asset per partitioned pbi_ml stage, built from a `StageAsset` declaration.
-
-Every partitioned stage asset does the same thing: resolve its source x shard partition, resolve
-its stage config (dataclass defaults < pbi.yaml `stages.<name>` < run config), lease a device if
-it runs a model, call the stage's `run_<stage>(storage, source, shard, config, progress=...)`, and
-turn the result into metadata (row count, schema, counts, samples, histograms). `stage_asset`
-writes that body once; each domain module only declares what differs.
-
-The description a user reads in the UI is the declaration's summary followed by the stage's
-parameters (type, default, meaning), generated from the config dataclass by the code that writes
-docs/configuration.md (`pbi_ml.config.fields.fields_table`), so a default is written in one
-place: its dataclass.
+"""One asset per partitioned pbi_ml stage, built from a `StageAsset` declaration: resolve the
+source x shard partition and the stage config (dataclass defaults < pbi.yaml `stages.<name>` < run
+config), lease a device for a model, call `run_<stage>(storage, source, shard, config, ...)`, and
+turn the result into metadata. Each domain module only declares what differs.
 """
 
 import dataclasses
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,26 +27,33 @@ class StageAsset:
     name: str  # the asset key, the stage's table name and its `stages:` key in pbi.yaml
     run: Callable[..., Any]  # pbi_ml's run_<stage>(storage, source, shard, config, *, progress=None, ...)
     config_class: type  # the stage's config dataclass
-    summary: str  # what the artifact is and which backends make it; its defaults are generated
     group: str
     deps: Sequence[Any] = ()
     model: bool = False  # a model step: the gpu pool, the GPU tag, a leased device, `backend` in metadata
     progress: str | None = None  # "objects inpainted": a log line per chunk done
     histograms: dict[str, str] = dataclasses.field(default_factory=dict)  # column -> plot title
-    # more metadata from the stage's result and config (examples, notes)
+    examples: Sequence[str] = ()  # columns of the first rows, shown as a markdown table
+    # more metadata from the stage's result and config (notes)
     extra_metadata: Callable[[Any, Any], dict[str, Any]] | None = None
     # more keyword arguments of `run` from the project (e.g. the splits' view of every source)
     run_kwargs: Callable[[PBIProject], dict[str, Any]] | None = None
 
 
-def _run_config_class(stage: StageAsset) -> type[dg.Config]:
-    camel = "".join(word.title() for word in stage.name.split("_"))
-    return stage_run_config(f"{camel}RunConfig", stage.config_class)
+def stage_description(run: Callable[..., Any], config_class: type, name: str) -> str:
+    """An asset's description: its pbi_ml stage module's docstring (what the artifact is, which
+    backends make it), then its parameters (type, default, meaning) as docs/configuration.md
+    lists them, generated from the config dataclass, so a default is written in one place."""
+    module = inspect.getdoc(inspect.getmodule(run)) or ""
+    return (
+        f"{module}\n\nParameters, set in pbi.yaml `stages.{name}` or the run config "
+        f"(docs/configuration.md):\n\n{fields_table(config_class)}"
+    )
 
 
 def stage_asset(stage: StageAsset) -> dg.AssetsDefinition:
     """The Dagster asset of a partitioned stage."""
-    RunConfig = _run_config_class(stage)  # a class: the config annotation below
+    camel = "".join(word.title() for word in stage.name.split("_"))
+    RunConfig = stage_run_config(f"{camel}RunConfig", stage.config_class)  # a class: the annotation below
 
     @dg.asset(
         name=stage.name,
@@ -64,10 +64,7 @@ def stage_asset(stage: StageAsset) -> dg.AssetsDefinition:
         pool=GPU_POOL if stage.model else None,
         tags=GPU_TAGS if stage.model else None,
         op_tags=stage_op_tags(stage.name),
-        description=(
-            f"{stage.summary}\n\nParameters, set in pbi.yaml `stages.{stage.name}` or the run config "
-            f"(docs/configuration.md):\n\n{fields_table(stage.config_class)}"
-        ),
+        description=stage_description(stage.run, stage.config_class, stage.name),
     )
     def _asset(context: dg.AssetExecutionContext, pbi: PBIProject, config: RunConfig) -> dg.MaterializeResult:  # type: ignore[valid-type]
         part = partition_of(context)
@@ -87,6 +84,8 @@ def stage_asset(stage: StageAsset) -> dg.AssetsDefinition:
         meta.update(device_metadata)
         if stage.model:
             meta["backend"] = stage_config.backend
+        if stage.examples:
+            meta["examples"] = markdown_examples(result.table.to_pylist(), stage.examples)
         if stage.extra_metadata:
             meta.update(stage.extra_metadata(result, stage_config))
         return dg.MaterializeResult(metadata=meta)
@@ -94,7 +93,7 @@ def stage_asset(stage: StageAsset) -> dg.AssetsDefinition:
     return _asset
 
 
-def markdown_examples(rows: list[dict], columns: list[str], n: int = 5) -> dg.MetadataValue:
+def markdown_examples(rows: list[dict], columns: Sequence[str], n: int = 5) -> dg.MetadataValue:
     """The first `n` rows' `columns` as a markdown table (values cut at 80 characters)."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows[:n]:

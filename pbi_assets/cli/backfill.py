@@ -1,9 +1,6 @@
-"""`pbi backfill`: the asset backfill the UI's "Materialize all -> Launch backfill" makes, launched
-as the UI launches it (the GraphQL mutation `launchPartitionBackfill`, run by Dagster's own
-`dagster-graphql` command). The daemon's backfill loop turns it into runs: one per partition of the
-source, then the unpartitioned assets downstream, at most `concurrency.runs.max_concurrent_runs` at
-once, steps gated by the pools. --wait follows it to the end; on a local instance where no daemon
-heartbeats it runs `dagster-daemon run` in its own process group for the duration.
+"""`pbi backfill`: the backfill the UI's "Materialize all -> Launch backfill" makes, launched as the
+UI does (the GraphQL mutation `launchPartitionBackfill`, through Dagster's `dagster-graphql`), run
+by the daemon. --wait follows it to the end, on a local instance starting a daemon if none beats.
 """
 
 from __future__ import annotations
@@ -29,6 +26,11 @@ HEARTBEAT_STALE_S = 90.0  # a daemon beats every 30 s
 LAUNCH_BACKFILL = (
     "mutation($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $params) "
     "{ __typename ... on LaunchBackfillSuccess { backfillId } ... on Error { message } } }"
+)
+NO_LOCAL_DAEMON = (
+    "     no Dagster daemon is running for this DAGSTER_HOME: the backfill starts when one does "
+    "(`dagster dev -w workspace.yaml`, or `dagster-daemon run -w workspace.yaml`); "
+    "or rerun with --wait, which starts one for the duration"
 )
 NO_DEPLOYMENT_DAEMON = (
     "     no Dagster daemon heartbeats for the instance in {home}: it is the deployment's, and pbi does not "
@@ -62,14 +64,8 @@ def cmd_backfill(args) -> int:
         return _wait_for_backfill(instance, backfill_id, home, own)
     if daemon_alive(instance):
         print("     the Dagster daemon runs it (partitions concurrently, gated by the pools)")
-    elif own:
-        print(
-            "     no Dagster daemon is running for this DAGSTER_HOME: the backfill starts when one does "
-            "(`dagster dev -w workspace.yaml`, or `dagster-daemon run -w workspace.yaml`); "
-            "or rerun with --wait, which starts one for the duration"
-        )
     else:
-        print(NO_DEPLOYMENT_DAEMON.format(home=home))
+        print(NO_LOCAL_DAEMON if own else NO_DEPLOYMENT_DAEMON.format(home=home))
     return 0
 
 
@@ -102,7 +98,7 @@ def launch_backfill(source: str, keys: list, partitions: list[str], selection: s
     }
     with tempfile.TemporaryDirectory() as scratch:
         output = Path(scratch) / "result.json"
-        command = [_executable("dagster-graphql"), *workspace_args(), "-t", LAUNCH_BACKFILL, "-o", str(output)]
+        command = [*dagster_command("dagster-graphql"), "-t", LAUNCH_BACKFILL, "-o", str(output)]
         done = subprocess.run([*command, "-v", json.dumps({"params": params})], capture_output=True, text=True)
         if done.returncode != 0 or not output.exists():
             tail = " ".join(done.stderr.strip().splitlines()[-3:])
@@ -115,21 +111,13 @@ def launch_backfill(source: str, keys: list, partitions: list[str], selection: s
     return result["backfillId"]
 
 
-def workspace_args() -> list[str]:
-    """How Dagster's commands load the code location: ./workspace.yaml (what `dagster dev -w
-    workspace.yaml` loads), else the module itself."""
-    return (
-        ["-w", "workspace.yaml"] if Path("workspace.yaml").is_file() else ["-m", "pbi_assets.definitions", "-a", "defs"]
-    )
-
-
-def _executable(name: str) -> str:
+def dagster_command(name: str) -> list[str]:
+    """Dagster's command `name` (beside this Python, else on PATH), loading the code location as
+    `dagster dev -w workspace.yaml` does (else the module itself)."""
     beside = Path(sys.executable).with_name(name)
-    return str(beside) if beside.exists() else shutil.which(name) or name
-
-
-# ---------------------------------------------------------------------------------------------
-# the daemon
+    executable = str(beside) if beside.exists() else shutil.which(name) or name
+    workspace = Path("workspace.yaml").is_file()
+    return [executable, *(["-w", "workspace.yaml"] if workspace else ["-m", "pbi_assets.definitions", "-a", "defs"])]
 
 
 def daemon_alive(instance) -> bool:
@@ -139,20 +127,23 @@ def daemon_alive(instance) -> bool:
 
 
 def start_daemon(log_path: Path) -> subprocess.Popen:
-    """`dagster-daemon run` for this DAGSTER_HOME in its own process group (its code server and the
-    run workers they launch are in that group too), logging to `log_path`."""
+    """`dagster-daemon run` in its own process group (with its code server and run workers), logging
+    to `log_path`."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    executable, *workspace = dagster_command("dagster-daemon")
     with open(log_path, "ab") as log:
-        command = [_executable("dagster-daemon"), "run", *workspace_args()]
         return subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            [executable, "run", *workspace],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
 
 
 def stop_daemon(daemon: subprocess.Popen, instance, since: float, grace_s: float = 20.0) -> None:
-    """SIGTERM to the daemon's process group, SIGKILL after `grace_s`. Then drop its heartbeats, or
-    the next `pbi backfill` takes them (Dagster leaves them when a daemon stops) for a live daemon;
-    only if the last BACKFILL beat is from after `since` (none beat when we started ours)."""
+    """SIGTERM to the daemon's process group, SIGKILL after `grace_s`; then drop the heartbeats it
+    left (if the last is from after `since`), or the next `pbi backfill` takes them for a live one."""
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         deadline = time.monotonic() + wait_s
         try:
@@ -168,14 +159,9 @@ def stop_daemon(daemon: subprocess.Popen, instance, since: float, grace_s: float
         instance.wipe_daemon_heartbeats()
 
 
-# ---------------------------------------------------------------------------------------------
-# following the backfill
-
-
 def _wait_for_backfill(instance, backfill_id: str, home: Path, own: bool) -> int:
-    """Follow the backfill to its end. For a local instance (`own`) start `dagster-daemon run` when
-    none heartbeats (also later, if the one that ran stops), and stop it once the backfill and the
-    runs it launched meanwhile have ended."""
+    """Follow the backfill to its end; for a local instance (`own`) with no daemon beating, run one
+    until the backfill and the runs it launched meanwhile have ended."""
     import dagster as dg
 
     daemon: subprocess.Popen | None = None
@@ -216,9 +202,8 @@ def _wait_for_backfill(instance, backfill_id: str, home: Path, own: bool) -> int
         if daemon is not None:
             print(f"     stopping the daemon this command started (process group {daemon.pid})")
             stop_daemon(daemon, instance, since)
-    S = dg.DagsterRunStatus
     runs = instance.get_runs(dg.RunsFilter.for_backfill(backfill_id))
-    failed = [run for run in runs if run.status in (S.FAILURE, S.CANCELED)]
+    failed = [run for run in runs if run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)]
     for run in failed[:10]:
         partition = run.tags.get("dagster/partition", "unpartitioned")
         print(f"  run {run.run_id[:8]} ({partition}): {run.status.value}: {run_failure(instance, run.run_id).line()}")
@@ -229,8 +214,8 @@ def _wait_for_backfill(instance, backfill_id: str, home: Path, own: bool) -> int
 
 
 def _follow(instance, backfill_id: str, on_poll, poll_s: float = 2.0, heartbeat_s: float = 30.0) -> str:
-    """Print a progress line whenever it changes (and every `heartbeat_s`) until the backfill ends;
-    returns its last status. `on_poll` runs on every poll."""
+    """A progress line whenever it changes (and every `heartbeat_s`) until the backfill ends; its last
+    status. `on_poll` runs on every poll."""
     from pbi_assets.definitions import defs
 
     asset_graph = defs.resolve_asset_graph()
@@ -249,9 +234,8 @@ def _follow(instance, backfill_id: str, on_poll, poll_s: float = 2.0, heartbeat_
 
 
 def progress(instance, backfill_id: str, asset_graph, width: int = 24) -> tuple[str, str]:
-    """(the backfill's status, a line of counts): partitions with every targeted asset materialized,
-    with a targeted asset failed (or upstream of it), with a run in progress; the unpartitioned
-    assets downstream; runs queued."""
+    """(the backfill's status, a line of counts): partitions done, failed (an asset or one upstream
+    of it), running; the unpartitioned assets downstream; runs queued."""
     import dagster as dg
 
     backfill = instance.get_backfill(backfill_id)
@@ -284,8 +268,7 @@ def progress(instance, backfill_id: str, asset_graph, width: int = 24) -> tuple[
 
 
 def _let_daemon_runs_finish(instance, since: float, timeout_s: float = 300.0) -> None:
-    """Stopping the daemon kills the workers of its runs: let those it launched meanwhile besides the
-    backfill's (the catalog's automation sensor) end first."""
+    """Let the runs the daemon launched meanwhile (the catalog's sensor) end: stopping it kills them."""
     import dagster as dg
 
     S = dg.DagsterRunStatus

@@ -48,11 +48,9 @@ _CONCURRENT_CREATE_CODES = frozenset({"42P07", "42710", "23505"})
 
 
 def open_instance(attempts: int = 6):
-    """The instance in $DAGSTER_HOME. The first processes on a new Postgres database create its
-    tables (Dagster's storages, with checkfirst); two `pbi` processes starting at once can collide
-    there, and the loser fails. Dagster retries that only for some of the errors it gives, so the
-    instance is opened again (a retry finds the winner's tables and skips them); any other error,
-    or the same one `attempts` times, propagates."""
+    """The instance in $DAGSTER_HOME. Two processes opening a new Postgres database at once both
+    create its tables, and the loser fails with an error Dagster does not always retry: open it
+    again (the retry finds the tables); any other error, or `attempts` failures, propagates."""
     import dagster as dg
 
     for attempt in range(attempts):
@@ -80,19 +78,15 @@ def postgres_error_codes(exc: BaseException) -> set[str]:
 
 def starts_own_daemon(instance) -> bool:
     """Whether `pbi backfill --wait` may start a `dagster-daemon` when none heartbeats: only for a
-    local instance, i.e. outside a cluster (`in_cluster`) and with Dagster's DefaultRunLauncher
-    (runs are processes on this machine). A deployment's instance (K8sRunLauncher, or any other
-    launcher) has its own daemon; pbi only follows the backfill there."""
+    local instance (outside a cluster, Dagster's DefaultRunLauncher). A deployment has its own."""
     import dagster as dg
 
     return not in_cluster() and type(instance.run_launcher) is dg.DefaultRunLauncher
 
 
 def prepare_instance(instance) -> None:
-    """Before launching runs (`pbi run`, a backfill): fail the runs of `pbi run` whose process died
-    and free the pool slots they hold, one line each (see `pbi_assets.run_health`), and give every
-    pool the definitions use its limit row (see `pbi_assets.pools`: two processes starting at once on
-    a fresh Postgres instance would otherwise race to create it, and one run would die)."""
+    """Before launching runs: fail the dead runs of `pbi run` and free their slots, a line each
+    (`pbi_assets.run_health`), and give every pool its limit row (`pbi_assets.pools`)."""
     from pbi_assets.definitions import defs
 
     for line in cleanup_dead_runs(instance):

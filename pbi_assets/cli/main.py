@@ -38,58 +38,47 @@ def main(argv: list[str] | None = None) -> int:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", parents=[common], help="materialize the whole graph for a source through Dagster")
+
+    def command(subparsers, name: str, func, summary: str) -> argparse.ArgumentParser:
+        parsed = subparsers.add_parser(name, parents=[common], help=summary)
+        parsed.set_defaults(func=func)
+        return parsed
+
+    run = command(sub, "run", cmd_run, "materialize the whole graph for a source through Dagster")
     run.add_argument("--source", required=True)
     run.add_argument("--shard", action="append", help="only these shards (repeatable), e.g. --shard 000")
     run.add_argument("--run-config", help="YAML run config ({ops: {removals: {config: {...}}}})")
     run.add_argument("--verbose", action="store_true", help="show every Dagster event on the console")
-    run.set_defaults(func=cmd_run)
-    backfill = sub.add_parser(
-        "backfill",
-        parents=[common],
-        help="launch a Dagster backfill of every partition of a source (the daemon runs them concurrently)",
-    )
+    backfill_help = "launch a Dagster backfill of every partition of a source (the daemon runs them concurrently)"
+    backfill = command(sub, "backfill", cmd_backfill, backfill_help)
     backfill.add_argument("--source", required=True)
     backfill.add_argument(
         "--assets",
         help="a Dagster asset selection, as in the UI's search: 'key:pairs+' (pairs and everything downstream), "
         "'group:removal', 'key:catalog'; default: every asset",
     )
-    backfill.add_argument(
-        "--wait",
-        action="store_true",
-        help="follow it to the end (for a local instance starting a daemon if none runs); exit 1 on a failure",
-    )
-    backfill.set_defaults(func=cmd_backfill)
-    check = sub.add_parser(
-        "check", parents=[common], help="validate pbi.yaml and the sources' files (seconds) before a long run"
-    )
+    wait_help = "follow it to the end (for a local instance starting a daemon if none runs); exit 1 on a failure"
+    backfill.add_argument("--wait", action="store_true", help=wait_help)
+    check = command(sub, "check", cmd_check, "validate pbi.yaml and the sources' files (seconds) before a long run")
     check.add_argument("--source", help="only this source (default: every declared source)")
     check.add_argument("--sample", type=int, default=20, help="images per source to open and size-check (default 20)")
     check.add_argument("--seed", type=int, default=0, help="seed of the image sample")
-    check.set_defaults(func=cmd_check)
-    sql = sub.add_parser("sql", parents=[common], help="read-only SQL on the catalog")
+    sql = command(sub, "sql", cmd_sql, "read-only SQL on the catalog")
     sql.add_argument("query")
     sql.add_argument("--max-rows", type=int, default=50)
-    sql.set_defaults(func=cmd_sql)
     calibrate = sub.add_parser(
         "calibrate", parents=[common], help="calibrate removal-filter thresholds on hand-labelled removals"
     )
-    calibrate_sub = calibrate.add_subparsers(dest="step", required=True)
-    sample = calibrate_sub.add_parser(
-        "sample", parents=[common], help="write labels.csv + sheet.html for a sample of removals"
-    )
+    steps = calibrate.add_subparsers(dest="step", required=True)
+    sample = command(steps, "sample", cmd_calibrate_sample, "write labels.csv + sheet.html for a sample of removals")
     sample.add_argument("--out", required=True)
     sample.add_argument("--n", type=int, default=500)
     sample.add_argument("--seed", type=int, default=0)
-    sample.set_defaults(func=cmd_calibrate_sample)
-    fit = calibrate_sub.add_parser("fit", parents=[common], help="success rate vs threshold from a labelled labels.csv")
+    fit = command(steps, "fit", cmd_calibrate_fit, "success rate vs threshold from a labelled labels.csv")
     fit.add_argument("labels")
     fit.add_argument("--column", required=True)
     fit.add_argument("--tolerance", type=float, default=0.02)
-    fit.set_defaults(func=cmd_calibrate_fit)
-    info = sub.add_parser("info", parents=[common], help="show the project configuration")
-    info.set_defaults(func=cmd_info)
+    command(sub, "info", cmd_info, "show the project configuration")
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -10,7 +10,7 @@ from pbi_assets.cli.instance import ensure_dagster_home, open_instance
 
 def print_summary(source: str) -> None:
     from pbi_assets.partitions import PROJECT
-    from pbi_ml.catalog import query, source_summary
+    from pbi_ml.catalog import evaluation_summary, source_summary
     from pbi_ml.storage import Storage
 
     storage = Storage(PROJECT.data_root)
@@ -20,15 +20,7 @@ def print_summary(source: str) -> None:
         print(f"(no summary: {exc})")
         return
     print(frame.to_string(index=False))
-    try:
-        evals = query(
-            storage,
-            "SELECT e.checkpoint_id, e.benchmark, e.n, round(e.l1, 4) AS l1, round(e.l2, 4) AS l2, e.clip_i, e.dino, "
-            "c.steps, c.smoke_model FROM evaluations e JOIN checkpoints c USING (checkpoint_id) ORDER BY 1, 2",
-        )
-    except Exception:  # noqa: BLE001 - no evaluation yet
-        return
-    if len(evals):
+    if (evals := evaluation_summary(storage)) is not None:
         print()
         print("evaluation (model metrics are null, with the reason in the catalog, when their weights are absent):")
         print(evals.to_string(index=False))
@@ -66,18 +58,9 @@ def cmd_calibrate_sample(args) -> int:
 
 
 def cmd_calibrate_fit(args) -> int:
-    import pandas as pd
+    from pbi_ml.calibration import fit_report
 
-    from pbi_ml.calibration import THRESHOLD_FIELDS, plateau_threshold, plot_path, plot_threshold_curve, threshold_curve
-
-    curve = threshold_curve(pd.read_csv(args.labels), args.column)
-    step = max(1, len(curve) // 25)
-    print(curve.iloc[::step].to_string(index=False))
-    threshold = plateau_threshold(curve, tolerance=args.tolerance)
-    print(f"\nplateau threshold for {args.column}: {threshold:.4g}")
-    print(f"set it in pbi.yaml:  stages: {{removal_scores: {{{THRESHOLD_FIELDS[args.column]}: {threshold:.4g}}}}}")
-    plot = plot_threshold_curve(curve, args.column, threshold, plot_path(args.labels, args.column), args.tolerance)
-    print(f"plot: {plot}")
+    print("\n".join(fit_report(args.labels, args.column, args.tolerance)))
     return 0
 
 
@@ -104,7 +87,6 @@ def cmd_info(args) -> int:
     from pbi_ml.config import project_config  # what the code location reads, without importing Dagster
 
     project = project_config()
-
     print(f"data_root:   {project.data_root}")
     print(f"num_shards:  {project.num_shards}")
     print(f"DAGSTER_HOME:{os.environ.get('DAGSTER_HOME', '(unset: ./.dagster_home)')}")
@@ -118,12 +100,7 @@ def cmd_info(args) -> int:
 
 
 def gpu_pool_lines(project) -> list[str]:
-    """The node's devices and the `gpu` pool limit, with a warning when they differ.
-
-    One number should size both: the pool limit is how many GPU steps Dagster starts at once,
-    the devices are how many of them can hold a device (the rest wait for a lease, idle). PBI
-    does not set the limit itself (on Kubernetes it counts the GPUs of every node, not this
-    one's): `pbi info` shows both, and says how to make them agree."""
+    """The node's devices and the `gpu` pool limit, warning when they differ (operations.md#pools-and-devices)."""
 
     from pbi_assets.assets.gpu import GPU_POOL
     from pbi_ml.devices import DEVICES_ENV, default_lease_dir, node_devices
@@ -142,14 +119,12 @@ def gpu_pool_lines(project) -> list[str]:
         f"gpu pool:    {'unlimited' if limit is None else limit} step(s) at once ({origin})",
     ]
     if limit is not None and limit != len(devices):
+        effect = (
+            "GPUs stay idle" if limit < len(devices) else "the extra steps wait for a device lease, holding pool slots"
+        )
         lines.append(
             f"warning: the gpu pool allows {limit} step(s) at once but this node has {len(devices)} device(s): "
-            + (
-                "GPUs stay idle"
-                if limit < len(devices)
-                else "the extra steps wait for a device lease, holding pool slots"
-            )
-            + f". Make them agree: `dagster instance concurrency set {GPU_POOL} {len(devices)}` "
+            f"{effect}. Make them agree: `dagster instance concurrency set {GPU_POOL} {len(devices)}` "
             "(or pools: default_limit in $DAGSTER_HOME/dagster.yaml)"
         )
     return lines

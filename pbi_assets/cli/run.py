@@ -33,8 +33,7 @@ def _load_run_config(path: str | None) -> dict:
 
 
 def _failure_lines(instance, run_id: str, what: str, seconds: float) -> list[str]:
-    """Two lines for a failed run: which partition, which step (or Dagster's reason when the run
-    failed outside any step) and why; where its logs are."""
+    """A failed run in two lines: its partition, its step (or Dagster's reason) and why; its logs."""
     failure = run_failure(instance, run_id)
     first = f"  {what}: FAILED in {seconds:.1f}s {failure.line()}"
     where = f"Runs → {run_id[:8]}" + (f" → the {failure.step} step's logs" if failure.step else "")
@@ -43,8 +42,7 @@ def _failure_lines(instance, run_id: str, what: str, seconds: float) -> list[str
 
 
 def _materialize_all(instance, source: str, run_config: dict, shards: list[str], log_level: str) -> dict:
-    """Materialize the partitioned assets for each shard of `source`, then the unpartitioned ones;
-    {"failed": [...], "skipped": {asset: why}}. A failed run is told in two lines."""
+    """Each shard of `source`, then the unpartitioned assets: {"failed": [...], "skipped": {asset: why}}."""
     import dagster as dg
 
     from pbi_assets.definitions import PARTITIONED_ASSETS, UNPARTITIONED_ASSETS, defs

@@ -5,7 +5,7 @@
 Each table row is one field as `pbi_ml.config.fields.describe_fields` reads it (name, type,
 default, and the comment beside the field in its dataclass), the same rows the Dagster asset
 descriptions show, so a default or a field's meaning is written once: in its dataclass.
-tests/test_config.py fails when docs/configuration.md is not what this module writes.
+tests/unit/test_config.py fails when docs/configuration.md is not what this module writes.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""The candidates stage: every instance of the partition, kept or rejected with its reason."""
+"""The candidates stage: every instance of the partition, kept or rejected with its reason.
+
+One row per instance, kept or rejected with one reason: path_escapes_root, image_missing,
+image_unreadable, image_size_mismatch, invalid_mask, crowd, excluded_class, too_small, too_large,
+touches_border. No instance silently disappears.
+"""
 
 from __future__ import annotations
 

@@ -254,7 +254,7 @@ def run_evaluation(
                 }
             )
         for inp, out, tgt, s in list(zip(inputs, outputs, targets, samples, strict=True))[:3]:
-            grid.append((s["instruction"], inp, out, tgt))
+            grid += [(f"input: {s['instruction']}", inp), ("output", out), ("ground truth", tgt)]
         summary_row = {
             "checkpoint_id": ckpt_id,
             "benchmark": benchmark,
@@ -282,7 +282,8 @@ def run_evaluation(
         table=table,
         path=None,
         counts=counts,
-        extra={"grid": grid, "samples": all_sample_rows, "checkpoint": checkpoint},
+        samples=grid,
+        extra={"samples": all_sample_rows, "checkpoint": checkpoint},
     )
 
 

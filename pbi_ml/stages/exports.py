@@ -1,4 +1,12 @@
-"""The exports stage: every pair of every partition as Hugging Face Parquet datasets."""
+"""The exports stage: every pair of every partition as Hugging Face Parquet datasets, per split.
+
+Three file sets: the PIPE release schema (source_img, target_img, Instruction_VLM-LLM,
+Instruction_Class, Instruction_Ref_Dataset, object_location, target_img_dataset, img_id, ann_id;
+masks in a separate table); diffusers' train_instruct_pix2pix.py schema (input_image,
+edit_prompt, edited_image, plus pair_id and mask); and the reverse removal pairs in that schema
+(remove_pix2pix: the original, "remove the ...", the object removed). Sharded by size, with a
+README.md dataset card (one `datasets` config per file set, counts, classes, filter statistics).
+"""
 
 from __future__ import annotations
 

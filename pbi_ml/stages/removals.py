@@ -1,5 +1,9 @@
 """The removal stage: inpaint K times every kept candidate that the class filter did not reject.
 
+Masks are dilated first. Backend `opencv` (embedded, CPU: Telea / Navier-Stokes at several radii)
+or `diffusers` (the paper's recipe: an SD inpainting model, "a photo of a background, a photo of
+an empty place", negative "an object, a <class>", seeds seed + k).
+
 Per object, the K inpainted images are PNG files at deterministic paths
 (files/removals/<source>/<shard>/<annotation_id>/cand<k>.png). Objects are ordered by image size
 (so one pipeline batch holds one working size) and then by annotation id, and run through the

@@ -5,7 +5,8 @@ verification against the class, importance of the edit), `passed`, `reject_reaso
 (at most one per object: the passing candidate with the lowest removal score). Every object with
 an ok removal enters; one whose original, mask or removal PNGs cannot be read gets one failed row
 with the reason. Runs through the item-stage mechanism (`item_stage.py`): chunks of `batch_size`
-objects, whatever K is.
+objects, whatever K is. Backend `stats` (embedded: pixel statistics, the CLIP columns null with
+the reason) or `clip` (open_clip).
 """
 
 from __future__ import annotations

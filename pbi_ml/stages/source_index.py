@@ -1,4 +1,9 @@
-"""The source-index stage: the instances of one partition (source x shard)."""
+"""The source-index stage: the images and instances of one partition (source x shard).
+
+Normalised from COCO / LVIS / Open Images annotations, one row per instance; masks kept compact
+as polygons / RLE JSON or mask-PNG paths. An image's shard is stable_hash(image_id) mod
+num_shards. The whole source is parsed once and cached under index/<source>/.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""The splits stage: train or test for every ok pair of the partition."""
+"""The splits stage: train or test for every ok pair of the partition.
+
+By image: sources with role: test go to test, an image that appears in any test source goes to
+test everywhere, the rest by a seeded hash of the image id (test_fraction, with a per-source
+override; 0 plus a role: test source reproduces the paper).
+"""
 
 from __future__ import annotations
 

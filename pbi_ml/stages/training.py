@@ -14,9 +14,13 @@ Both recipes cache latents (`latents: cache`, under `<data root>/global/latent_c
 every run): smoke too, so the demo goes through the path the paper recipe takes, and a retraining
 run on the same pairs encodes nothing. Set `latents: on_the_fly` to encode at every step.
 
-Processes: `run_training` is what each training process runs, one or several under
-`accelerate launch` (the `checkpoint` asset launches `pbi_assets.train_entry` through Dagster
-Pipes); only rank 0 writes the checkpoints row.
+The model: the UNet's conv_in widened to 8 channels (zero-initialised), VAE and text encoder
+frozen, accelerate; checkpoints every N steps, resumed after a crash; the result is a diffusers
+StableDiffusionInstructPix2PixPipeline.
+
+Processes: `run_training` is what each training process runs, one per leased device (or
+`num_processes`), by itself or under `accelerate launch` (pbi_ml.train.launch), the effective
+batch kept; only rank 0 writes the checkpoints row.
 
 The checkpoint folder is named after the run's identity (`checkpoint_id`: config, world size,
 training pairs), so re-materializing with the same data resumes (or returns) that run, and new

@@ -102,7 +102,7 @@ def test_materialize_all_backfill_in_the_ui_then_pairs_thumbnails_render(tmp_pat
     # the demo source alone, with the session's shard count: "every partition" is the demo's shards.
     # Launched runs execute their steps in the run's process (`executor: in_process`: no process per
     # step) and the smoke training takes 4 steps, to keep the test in minutes on 2 cores
-    # (tests/test_backfill.py runs the default executor and training)
+    # (tests/integration/test_backfill.py runs the default executor and training)
     config = tmp_path / "pbi.yaml"
     config.write_text(
         yaml.safe_dump(

@@ -10,8 +10,7 @@ import re
 import pytest
 from PIL import Image
 
-from pbi_assets import metadata as M
-from pbi_assets import plots
+from pbi_ml import plots
 from tests.support.pipeline_helpers import metadata_of
 
 PNG = re.compile(r"!\[[^\]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)")
@@ -80,9 +79,9 @@ def test_a_failing_plot_keeps_the_text(monkeypatch):
         raise RuntimeError("no backend")
 
     monkeypatch.setattr(plots, "histogram_png", broken)  # what every histogram in the metadata draws with
-    value = str(M.histogram_markdown([0.1, 0.2, 0.3], title="t").value)
+    value = plots.histogram_text([0.1, 0.2, 0.3], title="t")
     assert "plot unavailable: RuntimeError: no backend" in value and "t (n=3)" in value
     assert not PNG.search(value)
-    assert str(M.histogram_markdown([None, float("nan")], title="t").value) == "t: _no values_"
-    assert M.histogram_bins([]) == {"n": 0, "edges": [], "counts": []}
+    assert plots.histogram_text([None, float("nan")], title="t") == "t: _no values_"
+    assert plots.histogram_bins([]) == {"n": 0, "edges": [], "counts": []}
     assert plots.loss_curve_text([]) == "training loss: _no steps_"

@@ -9,7 +9,7 @@ file instead of passing unnoticed.
 
 After an intended change, rewrite the snapshot and commit it with the change:
 
-    PBI_UPDATE_SNAPSHOTS=1 .venv/bin/python -m pytest -q tests/test_asset_graph_snapshot.py
+    PBI_UPDATE_SNAPSHOTS=1 .venv/bin/python -m pytest -q tests/unit/test_asset_graph_snapshot.py
 
 The partition keys come from the session pbi.yaml that conftest.py writes (sources demo, gen_coco,
 gen_bad, gen_lvis, gen_oi, gen_malformed; 2 shards), so the snapshot is the same on every machine.
@@ -128,7 +128,7 @@ def test_stage_assets_describe_their_parameters_as_docs_configuration_md_does():
         table = fields_table(STAGE_CONFIGS[stage])
         description = defs.resolve_assets_def(stage).specs_by_key[dg.AssetKey(stage)].description or ""
         assert description.endswith(table) and table in docs, stage
-    from pbi_assets.run_config import ExportsRunConfig
+    from pbi_assets.assets.training import ExportsRunConfig
     from pbi_ml.config.fields import describe_fields
 
     seed = {f.name: f for f in describe_fields(STAGE_CONFIGS["exports"])}["seed"]

@@ -1,4 +1,4 @@
-"""Small PNG plots for Dagster metadata: score histograms and the training loss curve.
+"""Small PNG plots for run metadata (the Dagster assets'): score histograms and the training loss curve.
 
 Dagster metadata has no chart type and lives in the event-log database, so each plot is a small
 figure at low dpi, quantised to a few colours and optimised: a few kB, embedded by the caller as a
@@ -81,6 +81,15 @@ def plot_or_note(title: str, draw) -> str:
         return markdown_image(title, draw())
     except Exception as exc:  # matplotlib missing or broken: keep the text and say why
         return f"_plot unavailable: {type(exc).__name__}: {exc}_"
+
+
+def histogram_bins(values, bins: int = 10) -> dict:
+    """The histogram's numbers, for JSON metadata: n, bin edges and counts (empty lists without values)."""
+    finite = finite_values(values)
+    if finite.size == 0:
+        return {"n": 0, "edges": [], "counts": []}
+    counts, edges = np.histogram(finite, bins=bins)
+    return {"n": int(finite.size), "edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
 
 
 def histogram_text(values, bins: int = 10, title: str = "") -> str:
