@@ -22,30 +22,28 @@ def _result(passed: bool, details: dict) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=passed, metadata=meta)
 
 
-@dg.asset_check(asset=pairs, partitions_def=source_shard_partitions, description="Every pair file exists and decodes.")
-def pair_files_decode(context: dg.AssetCheckExecutionContext, pbi: PBIProject) -> dg.AssetCheckResult:
-    part = partition_of(context)
-    return _result(*validation.check_pair_files(pbi.storage(), part.source, part.shard))
+def pairs_check(name: str, check, description: str) -> dg.AssetChecksDefinition:
+    """A check of one partition of `pairs`: `check(storage, source, shard)` -> (passed, details)."""
+
+    @dg.asset_check(name=name, asset=pairs, partitions_def=source_shard_partitions, description=description)
+    def _check(context: dg.AssetCheckExecutionContext, pbi: PBIProject) -> dg.AssetCheckResult:
+        part = partition_of(context)
+        return _result(*check(pbi.storage(), part.source, part.shard))
+
+    return _check
 
 
-@dg.asset_check(
-    asset=pairs,
-    partitions_def=source_shard_partitions,
-    description="Outside the dilated mask, the object-removed image equals the original pixel for pixel.",
+pair_files_decode = pairs_check("pair_files_decode", validation.check_pair_files, "Every pair file exists and decodes.")
+pairs_equal_outside_mask = pairs_check(
+    "pairs_equal_outside_mask",
+    validation.check_pairs_equal_outside_mask,
+    "Outside the dilated mask, the object-removed image equals the original pixel for pixel.",
 )
-def pairs_equal_outside_mask(context: dg.AssetCheckExecutionContext, pbi: PBIProject) -> dg.AssetCheckResult:
-    part = partition_of(context)
-    return _result(*validation.check_pairs_equal_outside_mask(pbi.storage(), part.source, part.shard))
-
-
-@dg.asset_check(
-    asset=pairs,
-    partitions_def=source_shard_partitions,
-    description="No pair comes from a rejected instance or a removal candidate that did not pass.",
+pairs_from_passing_candidates = pairs_check(
+    "pairs_from_passing_candidates",
+    validation.check_pairs_from_passing_candidates,
+    "No pair comes from a rejected instance or a removal candidate that did not pass.",
 )
-def pairs_from_passing_candidates(context: dg.AssetCheckExecutionContext, pbi: PBIProject) -> dg.AssetCheckResult:
-    part = partition_of(context)
-    return _result(*validation.check_pairs_from_passing_candidates(pbi.storage(), part.source, part.shard))
 
 
 @dg.asset_check(asset=catalog, description="Every file path the catalog lists exists on disk.")
