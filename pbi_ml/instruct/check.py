@@ -7,8 +7,11 @@ An LLM rewrite can hallucinate a different object ("add a red car" for a dog). A
     bowl", "add a dog's toy", "add a dog-shaped balloon" add no dog; see `name_is_head`); and
 (b) semantic: the cosine similarity between its sentence embedding and that of
     "add a <class>, <description>" is at least `check_min_similarity`.
+and (c) spatial, when the object's cells are given (`InstructConfig.spatial_check`): no phrase
+that places the object in the picture ("on the left", "in the top right corner") contradicts its
+box (pbi_ml/instruct/spatial.py).
 Reasons when it fails: "empty_instruction", "does_not_name_object", "names_object_only_as_modifier",
-"semantic_drift". A rejected rewrite falls back to the class template, so the lexical test errs on
+"semantic_drift", "contradicts_location" (the first that applies). A rejected rewrite falls back to the class template, so the lexical test errs on
 the strict side: "add a laptop computer" passes (a few generic head nouns are allowed), "add a
 pizza slice" does not.
 
@@ -28,10 +31,12 @@ score 0.50-0.90 and rewrites about another object or another scene score 0.03-0.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pbi_ml.instruct.grammar import name_is_head, name_matches
+from pbi_ml.instruct.spatial import CONTRADICTS_LOCATION, ObjectCells, location_contradiction
 from pbi_ml.instruct.templates import class_instruction
 
 MAX_SEQ_LENGTH = 256  # all-MiniLM-L6-v2's sentence_bert_config.json
@@ -182,12 +187,18 @@ class InstructionChecker:
         categories: list[str],
         descriptions: list[str | None],
         synonyms: list[list[str]] | None = None,
+        cells: Sequence[ObjectCells | None] | None = None,
     ) -> list[CheckResult]:
-        """One CheckResult per instruction. `synonyms[i]` are extra accepted names (LVIS synonyms)."""
+        """One CheckResult per instruction. `synonyms[i]` are extra accepted names (LVIS synonyms);
+        `cells[i]`, where the object is (pbi_ml.instruct.spatial.object_cells): the spatial test runs
+        where it is given."""
         n = len(instructions)
         synonyms = synonyms if synonyms is not None else [[] for _ in range(n)]
-        if not (len(categories) == len(descriptions) == len(synonyms) == n):
-            raise ValueError("check: instructions, categories, descriptions and synonyms must have the same length")
+        places: Sequence[ObjectCells | None] = cells if cells is not None else [None] * n
+        if not (len(categories) == len(descriptions) == len(synonyms) == len(places) == n):
+            raise ValueError(
+                "check: instructions, categories, descriptions, synonyms and cells must have the same length"
+            )
         texts = [(t or "").strip() for t in instructions]
         todo = [i for i in range(n) if texts[i]]
         sims = self.similarities(
@@ -202,10 +213,13 @@ class InstructionChecker:
             name_problem = object_name_problem(texts[i], [categories[i], *(synonyms[i] or [])])
             lexical_ok = name_problem is None
             sim = similarity.get(i)
+            where = places[i]
             if self.config.check_lexical and not lexical_ok:
                 results.append(CheckResult(False, name_problem, sim, lexical_ok))
             elif sim is not None and sim < self.config.check_min_similarity:
                 results.append(CheckResult(False, "semantic_drift", sim, lexical_ok))
+            elif where is not None and location_contradiction(texts[i], where) is not None:
+                results.append(CheckResult(False, CONTRADICTS_LOCATION, sim, lexical_ok))
             elif sim is None:
                 results.append(CheckResult(True, "semantic_check_unavailable", None, lexical_ok))
             else:

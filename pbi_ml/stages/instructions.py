@@ -6,7 +6,9 @@
                           a rewrite that does not name its object or drifts from the class and
                           description is replaced by the class template, the reason kept in
                           `instruction_check` ("passed" or the reason) and the raw text in
-                          `instruction_vlm_llm_raw`
+                          `instruction_vlm_llm_raw`; with `spatial_check`, a rewrite whose
+                          position words contradict the object's box ("contradicts_location")
+                          is replaced the same way
     instruction_ref       "add a <referring expression>" when a RefCOCO-style file is configured
                           for the source, else empty
 
@@ -30,6 +32,7 @@ from pbi_ml.storage import Storage
 from pbi_ml.tables import DESCRIPTIONS, INSTRUCTIONS
 
 PAIR_FIELDS = ("pair_id", "source", "shard", "image_id", "annotation_id", "category", "object_location")
+PLACE_FIELDS = ("bbox_x", "bbox_y", "bbox_w", "bbox_h", "width", "height")  # what the spatial check reads
 INSTRUCTION_FIELDS = (
     "instruction_class",
     "instruction_vlm_llm",
@@ -42,13 +45,15 @@ INSTRUCTION_FIELDS = (
 
 def instructions_config_id(config: InstructConfig) -> str:
     """What the stored instructions depend on: the config, and beyond it the few-shot file's
-    content (llm backend) and the instruction check's rules (CHECK_VERSION)."""
+    content (llm backend) and the instruction check's rules (CHECK_VERSION, SPATIAL_CHECK_VERSION).
+    `spatial_check` enters only as the spatial part, so turning it off keeps the ids from before it."""
     import hashlib
 
     from pbi_ml.instruct.base import FEWSHOT_DEFAULT
     from pbi_ml.instruct.check import CHECK_VERSION
+    from pbi_ml.instruct.spatial import SPATIAL_CHECK_VERSION
 
-    parts = [fingerprint(config, exclude=("batch_size", "device"))]
+    parts = [fingerprint(config, exclude=("batch_size", "device", "spatial_check"))]
     if config.backend == "llm":
         fewshot = Path(config.fewshot_file) if config.fewshot_file else FEWSHOT_DEFAULT
         try:
@@ -58,7 +63,14 @@ def instructions_config_id(config: InstructConfig) -> str:
         parts.append("fewshot-" + hashlib.blake2b(content, digest_size=4).hexdigest())
     if config.check:
         parts.append("check-" + CHECK_VERSION)
+    if spatial_check_on(config):
+        parts.append("spatial-" + SPATIAL_CHECK_VERSION)
     return "-".join(parts)
+
+
+def spatial_check_on(config: InstructConfig) -> bool:
+    """The spatial check runs inside the instruction check."""
+    return config.check and config.spatial_check
 
 
 class InstructionStage(ItemStage):
@@ -89,6 +101,8 @@ class InstructionStage(ItemStage):
                 "description": descriptions.get(row["pair_id"]),
                 "refs": list(refs.get(str(row["annotation_id"])) or []),
             }
+            if spatial_check_on(self.config):  # only then does the box change the result
+                prepared["place"] = [row[k] for k in PLACE_FIELDS]
             items.append(StageItem(key=row["pair_id"], row=prepared, upstream=fingerprint_of(prepared)))
         return items
 
@@ -120,6 +134,7 @@ class InstructionStage(ItemStage):
                     [categories[i] for i in idx],
                     [descs[i] for i in idx],
                     [prepared[i]["synonyms"] for i in idx],
+                    [self._cells(prepared[i]) for i in idx],
                 )
                 for i, result in zip(idx, results, strict=True):
                     checks[i] = result
@@ -149,6 +164,15 @@ class InstructionStage(ItemStage):
                 }
             )
         return out
+
+    def _cells(self, row: dict):
+        """Where the object is, for the spatial check (None when it is off)."""
+        from pbi_ml.instruct.spatial import object_cells
+
+        if "place" not in row:
+            return None
+        x, y, w, h, width, height = row["place"]
+        return object_cells((x, y, w, h), width, height, row["object_location"])
 
     def write(self, item: StageItem, result: dict, directory: Path) -> ItemOutput:
         return ItemOutput(data=result)

@@ -20,6 +20,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from pbi_ml.errors import ConfigError
+from pbi_ml.instruct.spatial import location_contradiction, object_cells
 from pbi_ml.masks import object_location
 from pbi_ml.train import TrainConfig, TrainingExample, train_instruct_pix2pix
 from pbi_ml.train.data import PairDataset, apply_plan, crop_plan, epoch_batches, mask_box, sample_conditioning_dropout
@@ -382,7 +383,14 @@ def test_location_phrase_describes_the_object_in_the_crop(tmp_path):
         _, _, text = dataset.sample(epoch, 0)
         assert text == f"add a flag at the {expected}"
         seen.add(expected)
+        # the instruction check's spatial rule agrees with the phrase on the crop the model sees
+        x0, y0, x1, y1 = mask_box(_seen_mask(example.mask, plan))
+        assert location_contradiction(text, object_cells((x0, y0, x1 - x0, y1 - y0), 256, 256, None)) is None
     assert seen == {"center", "right"}, seen
+    # the fixed crops of `latents: cache` carry the phrase of their own crop too
+    fixed = dataset.fixed_plans(0, (640, 480))
+    assert len(fixed) > 1
+    assert [location for _, location in fixed] == [object_location(_seen_mask(example.mask, p)) for p, _ in fixed]
 
     # squash keeps relative positions: the phrase is the full photo's
     squash = PairDataset([example], resolution=256, location_prob=1.0, seed=0, crop="squash")
