@@ -19,9 +19,10 @@ and must cover 0.2 %-15 % of the photo.
 
 Each method inpaints the padded crop around the hole the `opencv` backend inpaints
 (pbi_ml.removal.opencv.inpaint_crop); its time is that call's wall time, one thread
-(cv2.setNumThreads(1)). Methods: telea and ns at radius 5 (the backend's middle radius), the
-cv2.xphoto methods (fsr_fast, fsr_best, shiftmap; opencv-contrib only, listed as unavailable
-without it), and scikit-image's biharmonic inpainting. A method whose total time passes
+(cv2.setNumThreads(1)). Methods: the backend's own candidates (cv2.inpaint: telea and ns at radii
+3, 5, 9; the first, telea r=3, is the reference `ref`), the cv2.xphoto methods (fsr_fast,
+fsr_best, shiftmap; opencv-contrib only, listed as unavailable without it; their mask is inverted:
+nonzero = known pixel), and scikit-image's biharmonic inpainting. A method whose total time passes
 --time-cap seconds stops there; its row is then over fewer cases.
 
 Metrics, over the hole's pixels only (the rest of the image is the original by construction):
@@ -30,7 +31,7 @@ Metrics, over the hole's pixels only (the rest of the image is the original by c
 - SSIM: skimage.metrics.structural_similarity (7x7 window, per channel, data range 255) on the hole's
   bounding box grown by 3 px (half a window), its SSIM map averaged over the hole's pixels only.
 The table gives the mean of each over a method's cases (PSNR: the mean of finite values), ms per
-image (median), and ratios against telea on the same cases, measured in the same run.
+image (median), and ratios against the reference on the same cases, measured in the same run.
 """
 
 from __future__ import annotations
@@ -124,6 +125,7 @@ def skimage_cases(count: int, dilation_px: int) -> list[Case]:
             min_size=h // 12,
             max_size=h // 4,
             shape=("circle", "rectangle", "triangle", "ellipse")[attempt % 4],
+            num_channels=1,
             intensity_range=(0, 0),
             rng=int(rng.integers(1 << 31)),
         )
@@ -191,28 +193,56 @@ def _free_place(rng, size: tuple[int, int], shape: tuple[int, int], grow: int, b
     return None
 
 
-def methods() -> dict[str, tuple[Callable | None, str]]:
-    """name -> (inpaint(crop, hole) -> crop, or None when unavailable; a note)."""
+# cv2.xphoto (opencv-contrib only): FSR (frequency-selective reconstruction), ShiftMap (patch shifts)
+XPHOTO_METHODS = {"fsr_fast": "INPAINT_FSR_FAST", "fsr_best": "INPAINT_FSR_BEST", "shiftmap": "INPAINT_SHIFTMAP"}
+
+
+def xphoto_inpaint(image: np.ndarray, hole: np.ndarray, method: str) -> np.ndarray:
+    """`image` (RGB) with `hole` filled by cv2.xphoto.inpaint's `method`; every other pixel is the original."""
     import cv2
 
-    from pbi_ml.removal.opencv import XPHOTO_METHODS, inpaint_region
+    xphoto = cv2.xphoto  # pyright: ignore[reportAttributeAccessIssue]  (opencv-contrib only)
+    # ShiftMap wants an intensity-first colour space (Lab); FSR takes BGR
+    to_space, from_space = (
+        (cv2.COLOR_RGB2LAB, cv2.COLOR_LAB2RGB) if method == "shiftmap" else (cv2.COLOR_RGB2BGR, cv2.COLOR_BGR2RGB)
+    )
+    src = cv2.cvtColor(image, to_space)
+    known = np.where(hole, 0, 255).astype(np.uint8)  # xphoto's mask is inverted: nonzero = known pixel
+    filled = np.zeros_like(src)
+    xphoto.inpaint(src, known, filled, getattr(xphoto, XPHOTO_METHODS[method]))
+    return np.where(hole[..., None], cv2.cvtColor(filled, from_space), image)
 
+
+def biharmonic_inpaint(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    from skimage.restoration import inpaint_biharmonic
+
+    out = inpaint_biharmonic(image.astype(np.float64) / 255, hole, channel_axis=-1)
+    return np.where(hole[..., None], np.clip(out * 255 + 0.5, 0, 255).astype(np.uint8), image)
+
+
+def methods() -> dict[str, tuple[Callable | None, str]]:
+    """name -> (inpaint(crop, hole) -> crop, or None when unavailable; a note). The first is the
+    reference: the `opencv` backend's first candidate."""
+    import cv2
+
+    from pbi_ml.removal.opencv import OPENCV_CANDIDATES
+
+    flags = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
     table: dict[str, tuple[Callable | None, str]] = {}
-    for name in ("telea", "ns"):
-        table[name] = (lambda im, m, name=name: inpaint_region(im, m, name, 5), "cv2.inpaint, radius 5")
-    for name in XPHOTO_METHODS:
+    for method, radius in dict.fromkeys(OPENCV_CANDIDATES):  # the backend's candidates, in its order
+        table[f"{method} r={radius}"] = (
+            lambda im, m, flag=flags[method], radius=radius: cv2.inpaint(im, m.astype(np.uint8), radius, flag),
+            "cv2.inpaint",
+        )
+    for method in XPHOTO_METHODS:
         if hasattr(cv2, "xphoto"):
-            table[name] = (lambda im, m, name=name: inpaint_region(im, m, name, 0), "cv2.xphoto.inpaint")
+            table[method] = (lambda im, m, method=method: xphoto_inpaint(im, m, method), "cv2.xphoto.inpaint")
         else:
-            table[name] = (None, "unavailable: cv2.xphoto needs opencv-contrib-python(-headless)")
+            table[method] = (None, "unavailable: cv2.xphoto ships in opencv-contrib-python(-headless) only")
     try:
-        from skimage.restoration import inpaint_biharmonic
+        import skimage.restoration  # noqa: F401
 
-        def biharmonic(image, hole):
-            out = inpaint_biharmonic(image.astype(np.float64) / 255, hole, channel_axis=-1)
-            return np.where(hole[..., None], np.clip(out * 255 + 0.5, 0, 255).astype(np.uint8), image)
-
-        table["biharmonic"] = (biharmonic, "skimage.restoration.inpaint_biharmonic")
+        table["biharmonic"] = (biharmonic_inpaint, "skimage.restoration.inpaint_biharmonic")
     except ImportError:
         table["biharmonic"] = (None, "unavailable: scikit-image not installed")
     return table
@@ -246,9 +276,10 @@ def run(cases: list[Case], time_cap: float) -> dict[str, list]:
 
 
 def table(results: dict[str, list], n_cases: int) -> str:
-    telea = {row[0]: row for row in results["telea"]}
+    reference = next(iter(methods()))
+    by_case = {row[0]: row for row in results[reference]}
     lines = [
-        "| method | n | L1 ↓ | PSNR ↑ | SSIM in-mask ↑ | ms/image | L1 / telea | PSNR − telea | SSIM / telea | time / telea |",
+        "| method | n | L1 ↓ | PSNR ↑ | SSIM in-mask ↑ | ms/image | L1 / ref | PSNR − ref | SSIM / ref | time / ref |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, (inpaint, note) in methods().items():
@@ -257,7 +288,7 @@ def table(results: dict[str, list], n_cases: int) -> str:
             lines.append(f"| {name} | 0 | – | – | – | – | – | – | – | – ({note}) |")
             continue
         arr = np.array([row[1:] for row in rows])
-        ref = np.array([telea[row[0]][1:] for row in rows])
+        ref = np.array([by_case[row[0]][1:] for row in rows])
         l1, psnr, ssim, ms = arr[:, 0].mean(), _finite_mean(arr[:, 1]), arr[:, 2].mean(), np.median(arr[:, 3]) * 1e3
         r_l1, r_psnr, r_ssim = ref[:, 0].mean(), _finite_mean(ref[:, 1]), ref[:, 2].mean()
         r_ms = np.median(ref[:, 3]) * 1e3

@@ -34,9 +34,6 @@ OPENCV_CANDIDATES: tuple[tuple[str, int], ...] = (
     ("telea", 5),
     ("ns", 9),
 )
-# cv2.xphoto (opencv-contrib only): FSR (frequency-selective reconstruction), ShiftMap (patch shifts)
-XPHOTO_METHODS = {"fsr_fast": "INPAINT_FSR_FAST", "fsr_best": "INPAINT_FSR_BEST", "shiftmap": "INPAINT_SHIFTMAP"}
-OPENCV_METHODS = ("telea", "ns", *XPHOTO_METHODS)
 CROP_PAD_FRACTION = 0.25  # of the mask's bbox size, on each side ...
 CROP_MARGIN_PX = 16  # ... on top of the largest radius plus this many pixels
 
@@ -65,9 +62,12 @@ class OpenCVInpainter:
         return [self._inpaint_one(image, mask) for image, mask in check_batch(images, masks, categories)]
 
     def _inpaint_one(self, image: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
+        import cv2
+
         x0, y0, x1, y1 = inpaint_crop(mask, max(radius for _, radius in self.candidates))
         crop = np.ascontiguousarray(image[y0:y1, x0:x1])
         crop_mask = np.ascontiguousarray(mask[y0:y1, x0:x1]).astype(np.uint8)
+        flags = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
         done: dict[tuple[str, int], np.ndarray] = {}
         out = []
         for method, radius in self.candidates:
@@ -75,38 +75,10 @@ class OpenCVInpainter:
                 out.append(done[(method, radius)].copy())
                 continue
             result = image.copy()
-            result[y0:y1, x0:x1] = inpaint_region(crop, crop_mask, method, radius)
+            result[y0:y1, x0:x1] = cv2.inpaint(crop, crop_mask, radius, flags[method])
             done[(method, radius)] = result
             out.append(result)
         return out
-
-
-def inpaint_region(image: np.ndarray, mask: np.ndarray, method: str, radius: int) -> np.ndarray:
-    """`image` (HxWx3 uint8 RGB) with the nonzero pixels of `mask` filled by `method`; every other
-    pixel is the original. `radius` is the neighbourhood of telea / ns; the xphoto methods ignore it."""
-    import cv2
-
-    if method in ("telea", "ns"):
-        flag = cv2.INPAINT_TELEA if method == "telea" else cv2.INPAINT_NS
-        return cv2.inpaint(image, mask.astype(np.uint8), radius, flag)
-    if method not in XPHOTO_METHODS:
-        raise ConfigError(f"removal: opencv method {method!r} not one of {OPENCV_METHODS}")
-    xphoto = getattr(cv2, "xphoto", None)
-    if xphoto is None:
-        raise ConfigError(
-            f"removal: opencv method {method!r} needs cv2.xphoto, which ships in opencv-contrib-python(-headless), "
-            f"not in the installed {cv2.__file__} (opencv-python-headless); install the contrib package instead "
-            "or use 'telea' / 'ns'"
-        )
-    # ShiftMap wants an intensity-first colour space (Lab); FSR wants BGR
-    to_space, from_space = (
-        (cv2.COLOR_RGB2LAB, cv2.COLOR_LAB2RGB) if method == "shiftmap" else (cv2.COLOR_RGB2BGR, cv2.COLOR_BGR2RGB)
-    )
-    src = cv2.cvtColor(image, to_space)
-    valid = np.where(mask, 0, 255).astype(np.uint8)  # xphoto's mask is inverted: nonzero = known pixel
-    filled = np.zeros_like(src)
-    xphoto.inpaint(src, valid, filled, getattr(xphoto, XPHOTO_METHODS[method]))
-    return np.where(mask[..., None] > 0, cv2.cvtColor(filled, from_space), image)
 
 
 def inpaint_crop(mask: np.ndarray, radius: int) -> tuple[int, int, int, int]:

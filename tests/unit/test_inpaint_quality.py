@@ -88,3 +88,25 @@ def test_annotated_holes_sit_on_background_of_another_photo(bench, tmp_path):
         assert target != source
         x, y, w, h = boxes[target]
         assert not case.hole[y : y + h, x : x + w].any()
+
+
+def test_every_available_method_fills_the_hole_and_only_it(bench):
+    """On a flat grey photo with a black hole, each method restores the grey; the xphoto methods
+    are listed as unavailable exactly when cv2 lacks xphoto (opencv-python-headless)."""
+    import cv2
+
+    original = np.full((48, 64, 3), 128, np.uint8)
+    hole = np.zeros(original.shape[:2], bool)
+    hole[16:32, 20:40] = True
+    damaged = original.copy()
+    damaged[hole] = 0
+    table = bench.methods()
+    for name in bench.XPHOTO_METHODS:
+        assert (table[name][0] is None) == (not hasattr(cv2, "xphoto")), name
+    for name, (inpaint, _) in table.items():
+        if inpaint is None:
+            continue
+        out = inpaint(damaged, hole)
+        assert np.array_equal(out[~hole], original[~hole]), name
+        l1, _, _ = bench.masked_metrics(original, out, hole)
+        assert l1 < 3, (name, l1)
