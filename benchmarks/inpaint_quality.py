@@ -2,7 +2,10 @@
 
     .venv/bin/python benchmarks/inpaint_quality.py            # all sets, up to --per-set cases each
     .venv/bin/python benchmarks/inpaint_quality.py --quick    # a few cases per set, short time cap
-    PYTHONPATH=/tmp/ocv-contrib:$PWD .venv/bin/python benchmarks/inpaint_quality.py   # with cv2.xphoto
+    pip install --target /tmp/ocv-contrib opencv-contrib-python-headless --no-deps   # cv2.xphoto, beside the venv
+    PYTHONPATH=/tmp/ocv-contrib:$PWD .venv/bin/python benchmarks/inpaint_quality.py --data ../shared/data
+    .venv/bin/python benchmarks/inpaint_quality.py --sd-model stable-diffusion-v1-5/stable-diffusion-inpainting \
+        --device cuda                                         # plus the diffusers backend's first candidate
 
 The standard protocol: an object-shaped hole is put on a region with no object, inpainted, and the
 result compared with the original pixels under the hole.
@@ -22,7 +25,8 @@ Each method inpaints the padded crop around the hole the `opencv` backend inpain
 (cv2.setNumThreads(1)). Methods: the backend's own candidates (cv2.inpaint: telea and ns at radii
 3, 5, 9; the first, telea r=3, is the reference `ref`), the cv2.xphoto methods (fsr_fast,
 fsr_best, shiftmap; opencv-contrib only, listed as unavailable without it; their mask is inverted:
-nonzero = known pixel), and scikit-image's biharmonic inpainting. A method whose total time passes
+nonzero = known pixel), scikit-image's biharmonic inpainting, and with --sd-model the `diffusers`
+removal backend (its defaults, one candidate, on the whole photo: it takes its own window). A method whose total time passes
 --time-cap seconds stops there; its row is then over fewer cases.
 
 Metrics, over the hole's pixels only (the rest of the image is the original by construction):
@@ -220,7 +224,19 @@ def biharmonic_inpaint(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
     return np.where(hole[..., None], np.clip(out * 255 + 0.5, 0, 255).astype(np.uint8), image)
 
 
-def methods() -> dict[str, tuple[Callable | None, str]]:
+SD_METHOD = "sd"  # the diffusers backend, with --sd-model
+
+
+def sd_inpainter(model: str, device: str) -> Callable:
+    """The `diffusers` removal backend's first candidate (its defaults: 10 steps, 512 px, crop window)."""
+    from pbi_ml.config import RemovalConfig
+    from pbi_ml.removal import make_inpainter
+
+    inpainter = make_inpainter(RemovalConfig(backend="diffusers", model=model, num_candidates=1, device=device))
+    return lambda image, hole: inpainter.inpaint([image], [hole], ["object"])[0][0]
+
+
+def methods(sd_model: str | None = None, device: str = "auto") -> dict[str, tuple[Callable | None, str]]:
     """name -> (inpaint(crop, hole) -> crop, or None when unavailable; a note). The first is the
     reference: the `opencv` backend's first candidate."""
     import cv2
@@ -245,23 +261,29 @@ def methods() -> dict[str, tuple[Callable | None, str]]:
         table["biharmonic"] = (biharmonic_inpaint, "skimage.restoration.inpaint_biharmonic")
     except ImportError:
         table["biharmonic"] = (None, "unavailable: scikit-image not installed")
+    if sd_model:
+        table[SD_METHOD] = (sd_inpainter(sd_model, device), f"diffusers backend, {sd_model}")
     return table
 
 
-def run(cases: list[Case], time_cap: float) -> dict[str, list]:
-    """name -> per case (index, L1, PSNR, SSIM, seconds); cases past the time cap are absent."""
+def run(cases: list[Case], table: dict[str, tuple[Callable | None, str]], time_cap: float) -> dict[str, list]:
+    """name -> per case (index, L1, PSNR, SSIM, seconds); cases past the time cap are absent. The
+    diffusers backend gets the whole photo (it takes its own window); one untimed warm-up call first."""
     from pbi_ml.removal.opencv import OPENCV_CANDIDATES, inpaint_crop
 
     radius = max(r for _, r in OPENCV_CANDIDATES)
     results: dict[str, list] = {}
-    for name, (inpaint, _) in methods().items():
+    for name, (inpaint, _) in table.items():
         if inpaint is None:
             continue
+        if name == SD_METHOD:
+            inpaint(cases[0].image, cases[0].hole)  # model loading
         rows, spent = [], 0.0
         for index, case in enumerate(cases):
             if spent > time_cap:
                 break
-            x0, y0, x1, y1 = inpaint_crop(case.hole, radius)
+            h, w = case.hole.shape
+            x0, y0, x1, y1 = (0, 0, w, h) if name == SD_METHOD else inpaint_crop(case.hole, radius)
             crop, hole = np.ascontiguousarray(case.image[y0:y1, x0:x1]), case.hole[y0:y1, x0:x1]
             start = time.perf_counter()
             filled = inpaint(crop, hole)
@@ -275,14 +297,14 @@ def run(cases: list[Case], time_cap: float) -> dict[str, list]:
     return results
 
 
-def table(results: dict[str, list], n_cases: int) -> str:
-    reference = next(iter(methods()))
+def results_table(results: dict[str, list], table: dict[str, tuple[Callable | None, str]], n_cases: int) -> str:
+    reference = next(iter(table))
     by_case = {row[0]: row for row in results[reference]}
     lines = [
         "| method | n | L1 ↓ | PSNR ↑ | SSIM in-mask ↑ | ms/image | L1 / ref | PSNR − ref | SSIM / ref | time / ref |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, (inpaint, note) in methods().items():
+    for name, (inpaint, note) in table.items():
         rows = results.get(name)
         if inpaint is None or not rows:
             lines.append(f"| {name} | 0 | – | – | – | – | – | – | – | – ({note}) |")
@@ -319,6 +341,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-set", type=int, default=30, help="cases per set")
     parser.add_argument("--time-cap", type=float, default=120.0, help="seconds per method, all cases together")
     parser.add_argument("--quick", action="store_true", help="4 cases per set, 20 s per method")
+    parser.add_argument("--sd-model", help="also the diffusers backend with this model (Hub id or local dir)")
+    parser.add_argument("--device", default="auto", help="the diffusers backend's device")
     parser.add_argument("--data", type=Path, default=SHARED_DATA, help="folder with the annotated sets")
     args = parser.parse_args(argv)
     if args.quick:
@@ -343,7 +367,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{holes.max():.1%} of the photo (median {np.median(holes):.1%}), dilated {dilation} px; cv2 {cv2.__version__}"
         f"{' with xphoto' if hasattr(cv2, 'xphoto') else ''}; {os.cpu_count()} CPUs, one thread"
     )
-    print(table(run(cases, args.time_cap), len(cases)))
+    table = methods(args.sd_model, args.device)
+    print(results_table(run(cases, table, args.time_cap), table, len(cases)))
 
 
 if __name__ == "__main__":
