@@ -227,12 +227,14 @@ def biharmonic_inpaint(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
 SD_METHOD = "sd"  # the diffusers backend, with --sd-model
 
 
-def sd_inpainter(model: str, device: str) -> Callable:
-    """The `diffusers` removal backend's first candidate (its defaults: 10 steps, 512 px, crop window)."""
+def sd_inpainter(model: str, device: str, **settings) -> Callable:
+    """The `diffusers` removal backend's first candidate (RemovalConfig's defaults: 10 steps, 512 px,
+    crop window; `settings` override them)."""
     from pbi_ml.config import RemovalConfig
     from pbi_ml.removal import make_inpainter
 
-    inpainter = make_inpainter(RemovalConfig(backend="diffusers", model=model, num_candidates=1, device=device))
+    config = RemovalConfig(backend="diffusers", model=model, num_candidates=1, device=device, **settings)
+    inpainter = make_inpainter(config)
     return lambda image, hole: inpainter.inpaint([image], [hole], ["object"])[0][0]
 
 

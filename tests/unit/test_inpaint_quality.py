@@ -110,3 +110,21 @@ def test_every_available_method_fills_the_hole_and_only_it(bench):
         assert np.array_equal(out[~hole], original[~hole]), name
         l1, _, _ = bench.masked_metrics(original, out, hole)
         assert l1 < 3, (name, l1)
+
+
+def test_the_diffusers_backend_gets_a_row_on_the_whole_photo(bench, tmp_path):
+    """--sd-model's row: the removal backend fills the hole (a tiny random pipeline here, so only the
+    path is checked, not the quality) and the table compares it with the reference."""
+    from pbi_ml.tiny_sd import save_tiny_inpaint_pipeline
+
+    model = save_tiny_inpaint_pipeline(tmp_path / "sd")
+    cases = bench.skimage_cases(1, dilation_px=15)
+    table = {
+        "telea r=3": bench.methods()["telea r=3"],
+        bench.SD_METHOD: (bench.sd_inpainter(str(model), "cpu", resolution=64, steps=2, min_context_px=64), "tiny"),
+    }
+    results = bench.run(cases, table, time_cap=60)
+    assert [len(rows) for rows in results.values()] == [1, 1]
+    l1, psnr, ssim, seconds = results[bench.SD_METHOD][0][1:]
+    assert l1 > 0 and np.isfinite(psnr) and -1 <= ssim <= 1 and seconds > 0
+    assert "| sd | 1 |" in bench.results_table(results, table, len(cases))
