@@ -18,6 +18,7 @@ import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -126,11 +127,22 @@ class Storage:
         atomic_write_bytes(self.item_record_path(table, source, shard, item), data)
 
 
-def file_digest(path: str | os.PathLike) -> str | None:
-    """A short content digest of a file, or None when it cannot be read."""
+def _digest():
     import hashlib
 
-    digest = hashlib.blake2b(digest_size=10)
+    return hashlib.blake2b(digest_size=10)
+
+
+def bytes_digest(data: bytes) -> str:
+    """The `file_digest` of a file holding `data` (computed before writing it: no read-back)."""
+    digest = _digest()
+    digest.update(data)
+    return digest.hexdigest()
+
+
+def file_digest(path: str | os.PathLike) -> str | None:
+    """A short content digest of a file, or None when it cannot be read."""
+    digest = _digest()
     try:
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
@@ -171,6 +183,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+@dataclass(frozen=True)
+class WrittenFile:
+    """A file just written, with the digest of the bytes written (see `write_file`)."""
+
+    path: Path
+    digest: str
+
+
+def write_file(path: str | os.PathLike, data: bytes) -> WrittenFile:
+    """Write `data` atomically; its digest comes from the bytes in memory, not a read-back."""
+    atomic_write_bytes(path, data)
+    return WrittenFile(Path(path), bytes_digest(data))
 
 
 def write_parquet(table: pa.Table, path: str | os.PathLike) -> None:

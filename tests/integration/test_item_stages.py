@@ -237,6 +237,82 @@ def test_a_corrupted_finished_png_is_redone_and_never_crashes_the_stage(tmp_path
     assert scored.counts["items_failed"] == 0
 
 
+def test_a_rerun_trusts_by_stat_and_verify_finds_what_only_a_hash_can(tmp_path):
+    """A re-run trusts a finished item by its files' size and mtime: a truncated or missing file is
+    redone, but a corruption that kept size and mtime is seen only by `verify_items`, which
+    invalidates exactly that item (the next run redoes it, with the original bytes)."""
+    import os
+
+    from pbi_ml.stages.item_stage import verify_items
+
+    pipeline = Pipeline(tmp_path / "data", demo_source())
+    pipeline.index()
+    first = list({r["annotation_id"]: r for r in pipeline.removals().table.to_pylist()}.values())  # one per item
+    silent, truncated, missing = (Path(r["removal_image"]) for r in first[:3])
+    originals = {p: p.read_bytes() for p in (silent, truncated, missing)}
+
+    truncated.write_bytes(originals[truncated][:100])
+    missing.unlink()
+    assert pipeline.removals().counts["items_computed_this_run"] == 2
+    assert truncated.read_bytes() == originals[truncated] and missing.read_bytes() == originals[missing]
+
+    st = silent.stat()
+    data = bytearray(originals[silent])
+    data[len(data) // 2] ^= 0xFF
+    silent.write_bytes(bytes(data))
+    os.utime(silent, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert pipeline.removals().counts["items_computed_this_run"] == 0, "same size and mtime: trusted"
+    bad = verify_items(pipeline.storage, pipeline.source.name, tables.REMOVALS.name)
+    assert bad == [
+        {
+            "stage": tables.REMOVALS.name,
+            "shard": pipeline.shard,
+            "item": first[0]["annotation_id"],
+            "path": str(silent.relative_to(pipeline.storage.root)),
+            "problem": "corrupt",
+        }
+    ]
+    assert pipeline.removals().counts["items_computed_this_run"] == 1
+    assert silent.read_bytes() == originals[silent]
+    assert verify_items(pipeline.storage, pipeline.source.name) == []
+
+
+@pytest.mark.parametrize("touch", [False, True], ids=["copy2", "cp-r-new-mtimes"])
+def test_a_copied_data_root_recomputes_and_rewrites_nothing(tmp_path, touch):
+    """Copy a finished data root elsewhere (keeping mtimes, or giving every file a new one as
+    `cp -r` does): every stage re-run there computes nothing, rewrites no file, and writes the
+    original's tables (paths compared relative to the root)."""
+    import os
+
+    original = Pipeline(tmp_path / "a", demo_source())
+    original.index()
+    stages = ["removals", "scores", "pairs", "descriptions", "instructions"]
+    first = {stage: getattr(original, stage)().table.to_pylist() for stage in stages}
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    moved = Pipeline(tmp_path / "b", demo_source())
+    pngs = sorted((tmp_path / "b" / "files").rglob("*.png"))
+    if touch:
+        for n, path in enumerate(pngs):
+            os.utime(path, ns=(10**18 + n, 10**18 + n))
+    stamps = {p: p.stat().st_mtime_ns for p in pngs}
+
+    for stage in stages:
+        result = getattr(moved, stage)()
+        assert result.counts["items_computed_this_run"] == 0, stage
+        relocated = [
+            {
+                k: v.replace(str(original.storage.root), str(moved.storage.root)) if isinstance(v, str) else v
+                for k, v in row.items()
+            }
+            for row in first[stage]
+        ]
+        assert result.table.to_pylist() == relocated, stage
+    assert {p: p.stat().st_mtime_ns for p in pngs} == stamps, "no PNG rewritten"
+    assert original.storage.root.as_posix() not in "".join(
+        p.read_text() for p in (tmp_path / "b" / "items").rglob("*.json")
+    ), "no record holds the old root"
+
+
 def test_samples_never_fail_a_stage(tmp_path):
     """A file that goes bad between the resume check and the metadata samples costs a thumbnail,
     not the partition."""
