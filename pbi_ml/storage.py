@@ -3,7 +3,7 @@
 Layout under the data root (all paths deterministic, all writes atomic: temp file + rename):
 
     tables/<stage>/<source>/<shard>.parquet        one Parquet per stage and partition
-    items/<stage>/<source>/<shard>/<item>.json     per-item records of long stages (resume points)
+    items/<stage>/<source>/<shard>/ledger.jsonl    item records of long stages (resume points), one ledger per partition
     files/<stage>/<source>/<shard>/<item>/...      images, masks (PNG, lossless)
     index/<source>/<fingerprint>/instances.parquet whole-source annotation index (built once)
     global/<stage>/...                             unpartitioned artifacts (exports, checkpoints)
@@ -109,22 +109,55 @@ class Storage:
                         pass
         return removed
 
-    # ---- per-item records (resume points of long stages)
-    def item_record_path(self, table: TableSpec, source: str, shard: str, item: str) -> Path:
-        return self.item_dir(table, source, shard) / f"{safe_name(item)}.json"
+    # ---- item records (resume points of long stages)
+    def ledger(self, table: TableSpec, source: str, shard: str) -> Ledger:
+        return Ledger(self.item_dir(table, source, shard) / "ledger.jsonl")
 
-    def read_item_record(self, table: TableSpec, source: str, shard: str, item: str) -> dict | None:
-        path = self.item_record_path(table, source, shard, item)
-        if not path.exists():
-            return None
+
+class Ledger:
+    """The item records of one stage and partition, one JSON object per line, keyed by "key" (the
+    last line of a key wins). Appended a batch at a time, flushed and fsynced (`append`): a kill -9
+    leaves at most a torn last line, which `read` ignores; `rewrite` compacts it atomically."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def read(self) -> tuple[dict[str, dict], int]:
+        """(key -> latest record, number of lines read): superseded or torn lines make the two differ."""
         try:
-            return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None  # a torn record cannot exist (atomic writes), but never trust disk blindly
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}, 0
+        lines = data.split(b"\n")
+        records: dict[str, dict] = {}
+        for line in lines[:-1]:  # the last piece is empty, or a line torn by a kill
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("key"), str):
+                records[record["key"]] = record
+        return records, len(lines) - 1 + (lines[-1] != b"")
 
-    def write_item_record(self, table: TableSpec, source: str, shard: str, item: str, record: dict) -> None:
-        data = json.dumps(record, sort_keys=True, default=_json_default).encode()
-        atomic_write_bytes(self.item_record_path(table, source, shard, item), data)
+    def append(self, records: list[dict]) -> None:
+        if not records:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a+b") as handle:
+            torn = False
+            if handle.seek(0, os.SEEK_END):
+                handle.seek(-1, os.SEEK_END)
+                torn = handle.read(1) != b"\n"  # a kill's torn line: end it, `read` skips it
+            handle.write((b"\n" if torn else b"") + _lines(records))
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def rewrite(self, records: list[dict]) -> None:
+        atomic_write_bytes(self.path, _lines(records))
+
+
+def _lines(records: list[dict]) -> bytes:
+    return b"".join(json.dumps(r, sort_keys=True, default=_json_default).encode() + b"\n" for r in records)
 
 
 def _digest():

@@ -11,7 +11,10 @@ A stage (removals, removal_scores, pairs, descriptions, instructions) says only
 
 and this module owns everything else, the same way for all of them:
 
-- The item record (items/<table>/<source>/<shard>/<key>.json) marks an item finished. It holds
+- The item record marks an item finished; the records of a partition are one ledger
+  (items/<table>/<source>/<shard>/ledger.jsonl, `pbi_ml.storage.Ledger`), appended once per
+  chunk after the chunk's files (a kill -9 loses at most the chunk in flight) and compacted
+  atomically at the end of the run: one bookkeeping file per stage and partition. It holds
   the stage's config id, the item's upstream fingerprint, the status and reason, every output
   file's path (relative to the data root), size, mtime_ns and digest (of the bytes written, no
   read-back), and the stage's data. A finished item is TRUSTED only when its config id and
@@ -43,7 +46,6 @@ and this module owns everything else, the same way for all of them:
 
 from __future__ import annotations
 
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -54,7 +56,7 @@ import numpy as np
 
 from pbi_ml.errors import ItemError
 from pbi_ml.stages.common import Progress, ProgressReporter, StageResult, chunks_to_run, fingerprint_of
-from pbi_ml.storage import Storage, WrittenFile, file_digest, safe_name, table_from_records
+from pbi_ml.storage import Ledger, Storage, WrittenFile, file_digest, safe_name, table_from_records
 from pbi_ml.tables import TableSpec
 
 RECORD_VERSION = 3  # records written by older code are not trusted (they are recomputed once)
@@ -142,18 +144,20 @@ def input_signature(storage: Storage, paths: tuple[str, ...]) -> list:
 
 
 class ItemRecords:
-    """The finished-item records of one stage and partition."""
+    """The finished-item records of one stage and partition (its ledger). New records are kept
+    until `flush` appends them; `compact` rewrites the ledger with the latest record per item."""
 
     def __init__(self, storage: Storage, stage: ItemStage, source: str, shard: str):
         self.storage = storage
         self.stage = stage
-        self.source = source
-        self.shard = shard
+        self.ledger = storage.ledger(stage.table, source, shard)
+        self.recorded, self.lines = self.ledger.read()
+        self.pending: list[dict] = []
 
     def read(self, item: StageItem) -> dict | None:
-        record = self.storage.read_item_record(self.stage.table, self.source, self.shard, item.key)
-        if record is None or record.get("version") != RECORD_VERSION or record.get("key") != item.key:
-            return None  # absent, from older code, or another key that maps to the same file name
+        record = self.recorded.get(item.key)
+        if record is None or record.get("version") != RECORD_VERSION:
+            return None  # absent, or written by older code
         return record
 
     def trusted(self, item: StageItem, record: dict | None) -> bool:
@@ -226,8 +230,22 @@ class ItemRecords:
         }
 
     def _save(self, item: StageItem, record: dict) -> dict:
-        self.storage.write_item_record(self.stage.table, self.source, self.shard, item.key, record)
+        self.recorded[item.key] = record
+        self.pending.append(record)
         return record
+
+    def flush(self) -> None:
+        """Append the new records to the ledger (flushed and fsynced)."""
+        self.ledger.append(self.pending)
+        self.lines += len(self.pending)
+        self.pending = []
+
+    def compact(self) -> None:
+        """Rewrite the ledger atomically with one record per item, when it holds more lines."""
+        self.flush()
+        if self.lines != len(self.recorded):
+            self.ledger.rewrite([self.recorded[key] for key in sorted(self.recorded)])
+            self.lines = len(self.recorded)
 
 
 def absolute_files(storage: Storage, record: dict) -> dict[str, str]:
@@ -255,6 +273,7 @@ def run_item_stage(
         record = records.read(item)
         if records.trusted(item, record):
             done[item.key] = record  # type: ignore[assignment]
+    records.flush()  # records whose files only changed mtime (a copied data root) were re-hashed
     finished = set(done)  # a snapshot: what was finished before this run
 
     reporter = ProgressReporter(len(items), progress)
@@ -294,7 +313,10 @@ def run_item_stage(
                     done[item.key] = records.write_failed(item, exc)
                     continue
                 done[item.key] = records.write_ok(item, output)
+            records.flush()  # after the chunk's files: a kill loses at most this chunk
             reporter.advance(sum(1 for item in chunk if item.key not in finished))
+
+    records.compact()
 
     rows: list[dict] = []
     failures: dict[str, int] = {}
@@ -360,24 +382,29 @@ def _samples(stage: ItemStage, items: list[StageItem], done: dict[str, dict]) ->
 
 def verify_items(storage: Storage, source: str, stage: str | None = None) -> list[dict]:
     """Re-hash every output file of every finished item of `source` (of one stage's table, or of
-    all), and invalidate each item with a missing or corrupt file: its record is deleted, so the
-    next run redoes exactly those items. One row per bad file: stage, shard, item, path, problem."""
+    all), and invalidate each item with a missing or corrupt file: its record leaves the ledger,
+    so the next run redoes exactly those items. One row per bad file: stage, shard, item, path,
+    problem."""
     bad = []
-    for path in sorted((storage.root / "items").glob(f"{stage or '*'}/{safe_name(source)}/*/*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue  # not a record this code trusts anyway
-        problems = []
-        for entry in record.get("files", {}).values():
-            digest = file_digest(storage.root / entry["path"])
-            if digest != entry.get("digest"):
-                problems.append((entry["path"], "missing" if digest is None else "corrupt"))
-        if problems:
-            path.unlink(missing_ok=True)
-        stage_name, shard = path.parts[-4], path.parts[-2]
-        bad += [
-            {"stage": stage_name, "shard": shard, "item": record.get("key"), "path": file, "problem": problem}
-            for file, problem in problems
-        ]
+    for path in sorted((storage.root / "items").glob(f"{stage or '*'}/{safe_name(source)}/*/ledger.jsonl")):
+        ledger = Ledger(path)
+        records, _ = ledger.read()
+        invalid = set()
+        for key, record in sorted(records.items()):
+            for entry in record.get("files", {}).values():
+                digest = file_digest(storage.root / entry["path"])
+                if digest != entry.get("digest"):
+                    invalid.add(key)
+                    problem = "missing" if digest is None else "corrupt"
+                    bad.append(
+                        {
+                            "stage": path.parts[-4],
+                            "shard": path.parts[-2],
+                            "item": key,
+                            "path": entry["path"],
+                            "problem": problem,
+                        }
+                    )
+        if invalid:
+            ledger.rewrite([records[key] for key in sorted(records) if key not in invalid])
     return bad

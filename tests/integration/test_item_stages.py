@@ -202,7 +202,9 @@ def test_resume_mid_chunk_gives_the_uninterrupted_bytes(stage, tmp_path, request
     size = max(1, getattr(config, "batch_size", 1)) if stage != "pairs" else 1
     chunk = items[:size]
     victim = chunk[min(1, len(chunk) - 1)]
-    pipeline.storage.item_record_path(spec, pipeline.source.name, pipeline.shard, victim.key).unlink()
+    ledger = pipeline.storage.ledger(spec, pipeline.source.name, pipeline.shard)
+    records, _ = ledger.read()
+    ledger.rewrite([r for key, r in records.items() if key != victim.key])
     victim_dir = pipeline.storage.file_dir(spec, pipeline.source.name, pipeline.shard, victim.key)
     if victim_dir.exists():
         shutil.rmtree(victim_dir)
@@ -308,9 +310,10 @@ def test_a_copied_data_root_recomputes_and_rewrites_nothing(tmp_path, touch):
         ]
         assert result.table.to_pylist() == relocated, stage
     assert {p: p.stat().st_mtime_ns for p in pngs} == stamps, "no PNG rewritten"
-    assert original.storage.root.as_posix() not in "".join(
-        p.read_text() for p in (tmp_path / "b" / "items").rglob("*.json")
-    ), "no record holds the old root"
+    ledgers = sorted(p for p in (tmp_path / "b" / "items").rglob("*") if p.is_file())
+    assert {p.name for p in ledgers} == {"ledger.jsonl"}, "the bookkeeping files are ledgers"
+    assert len(ledgers) == len({p.parent for p in ledgers}) > len(stages), "one per stage and partition"
+    assert original.storage.root.as_posix() not in "".join(p.read_text() for p in ledgers), "no old root in them"
 
 
 def test_samples_never_fail_a_stage(tmp_path):
@@ -397,7 +400,6 @@ def test_every_item_that_enters_a_stage_leaves_rows_with_reasons(tmp_path):
 def test_a_changed_upstream_item_redoes_exactly_its_dependents(tmp_path):
     """Re-remove one object with different pixels: its scores and its pair are redone and nothing
     else; give one pair a different description: only its instruction is redone."""
-    import json
 
     import numpy as np
 
@@ -419,9 +421,9 @@ def test_a_changed_upstream_item_redoes_exactly_its_dependents(tmp_path):
     [(candidates, context)] = stage.compute([stage.prepare(item)])
     brighter = [np.where(c < 255, c + 1, c).astype(np.uint8) for c in candidates]
     directory = pipeline.storage.file_dir(tables.REMOVALS, pipeline.source.name, pipeline.shard, target)
-    ItemRecords(pipeline.storage, stage, pipeline.source.name, pipeline.shard).write_ok(
-        item, stage.write(item, (brighter, context), directory)
-    )
+    records = ItemRecords(pipeline.storage, stage, pipeline.source.name, pipeline.shard)
+    records.write_ok(item, stage.write(item, (brighter, context), directory))
+    records.flush()
     assert pipeline.removals().counts["items_computed_this_run"] == 0, "a trusted, intact re-removal"
     assert pipeline.scores().counts["items_computed_this_run"] == 1
     still_chosen = any(
@@ -434,10 +436,10 @@ def test_a_changed_upstream_item_redoes_exactly_its_dependents(tmp_path):
 
     # a different description for one pair: exactly its instruction is redone
     other = pairs[-1]["pair_id"]
-    path = pipeline.storage.item_record_path(tables.DESCRIPTIONS, pipeline.source.name, pipeline.shard, other)
-    record = json.loads(path.read_text())
+    ledger = pipeline.storage.ledger(tables.DESCRIPTIONS, pipeline.source.name, pipeline.shard)
+    record = ledger.read()[0][other]
     record["data"]["description"] = "a small purple object with stripes"
-    path.write_text(json.dumps(record))
+    ledger.append([record])
     assert pipeline.descriptions().counts["items_computed_this_run"] == 0
     assert pipeline.instructions().counts["items_computed_this_run"] == 1
     assert pipeline.instructions().counts["items_computed_this_run"] == 0
@@ -540,9 +542,7 @@ STORAGE_CALLS = {
     "table_glob",
     "item_dir",
     "file_dir",
-    "read_item_record",
-    "write_item_record",
-    "item_record_path",
+    "ledger",
     "read_view",
     "global_dir",
 }
