@@ -16,7 +16,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,8 +85,8 @@ class Storage:
     def has_table(self, table: TableSpec, source: str, shard: str) -> bool:
         return self.table_path(table, source, shard).exists()
 
-    def sweep_stale_temp_files(self, source: str, shard: str, older_than_s: float = 600.0) -> int:
-        """Delete temp files a killed process left in this partition's item and file folders.
+    def sweep_stale_temp_files(self, folders: Iterable[Path], older_than_s: float = 600.0) -> int:
+        """Delete temp files a killed process left in `folders` (and below).
 
         Atomic writes go through `.<name>.<random>.tmp` files renamed into place; a kill -9 between
         the two leaves one behind. Only files older than `older_than_s` go, so a concurrent writer's
@@ -95,18 +95,16 @@ class Storage:
 
         cutoff = time.time() - older_than_s
         removed = 0
-        for kind in ("items", "files"):
-            for stage_dir in (self.root / kind).glob("*"):
-                partition = stage_dir / safe_name(source) / shard
-                if not partition.is_dir():
-                    continue
-                for path in partition.rglob(".*.tmp"):
-                    try:
-                        if path.stat().st_mtime < cutoff:
-                            path.unlink()
-                            removed += 1
-                    except FileNotFoundError:
-                        pass
+        for folder in folders:
+            if not folder.is_dir():
+                continue
+            for path in folder.rglob(".*.tmp"):
+                try:
+                    if path.stat().st_mtime < cutoff:
+                        path.unlink()
+                        removed += 1
+                except FileNotFoundError:
+                    pass
         return removed
 
     # ---- item records (resume points of long stages)
@@ -129,15 +127,13 @@ class Ledger:
         except FileNotFoundError:
             return {}, 0
         lines = data.split(b"\n")
-        records: dict[str, dict] = {}
-        for line in lines[:-1]:  # the last piece is empty, or a line torn by a kill
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and isinstance(record.get("key"), str):
-                records[record["key"]] = record
-        return records, len(lines) - 1 + (lines[-1] != b"")
+        complete = lines[:-1]  # the last piece is empty, or a line torn by a kill
+        try:
+            parsed = json.loads(b"[" + b",".join(complete) + b"]")  # one parse: the usual, intact ledger
+        except ValueError:
+            parsed = [_json_or_none(line) for line in complete]  # a torn line a later append ended
+        records = {r["key"]: r for r in parsed if isinstance(r, dict) and isinstance(r.get("key"), str)}
+        return records, len(complete) + (lines[-1] != b"")
 
     def append(self, records: list[dict]) -> None:
         if not records:
@@ -154,6 +150,13 @@ class Ledger:
 
     def rewrite(self, records: list[dict]) -> None:
         atomic_write_bytes(self.path, _lines(records))
+
+
+def _json_or_none(line: bytes) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
 
 
 def _lines(records: list[dict]) -> bytes:

@@ -173,7 +173,7 @@ class ItemRecords:
         """Every output file has its recorded size and mtime, or (mtime changed) its digest."""
         moved = False
         for entry in record["files"].values():
-            path = self.storage.root / entry["path"]
+            path = os.path.join(self.storage.root, entry["path"])
             try:
                 st = os.stat(path)
             except OSError:
@@ -261,7 +261,6 @@ def run_item_stage(
     progress: Progress | None = None,
 ) -> StageResult:
     """Run one per-item stage over one partition (see the module docstring); writes its table."""
-    storage.sweep_stale_temp_files(source, shard)
     items = stage.items()
     keys = [item.key for item in items]
     if len(set(keys)) != len(keys):
@@ -275,6 +274,11 @@ def run_item_stage(
             done[item.key] = record  # type: ignore[assignment]
     records.flush()  # records whose files only changed mtime (a copied data root) were re-hashed
     finished = set(done)  # a snapshot: what was finished before this run
+    # a killed run's temp files lie where it was writing: the ledger's folder, the unfinished items'
+    storage.sweep_stale_temp_files(
+        [records.ledger.path.parent]
+        + [storage.file_dir(stage.table, source, shard, item.key) for item in items if item.key not in finished]
+    )
 
     reporter = ProgressReporter(len(items), progress)
     reporter.advance(len(finished))

@@ -313,5 +313,5 @@ def test_stale_temp_files_from_a_killed_writer_are_swept(tmp_path):
         path.write_bytes(b"x")
     old = time.time() - 3600
     os.utime(stale, (old, old))
-    assert storage.sweep_stale_temp_files("demo", "000") == 1
+    assert storage.sweep_stale_temp_files([storage.file_dir(tables.REMOVALS, "demo", "000", "7"), folder.parent]) == 1
     assert not stale.exists() and fresh.exists() and kept.exists()
