@@ -59,7 +59,7 @@ from pbi_ml.stages.common import Progress, ProgressReporter, StageResult, chunks
 from pbi_ml.storage import Ledger, Storage, WrittenFile, file_digest, safe_name, table_from_records
 from pbi_ml.tables import TableSpec
 
-RECORD_VERSION = 3  # records written by older code are not trusted (they are recomputed once)
+RECORD_VERSION = 3  # records of older code (per-item JSON files) are not read: their items are recomputed once
 MAX_SAMPLES = 4  # preview images per stage run (thumbnails in the metadata)
 
 
@@ -246,6 +246,8 @@ class ItemRecords:
         if self.lines != len(self.recorded):
             self.ledger.rewrite([self.recorded[key] for key in sorted(self.recorded)])
             self.lines = len(self.recorded)
+            for old in self.ledger.path.parent.glob("*.json"):  # per-item records of older code, redone
+                old.unlink(missing_ok=True)
 
 
 def absolute_files(storage: Storage, record: dict) -> dict[str, str]:

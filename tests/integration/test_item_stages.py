@@ -255,7 +255,10 @@ def test_a_rerun_trusts_by_stat_and_verify_finds_what_only_a_hash_can(tmp_path):
 
     truncated.write_bytes(originals[truncated][:100])
     missing.unlink()
+    ledger = pipeline.storage.ledger(tables.REMOVALS, pipeline.source.name, pipeline.shard).path
+    (ledger.parent / f"{first[3]['annotation_id']}.json").write_text("{}")  # a record of older code
     assert pipeline.removals().counts["items_computed_this_run"] == 2
+    assert [p.name for p in ledger.parent.iterdir()] == [ledger.name], "the old record goes with the compaction"
     assert truncated.read_bytes() == originals[truncated] and missing.read_bytes() == originals[missing]
 
     st = silent.stat()
