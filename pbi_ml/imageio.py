@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from pbi_ml.errors import ItemError
-from pbi_ml.storage import atomic_write_bytes
+from pbi_ml.storage import WrittenFile, write_file
 
 # Decompression-bomb guard: refuse images over ~180 megapixels (PIL warns at 89M by default).
 Image.MAX_IMAGE_PIXELS = 180_000_000
@@ -73,10 +73,9 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    atomic_write_bytes(path, png_bytes(array))
-    return path
+def save_png(array: np.ndarray, path: str | os.PathLike) -> WrittenFile:
+    """Write a lossless PNG atomically; returns its path and the digest of its bytes."""
+    return write_file(path, png_bytes(array))
 
 
 def load_mask_png(path: str | os.PathLike) -> np.ndarray:

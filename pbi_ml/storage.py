@@ -3,7 +3,7 @@
 Layout under the data root (all paths deterministic, all writes atomic: temp file + rename):
 
     tables/<stage>/<source>/<shard>.parquet        one Parquet per stage and partition
-    items/<stage>/<source>/<shard>/<item>.json     per-item records of long stages (resume points)
+    items/<stage>/<source>/<shard>/ledger.jsonl    item records of long stages (resume points), one ledger per partition
     files/<stage>/<source>/<shard>/<item>/...      images, masks (PNG, lossless)
     index/<source>/<fingerprint>/instances.parquet whole-source annotation index (built once)
     global/<stage>/...                             unpartitioned artifacts (exports, checkpoints)
@@ -16,8 +16,9 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +85,8 @@ class Storage:
     def has_table(self, table: TableSpec, source: str, shard: str) -> bool:
         return self.table_path(table, source, shard).exists()
 
-    def sweep_stale_temp_files(self, source: str, shard: str, older_than_s: float = 600.0) -> int:
-        """Delete temp files a killed process left in this partition's item and file folders.
+    def sweep_stale_temp_files(self, folders: Iterable[Path], older_than_s: float = 600.0) -> int:
+        """Delete temp files a killed process left in `folders` (and below).
 
         Atomic writes go through `.<name>.<random>.tmp` files renamed into place; a kill -9 between
         the two leaves one behind. Only files older than `older_than_s` go, so a concurrent writer's
@@ -94,43 +95,90 @@ class Storage:
 
         cutoff = time.time() - older_than_s
         removed = 0
-        for kind in ("items", "files"):
-            for stage_dir in (self.root / kind).glob("*"):
-                partition = stage_dir / safe_name(source) / shard
-                if not partition.is_dir():
-                    continue
-                for path in partition.rglob(".*.tmp"):
-                    try:
-                        if path.stat().st_mtime < cutoff:
-                            path.unlink()
-                            removed += 1
-                    except FileNotFoundError:
-                        pass
+        for folder in folders:
+            if not folder.is_dir():
+                continue
+            for path in folder.rglob(".*.tmp"):
+                try:
+                    if path.stat().st_mtime < cutoff:
+                        path.unlink()
+                        removed += 1
+                except FileNotFoundError:
+                    pass
         return removed
 
-    # ---- per-item records (resume points of long stages)
-    def item_record_path(self, table: TableSpec, source: str, shard: str, item: str) -> Path:
-        return self.item_dir(table, source, shard) / f"{safe_name(item)}.json"
+    # ---- item records (resume points of long stages)
+    def ledger(self, table: TableSpec, source: str, shard: str) -> Ledger:
+        return Ledger(self.item_dir(table, source, shard) / "ledger.jsonl")
 
-    def read_item_record(self, table: TableSpec, source: str, shard: str, item: str) -> dict | None:
-        path = self.item_record_path(table, source, shard, item)
-        if not path.exists():
-            return None
+
+class Ledger:
+    """The item records of one stage and partition, one JSON object per line, keyed by "key" (the
+    last line of a key wins). Appended a batch at a time, flushed and fsynced (`append`): a kill -9
+    leaves at most a torn last line, which `read` ignores; `rewrite` compacts it atomically."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def read(self) -> tuple[dict[str, dict], int]:
+        """(key -> latest record, number of lines read): superseded or torn lines make the two differ."""
         try:
-            return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None  # a torn record cannot exist (atomic writes), but never trust disk blindly
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}, 0
+        lines = data.split(b"\n")
+        complete = lines[:-1]  # the last piece is empty, or a line torn by a kill
+        try:
+            parsed = json.loads(b"[" + b",".join(complete) + b"]")  # one parse: the usual, intact ledger
+        except ValueError:
+            parsed = [_json_or_none(line) for line in complete]  # a torn line a later append ended
+        records = {r["key"]: r for r in parsed if isinstance(r, dict) and isinstance(r.get("key"), str)}
+        return records, len(complete) + (lines[-1] != b"")
 
-    def write_item_record(self, table: TableSpec, source: str, shard: str, item: str, record: dict) -> None:
-        data = json.dumps(record, sort_keys=True, default=_json_default).encode()
-        atomic_write_bytes(self.item_record_path(table, source, shard, item), data)
+    def append(self, records: list[dict]) -> None:
+        if not records:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a+b") as handle:
+            torn = False
+            if handle.seek(0, os.SEEK_END):
+                handle.seek(-1, os.SEEK_END)
+                torn = handle.read(1) != b"\n"  # a kill's torn line: end it, `read` skips it
+            handle.write((b"\n" if torn else b"") + _lines(records))
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def rewrite(self, records: list[dict]) -> None:
+        atomic_write_bytes(self.path, _lines(records))
+
+
+def _json_or_none(line: bytes) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
+
+
+def _lines(records: list[dict]) -> bytes:
+    return b"".join(json.dumps(r, sort_keys=True, default=_json_default).encode() + b"\n" for r in records)
+
+
+def _digest():
+    import hashlib
+
+    return hashlib.blake2b(digest_size=10)
+
+
+def bytes_digest(data: bytes) -> str:
+    """The `file_digest` of a file holding `data` (computed before writing it: no read-back)."""
+    digest = _digest()
+    digest.update(data)
+    return digest.hexdigest()
 
 
 def file_digest(path: str | os.PathLike) -> str | None:
     """A short content digest of a file, or None when it cannot be read."""
-    import hashlib
-
-    digest = hashlib.blake2b(digest_size=10)
+    digest = _digest()
     try:
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
@@ -171,6 +219,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+@dataclass(frozen=True)
+class WrittenFile:
+    """A file just written, with the digest of the bytes written (see `write_file`)."""
+
+    path: Path
+    digest: str
+
+
+def write_file(path: str | os.PathLike, data: bytes) -> WrittenFile:
+    """Write `data` atomically; its digest comes from the bytes in memory, not a read-back."""
+    atomic_write_bytes(path, data)
+    return WrittenFile(Path(path), bytes_digest(data))
 
 
 def write_parquet(table: pa.Table, path: str | os.PathLike) -> None:

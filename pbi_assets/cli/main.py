@@ -3,6 +3,7 @@
     pbi run --source demo            materialize every asset for every shard of `demo`
     pbi backfill --source demo --wait  the same as a Dagster backfill: the daemon runs shards concurrently
     pbi check [--source NAME]        validate pbi.yaml and the sources' files in seconds, before a run
+    pbi verify --source demo         re-hash every finished item's files; a corrupt one's item is redone next run
     pbi sql "SELECT ... FROM pairs"  read-only SQL on the DuckDB catalog
     pbi info                         data root, sources, shards, DAGSTER_HOME
 
@@ -24,7 +25,7 @@ import traceback
 
 from pbi_assets.cli.backfill import cmd_backfill
 from pbi_assets.cli.errors import error_lines, is_user_error
-from pbi_assets.cli.report import cmd_calibrate_fit, cmd_calibrate_sample, cmd_check, cmd_info, cmd_sql
+from pbi_assets.cli.report import cmd_calibrate_fit, cmd_calibrate_sample, cmd_check, cmd_info, cmd_sql, cmd_verify
 from pbi_assets.cli.run import cmd_run
 
 
@@ -63,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--source", help="only this source (default: every declared source)")
     check.add_argument("--sample", type=int, default=20, help="images per source to open and size-check (default 20)")
     check.add_argument("--seed", type=int, default=0, help="seed of the image sample")
+    verify = command(sub, "verify", cmd_verify, "re-hash every finished item's files; invalidate the corrupt ones")
+    verify.add_argument("--source", required=True)
+    verify.add_argument("--stage", help="only this stage's table, e.g. removals (default: every item stage)")
     sql = command(sub, "sql", cmd_sql, "read-only SQL on the catalog")
     sql.add_argument("query")
     sql.add_argument("--max-rows", type=int, default=50)

@@ -83,6 +83,21 @@ def cmd_check(args) -> int:
     return 1 if report.fatal else 0
 
 
+def cmd_verify(args) -> int:
+    """Re-hash the source's finished items' files; invalidate (and list) those with a bad file; exit 1 if any."""
+    from pbi_ml.config import project_config
+    from pbi_ml.stages.item_stage import verify_items
+    from pbi_ml.storage import Storage
+
+    project = project_config()
+    require_source(project.source_names, args.source)
+    bad = verify_items(Storage(project.data_root), args.source, args.stage)
+    for row in bad:
+        print(f"{row['problem']}: {row['path']} ({row['stage']} {row['shard']} item {row['item']}: invalidated)")
+    print(f"{len(bad)} bad files; the next `pbi run` redoes their items" if bad else "every finished item is intact")
+    return 1 if bad else 0
+
+
 def cmd_info(args) -> int:
     from pbi_ml.config import project_config  # what the code location reads, without importing Dagster
 

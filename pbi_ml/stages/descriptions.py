@@ -18,7 +18,7 @@ from pbi_ml.devices import device_of
 from pbi_ml.errors import ItemError
 from pbi_ml.imageio import load_mask_png, load_rgb_path
 from pbi_ml.stages.common import Progress, StageResult, fingerprint, fingerprint_of, ok_pairs
-from pbi_ml.stages.item_stage import ItemOutput, ItemStage, StageItem, run_item_stage
+from pbi_ml.stages.item_stage import ItemOutput, ItemStage, StageItem, portable, run_item_stage
 from pbi_ml.storage import Storage
 from pbi_ml.tables import DESCRIPTIONS
 
@@ -43,7 +43,7 @@ class DescriptionStage(ItemStage):
             StageItem(
                 key=row["pair_id"],
                 row=row,
-                upstream=fingerprint_of({k: row[k] for k in UPSTREAM_FIELDS}),
+                upstream=fingerprint_of(portable(self.storage, {k: row[k] for k in UPSTREAM_FIELDS})),
                 input_files=(row["target_image"], row["mask"]),
             )
             for row in ok_pairs(self.storage, self.source.name, self.shard)

@@ -240,7 +240,7 @@ def run_evaluation(
         out_dir = storage.file_dir(EVALUATIONS, ckpt_id, benchmark, "outputs")
         sample_rows = []
         for s, name, output, metrics in zip(samples, file_names, outputs, per_sample, strict=True):
-            path = save_png(output, out_dir / name)
+            path = save_png(output, out_dir / name).path
             sample_rows.append(
                 {
                     "checkpoint_id": ckpt_id,

@@ -11,14 +11,24 @@ A stage (removals, removal_scores, pairs, descriptions, instructions) says only
 
 and this module owns everything else, the same way for all of them:
 
-- The item record (items/<table>/<source>/<shard>/<key>.json) marks an item finished. It holds
-  the stage's config id, the item's upstream fingerprint, the status and reason, the digest of
-  every output file, and the stage's data. A finished item is TRUSTED only when its config id
-  and upstream fingerprint still match and
-    ok:      every output file is still there with the digest it was written with (a missing or
-             corrupted file makes the item run again);
+- The item record marks an item finished; the records of a partition are one ledger
+  (items/<table>/<source>/<shard>/ledger.jsonl, `pbi_ml.storage.Ledger`), appended once per
+  chunk after the chunk's files (a kill -9 loses at most the chunk in flight) and compacted
+  atomically at the end of the run: one bookkeeping file per stage and partition. It holds
+  the stage's config id, the item's upstream fingerprint, the status and reason, every output
+  file's path (relative to the data root), size, mtime_ns and digest (of the bytes written, no
+  read-back), and the stage's data. A finished item is TRUSTED only when its config id and
+  upstream fingerprint still match and
+    ok:      every output file is still there with the size and mtime it was written with; a
+             file whose mtime changed (a copied data root) is re-hashed once and trusted when its
+             digest matches (the record takes the new mtime); a missing, truncated or changed
+             file makes the item run again. Trust by stat: a re-run reads no output file.
+             `verify_items` re-hashes everything and invalidates the items with corrupt files
+             (corruption that kept size and mtime is only visible to it);
     failed:  the files it failed on are unchanged (size and mtime): fix or regenerate an input
              and the item is retried.
+- Nothing recorded or fingerprinted holds the data root's absolute path (`portable`): a data
+  root copied elsewhere is trusted as it is.
   A changed upstream item (re-removed, re-described) so redoes exactly its dependent items.
 - Fixed chunks recomputed whole: the items are cut every `batch_size` items (counted in items,
   whatever the number of images per item), and a chunk with any unfinished item is computed
@@ -46,10 +56,10 @@ import numpy as np
 
 from pbi_ml.errors import ItemError
 from pbi_ml.stages.common import Progress, ProgressReporter, StageResult, chunks_to_run, fingerprint_of
-from pbi_ml.storage import Storage, file_digest, table_from_records
+from pbi_ml.storage import Ledger, Storage, WrittenFile, file_digest, safe_name, table_from_records
 from pbi_ml.tables import TableSpec
 
-RECORD_VERSION = 2  # records written by older code are not trusted (they are recomputed once)
+RECORD_VERSION = 3  # records of older code (per-item JSON files) are not read: their items are recomputed once
 MAX_SAMPLES = 4  # preview images per stage run (thumbnails in the metadata)
 
 
@@ -67,10 +77,10 @@ class StageItem:
 
 @dataclass
 class ItemOutput:
-    """What `write` made for one item: output files (name -> path under the data root) and
-    JSON-serialisable data for its rows."""
+    """What `write` made for one item: output files (name -> the file written under the data root,
+    `pbi_ml.imageio.save_png`) and JSON-serialisable data for its rows."""
 
-    files: dict[str, Path] = field(default_factory=dict)
+    files: dict[str, WrittenFile] = field(default_factory=dict)
     data: dict = field(default_factory=dict)
 
 
@@ -108,31 +118,46 @@ class ItemStage:
         return {}
 
 
-def input_signature(paths: tuple[str, ...]) -> list:
-    """(path, size, mtime_ns) of each input file; (path, None, None) for a missing one."""
+def portable(storage: Storage, value: Any) -> Any:
+    """`value` with every path under the data root made relative to it (recursively through dicts
+    and lists): what fingerprints and records hold, so a moved data root changes none of them."""
+    if isinstance(value, dict):
+        return {k: portable(storage, v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(storage, v) for v in value]
+    if isinstance(value, str) and value.startswith(f"{storage.root}{os.sep}"):
+        return value[len(str(storage.root)) + 1 :]
+    return value
+
+
+def input_signature(storage: Storage, paths: tuple[str, ...]) -> list:
+    """(path, size, mtime_ns) of each input file (paths under the data root relative to it);
+    (path, None, None) for a missing one."""
     signature = []
     for path in paths:
         try:
             st = os.stat(path)
-            signature.append([str(path), st.st_size, st.st_mtime_ns])
+            signature.append([portable(storage, str(path)), st.st_size, st.st_mtime_ns])
         except OSError:
-            signature.append([str(path), None, None])
+            signature.append([portable(storage, str(path)), None, None])
     return signature
 
 
 class ItemRecords:
-    """The finished-item records of one stage and partition."""
+    """The finished-item records of one stage and partition (its ledger). New records are kept
+    until `flush` appends them; `compact` rewrites the ledger with the latest record per item."""
 
     def __init__(self, storage: Storage, stage: ItemStage, source: str, shard: str):
         self.storage = storage
         self.stage = stage
-        self.source = source
-        self.shard = shard
+        self.ledger = storage.ledger(stage.table, source, shard)
+        self.recorded, self.lines = self.ledger.read()
+        self.pending: list[dict] = []
 
     def read(self, item: StageItem) -> dict | None:
-        record = self.storage.read_item_record(self.stage.table, self.source, self.shard, item.key)
-        if record is None or record.get("version") != RECORD_VERSION or record.get("key") != item.key:
-            return None  # absent, from older code, or another key that maps to the same file name
+        record = self.recorded.get(item.key)
+        if record is None or record.get("version") != RECORD_VERSION:
+            return None  # absent, or written by older code
         return record
 
     def trusted(self, item: StageItem, record: dict | None) -> bool:
@@ -141,25 +166,42 @@ class ItemRecords:
         if record.get("config_id") != self.stage.config_id or record.get("upstream") != item.upstream:
             return False
         if record["status"] == "ok":
-            return self.outputs_intact(record)
-        return record.get("inputs") == input_signature(item.input_files)
+            return self.outputs_intact(item, record)
+        return record.get("inputs") == input_signature(self.storage, item.input_files)
 
-    def outputs_intact(self, record: dict) -> bool:
-        root = self.storage.root
-        return all(file_digest(root / f["path"]) == f["digest"] for f in record.get("files", {}).values())
+    def outputs_intact(self, item: StageItem, record: dict) -> bool:
+        """Every output file has its recorded size and mtime, or (mtime changed) its digest."""
+        moved = False
+        for entry in record["files"].values():
+            path = os.path.join(self.storage.root, entry["path"])
+            try:
+                st = os.stat(path)
+            except OSError:
+                return False
+            if st.st_size != entry["size"]:
+                return False
+            if st.st_mtime_ns != entry["mtime_ns"]:
+                if file_digest(path) != entry["digest"]:
+                    return False
+                entry["mtime_ns"] = st.st_mtime_ns
+                moved = True
+        if moved:
+            self._save(item, record)
+        return True
 
     def write_ok(self, item: StageItem, output: ItemOutput) -> dict:
         files = {}
-        for name, path in sorted(output.files.items()):
-            path = Path(path)
-            digest = file_digest(path)
-            if digest is None:
-                raise OSError(f"{path}: written but not readable")
-            files[name] = {"path": str(path.relative_to(self.storage.root)), "digest": digest}
+        for name, written in sorted(output.files.items()):
+            st = os.stat(written.path)
+            path = str(written.path.relative_to(self.storage.root))
+            files[name] = {"path": path, "digest": written.digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
         record = self._base(item, "ok")
         record.update(
             files=files,
-            output_digest=fingerprint_of(files) if files else None,
+            # of relative paths and contents only: the same on every data root and every run
+            output_digest=fingerprint_of({n: {k: f[k] for k in ("digest", "path")} for n, f in files.items()})
+            if files
+            else None,
             data=output.data,
         )
         return self._save(item, record)
@@ -169,7 +211,7 @@ class ItemRecords:
         record.update(
             error=exc.reason,
             detail=str(exc.detail)[:500],
-            inputs=input_signature(item.input_files),
+            inputs=input_signature(self.storage, item.input_files),
             files={},
             output_digest=None,
             data={},
@@ -188,8 +230,24 @@ class ItemRecords:
         }
 
     def _save(self, item: StageItem, record: dict) -> dict:
-        self.storage.write_item_record(self.stage.table, self.source, self.shard, item.key, record)
+        self.recorded[item.key] = record
+        self.pending.append(record)
         return record
+
+    def flush(self) -> None:
+        """Append the new records to the ledger (flushed and fsynced)."""
+        self.ledger.append(self.pending)
+        self.lines += len(self.pending)
+        self.pending = []
+
+    def compact(self) -> None:
+        """Rewrite the ledger atomically with one record per item, when it holds more lines."""
+        self.flush()
+        if self.lines != len(self.recorded):
+            self.ledger.rewrite([self.recorded[key] for key in sorted(self.recorded)])
+            self.lines = len(self.recorded)
+            for old in self.ledger.path.parent.glob("*.json"):  # per-item records of older code, redone
+                old.unlink(missing_ok=True)
 
 
 def absolute_files(storage: Storage, record: dict) -> dict[str, str]:
@@ -205,7 +263,6 @@ def run_item_stage(
     progress: Progress | None = None,
 ) -> StageResult:
     """Run one per-item stage over one partition (see the module docstring); writes its table."""
-    storage.sweep_stale_temp_files(source, shard)
     items = stage.items()
     keys = [item.key for item in items]
     if len(set(keys)) != len(keys):
@@ -217,7 +274,13 @@ def run_item_stage(
         record = records.read(item)
         if records.trusted(item, record):
             done[item.key] = record  # type: ignore[assignment]
+    records.flush()  # records whose files only changed mtime (a copied data root) were re-hashed
     finished = set(done)  # a snapshot: what was finished before this run
+    # a killed run's temp files lie where it was writing: the ledger's folder, the unfinished items'
+    storage.sweep_stale_temp_files(
+        [records.ledger.path.parent]
+        + [storage.file_dir(stage.table, source, shard, item.key) for item in items if item.key not in finished]
+    )
 
     reporter = ProgressReporter(len(items), progress)
     reporter.advance(len(finished))
@@ -256,7 +319,10 @@ def run_item_stage(
                     done[item.key] = records.write_failed(item, exc)
                     continue
                 done[item.key] = records.write_ok(item, output)
+            records.flush()  # after the chunk's files: a kill loses at most this chunk
             reporter.advance(sum(1 for item in chunk if item.key not in finished))
+
+    records.compact()
 
     rows: list[dict] = []
     failures: dict[str, int] = {}
@@ -318,3 +384,33 @@ def _samples(stage: ItemStage, items: list[StageItem], done: dict[str, dict]) ->
         except (ItemError, OSError, ValueError):
             continue
     return samples[:MAX_SAMPLES]
+
+
+def verify_items(storage: Storage, source: str, stage: str | None = None) -> list[dict]:
+    """Re-hash every output file of every finished item of `source` (of one stage's table, or of
+    all), and invalidate each item with a missing or corrupt file: its record leaves the ledger,
+    so the next run redoes exactly those items. One row per bad file: stage, shard, item, path,
+    problem."""
+    bad = []
+    for path in sorted((storage.root / "items").glob(f"{stage or '*'}/{safe_name(source)}/*/ledger.jsonl")):
+        ledger = Ledger(path)
+        records, _ = ledger.read()
+        invalid = set()
+        for key, record in sorted(records.items()):
+            for entry in record.get("files", {}).values():
+                digest = file_digest(storage.root / entry["path"])
+                if digest != entry.get("digest"):
+                    invalid.add(key)
+                    problem = "missing" if digest is None else "corrupt"
+                    bad.append(
+                        {
+                            "stage": path.parts[-4],
+                            "shard": path.parts[-2],
+                            "item": key,
+                            "path": entry["path"],
+                            "problem": problem,
+                        }
+                    )
+        if invalid:
+            ledger.rewrite([records[key] for key in sorted(records) if key not in invalid])
+    return bad

@@ -23,7 +23,7 @@ from pbi_ml.errors import ItemError
 from pbi_ml.imageio import load_rgb_path, save_png
 from pbi_ml.masks import blend, dilate, feathered_alpha, load_image_and_mask, object_location
 from pbi_ml.stages.common import Progress, StageResult, fingerprint, fingerprint_of
-from pbi_ml.stages.item_stage import ItemOutput, ItemStage, StageItem, absolute_files, run_item_stage
+from pbi_ml.stages.item_stage import ItemOutput, ItemStage, StageItem, absolute_files, portable, run_item_stage
 from pbi_ml.stages.removals import INSTANCE_FIELDS, instance_inputs
 from pbi_ml.storage import Storage
 from pbi_ml.tables import CANDIDATES, PAIRS, REMOVAL_SCORES, REMOVALS, SCORE_COLUMNS
@@ -76,7 +76,7 @@ class PairStage(ItemStage):
                     row={"instance": instance, "score": score, "removal": removal},
                     upstream=fingerprint_of(
                         {k: instance.get(k) for k in INSTANCE_FIELDS},
-                        score,
+                        portable(self.storage, score),
                         {k: removal[k] for k in ("dilation_px", "backend", "output_digest")},
                     ),
                     input_files=(*instance_inputs(self.source, instance), score["removal_image"]),

@@ -19,7 +19,7 @@ from pbi_ml.devices import device_of
 from pbi_ml.imageio import load_rgb_path
 from pbi_ml.masks import dilate, load_image_and_mask
 from pbi_ml.stages.common import Progress, StageResult, fingerprint, fingerprint_of
-from pbi_ml.stages.item_stage import ItemOutput, ItemStage, StageItem, run_item_stage
+from pbi_ml.stages.item_stage import ItemOutput, ItemStage, StageItem, portable, run_item_stage
 from pbi_ml.stages.removals import INSTANCE_FIELDS, OBJECT_FIELDS, instance_inputs
 from pbi_ml.storage import Storage
 from pbi_ml.tables import CANDIDATES, REMOVAL_SCORES, REMOVALS
@@ -56,7 +56,8 @@ class ScoreStage(ItemStage):
                     key=ann_id,
                     row={"instance": instance, "removals": rows},
                     upstream=fingerprint_of(
-                        {k: instance.get(k) for k in INSTANCE_FIELDS}, [{k: r[k] for k in REMOVAL_FIELDS} for r in rows]
+                        {k: instance.get(k) for k in INSTANCE_FIELDS},
+                        portable(self.storage, [{k: r[k] for k in REMOVAL_FIELDS} for r in rows]),
                     ),
                     input_files=(*instance_inputs(self.source, instance), *(r["removal_image"] for r in rows)),
                 )
@@ -94,10 +95,15 @@ class ScoreStage(ItemStage):
             row["scoring_backend"] = self.config.backend
             row["status"] = "ok"
             row["error"] = None
-        return ItemOutput(data={"rows": decided})
+        # the candidate's own fields (its path among them) come back from the upstream rows in `rows`
+        kept = [{k: v for k, v in row.items() if k == "candidate" or k not in CANDIDATE_FIELDS} for row in decided]
+        return ItemOutput(data={"rows": kept})
 
     def rows(self, item: StageItem, record: dict) -> list[dict]:
-        return record["data"]["rows"]
+        removals = {r["candidate"]: r for r in item.row["removals"]}
+        return [
+            {**{k: removals[row["candidate"]][k] for k in CANDIDATE_FIELDS}, **row} for row in record["data"]["rows"]
+        ]
 
     def failed_rows(self, item: StageItem, record: dict) -> list[dict]:
         instance = item.row["instance"]

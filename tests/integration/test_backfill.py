@@ -34,9 +34,9 @@ ROOT = "<data root>"  # the two data roots differ: paths under them are compared
 
 
 def _timing(name: str) -> bool:
-    """A measured time or rate (checkpoints.wall_time_s, samples_per_second, built_at): the only
-    values two runs of the same work may not share."""
-    return name == "built_at" or name.endswith(("_s", "_seconds", "per_second"))
+    """A measured time or rate (checkpoints.wall_time_s, samples_per_second, built_at, a file's
+    mtime_ns in an item record): the only values two runs of the same work may not share."""
+    return name in ("built_at", "mtime_ns") or name.endswith(("_s", "_seconds", "per_second"))
 
 
 def _normalize(table: pa.Table, root: Path) -> pa.Table:
@@ -67,7 +67,7 @@ def _without_timings(value):
 
 
 def _files(root: Path) -> dict[str, str]:
-    """sha256 of every other file of the data root (images, masks, item records, checkpoints), the
+    """sha256 of every other file of the data root (images, masks, item ledgers, checkpoints), the
     data root in it replaced by ROOT; a JSON file's timings aside."""
     out = {}
     for path in sorted(root.rglob("*")):
@@ -75,6 +75,9 @@ def _files(root: Path) -> dict[str, str]:
             data = path.read_bytes().replace(str(root).encode(), ROOT.encode())
             if path.suffix == ".json":
                 data = json.dumps(_without_timings(json.loads(data)), sort_keys=True).encode()
+            elif path.suffix == ".jsonl":  # an item ledger: a record per line
+                lines = [json.loads(line) for line in data.splitlines()]
+                data = json.dumps(_without_timings(lines), sort_keys=True).encode()
             elif path.suffix == ".safetensors":  # its JSON header's key order varies from process to process
                 size = struct.unpack("<Q", data[:8])[0]
                 header = json.dumps(json.loads(data[8 : 8 + size]), sort_keys=True).encode()

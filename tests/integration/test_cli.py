@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -36,6 +37,18 @@ def test_pbi_run_records_runs_in_the_instance_and_sql_reads_the_catalog(tmp_path
 
     bad = _pbi(tmp_path, "run", "--source", "nope")
     assert bad.returncode != 0 and "unknown source 'nope'" in (bad.stdout + bad.stderr)
+
+    # a bit flipped on disk, size and mtime kept: only `pbi verify` sees it, and invalidates its item
+    png = sorted((tmp_path / "data" / "files" / "pairs").rglob("*.png"))[0]
+    st, data = png.stat(), bytearray(png.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    png.write_bytes(bytes(data))
+    os.utime(png, ns=(st.st_atime_ns, st.st_mtime_ns))
+    found = _pbi(tmp_path, "verify", "--source", "demo")
+    assert found.returncode == 1, found.stdout + found.stderr
+    assert f"corrupt: {png.relative_to(tmp_path / 'data')} (pairs " in found.stdout and "1 bad files" in found.stdout
+    clean = _pbi(tmp_path, "verify", "--source", "demo", "--stage", "pairs")
+    assert clean.returncode == 0 and "every finished item is intact" in clean.stdout, clean.stdout + clean.stderr
 
 
 # ---- empty is not failure: a source whose every instance is rejected ends green, saying why

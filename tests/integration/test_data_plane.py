@@ -163,7 +163,7 @@ def test_crash_mid_partition_loses_and_duplicates_nothing(tmp_path, demo_root):
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_removals(storage, source, shard, config, inpainter=DiesAfterTwo())
     assert not storage.has_table(tables.REMOVALS, "demo", shard)
-    records = list(storage.item_dir(tables.REMOVALS, "demo", shard).glob("*.json"))
+    records, _ = storage.ledger(tables.REMOVALS, "demo", shard).read()
     assert len(records) == 2, "the two finished objects are on disk"
     result = run_removals(storage, source, shard, config)
     assert result.counts["items_computed_this_run"] == result.counts["items"] - 2
@@ -282,13 +282,13 @@ def test_sigkill_mid_partition_then_rerun_loses_and_duplicates_nothing(tmp_path)
         f"run_removals(Storage({str(killed.root)!r}), p.source('demo'), {shard!r}, RemovalConfig(batch_size=1, num_candidates=6))\n"
     )
     child = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2])
-    records = killed.item_dir(tables.REMOVALS, "demo", shard)
+    ledger = killed.ledger(tables.REMOVALS, "demo", shard)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(records.glob("*.json"))) < 1 and child.poll() is None:
+    while time.monotonic() < deadline and len(ledger.read()[0]) < 1 and child.poll() is None:
         time.sleep(0.01)
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
-    done_at_kill = len(list(records.glob("*.json")))
+    done_at_kill = len(ledger.read()[0])
     assert 0 < done_at_kill < total, f"the kill should land mid-partition ({done_at_kill} of {total} done)"
     assert not killed.has_table(tables.REMOVALS, "demo", shard)
 
@@ -313,5 +313,5 @@ def test_stale_temp_files_from_a_killed_writer_are_swept(tmp_path):
         path.write_bytes(b"x")
     old = time.time() - 3600
     os.utime(stale, (old, old))
-    assert storage.sweep_stale_temp_files("demo", "000") == 1
+    assert storage.sweep_stale_temp_files([storage.file_dir(tables.REMOVALS, "demo", "000", "7"), folder.parent]) == 1
     assert not stale.exists() and fresh.exists() and kept.exists()

@@ -202,7 +202,9 @@ def test_resume_mid_chunk_gives_the_uninterrupted_bytes(stage, tmp_path, request
     size = max(1, getattr(config, "batch_size", 1)) if stage != "pairs" else 1
     chunk = items[:size]
     victim = chunk[min(1, len(chunk) - 1)]
-    pipeline.storage.item_record_path(spec, pipeline.source.name, pipeline.shard, victim.key).unlink()
+    ledger = pipeline.storage.ledger(spec, pipeline.source.name, pipeline.shard)
+    records, _ = ledger.read()
+    ledger.rewrite([r for key, r in records.items() if key != victim.key])
     victim_dir = pipeline.storage.file_dir(spec, pipeline.source.name, pipeline.shard, victim.key)
     if victim_dir.exists():
         shutil.rmtree(victim_dir)
@@ -235,6 +237,86 @@ def test_a_corrupted_finished_png_is_redone_and_never_crashes_the_stage(tmp_path
     assert again.samples, "metadata samples are built"
     scored = pipeline.scores(ScoringConfig(batch_size=4, stats_min_change=0.01))
     assert scored.counts["items_failed"] == 0
+
+
+def test_a_rerun_trusts_by_stat_and_verify_finds_what_only_a_hash_can(tmp_path):
+    """A re-run trusts a finished item by its files' size and mtime: a truncated or missing file is
+    redone, but a corruption that kept size and mtime is seen only by `verify_items`, which
+    invalidates exactly that item (the next run redoes it, with the original bytes)."""
+    import os
+
+    from pbi_ml.stages.item_stage import verify_items
+
+    pipeline = Pipeline(tmp_path / "data", demo_source())
+    pipeline.index()
+    first = list({r["annotation_id"]: r for r in pipeline.removals().table.to_pylist()}.values())  # one per item
+    silent, truncated, missing = (Path(r["removal_image"]) for r in first[:3])
+    originals = {p: p.read_bytes() for p in (silent, truncated, missing)}
+
+    truncated.write_bytes(originals[truncated][:100])
+    missing.unlink()
+    ledger = pipeline.storage.ledger(tables.REMOVALS, pipeline.source.name, pipeline.shard).path
+    (ledger.parent / f"{first[3]['annotation_id']}.json").write_text("{}")  # a record of older code
+    assert pipeline.removals().counts["items_computed_this_run"] == 2
+    assert [p.name for p in ledger.parent.iterdir()] == [ledger.name], "the old record goes with the compaction"
+    assert truncated.read_bytes() == originals[truncated] and missing.read_bytes() == originals[missing]
+
+    st = silent.stat()
+    data = bytearray(originals[silent])
+    data[len(data) // 2] ^= 0xFF
+    silent.write_bytes(bytes(data))
+    os.utime(silent, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert pipeline.removals().counts["items_computed_this_run"] == 0, "same size and mtime: trusted"
+    bad = verify_items(pipeline.storage, pipeline.source.name, tables.REMOVALS.name)
+    assert bad == [
+        {
+            "stage": tables.REMOVALS.name,
+            "shard": pipeline.shard,
+            "item": first[0]["annotation_id"],
+            "path": str(silent.relative_to(pipeline.storage.root)),
+            "problem": "corrupt",
+        }
+    ]
+    assert pipeline.removals().counts["items_computed_this_run"] == 1
+    assert silent.read_bytes() == originals[silent]
+    assert verify_items(pipeline.storage, pipeline.source.name) == []
+
+
+@pytest.mark.parametrize("touch", [False, True], ids=["copy2", "cp-r-new-mtimes"])
+def test_a_copied_data_root_recomputes_and_rewrites_nothing(tmp_path, touch):
+    """Copy a finished data root elsewhere (keeping mtimes, or giving every file a new one as
+    `cp -r` does): every stage re-run there computes nothing, rewrites no file, and writes the
+    original's tables (paths compared relative to the root)."""
+    import os
+
+    original = Pipeline(tmp_path / "a", demo_source())
+    original.index()
+    stages = ["removals", "scores", "pairs", "descriptions", "instructions"]
+    first = {stage: getattr(original, stage)().table.to_pylist() for stage in stages}
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    moved = Pipeline(tmp_path / "b", demo_source())
+    pngs = sorted((tmp_path / "b" / "files").rglob("*.png"))
+    if touch:
+        for n, path in enumerate(pngs):
+            os.utime(path, ns=(10**18 + n, 10**18 + n))
+    stamps = {p: p.stat().st_mtime_ns for p in pngs}
+
+    for stage in stages:
+        result = getattr(moved, stage)()
+        assert result.counts["items_computed_this_run"] == 0, stage
+        relocated = [
+            {
+                k: v.replace(str(original.storage.root), str(moved.storage.root)) if isinstance(v, str) else v
+                for k, v in row.items()
+            }
+            for row in first[stage]
+        ]
+        assert result.table.to_pylist() == relocated, stage
+    assert {p: p.stat().st_mtime_ns for p in pngs} == stamps, "no PNG rewritten"
+    ledgers = sorted(p for p in (tmp_path / "b" / "items").rglob("*") if p.is_file())
+    assert {p.name for p in ledgers} == {"ledger.jsonl"}, "the bookkeeping files are ledgers"
+    assert len(ledgers) == len({p.parent for p in ledgers}) > len(stages), "one per stage and partition"
+    assert original.storage.root.as_posix() not in "".join(p.read_text() for p in ledgers), "no old root in them"
 
 
 def test_samples_never_fail_a_stage(tmp_path):
@@ -321,7 +403,6 @@ def test_every_item_that_enters_a_stage_leaves_rows_with_reasons(tmp_path):
 def test_a_changed_upstream_item_redoes_exactly_its_dependents(tmp_path):
     """Re-remove one object with different pixels: its scores and its pair are redone and nothing
     else; give one pair a different description: only its instruction is redone."""
-    import json
 
     import numpy as np
 
@@ -344,9 +425,9 @@ def test_a_changed_upstream_item_redoes_exactly_its_dependents(tmp_path):
     [(candidates, context)] = stage.compute([stage.prepare(item)])
     brighter = [np.where(c < 255, c + 1, c).astype(np.uint8) for c in candidates]
     directory = pipeline.storage.file_dir(tables.REMOVALS, pipeline.source.name, pipeline.shard, target)
-    ItemRecords(pipeline.storage, stage, pipeline.source.name, pipeline.shard).write_ok(
-        item, stage.write(item, (brighter, context), directory)
-    )
+    records = ItemRecords(pipeline.storage, stage, pipeline.source.name, pipeline.shard)
+    records.write_ok(item, stage.write(item, (brighter, context), directory))
+    records.flush()
     assert pipeline.removals().counts["items_computed_this_run"] == 0, "a trusted, intact re-removal"
     assert pipeline.scores().counts["items_computed_this_run"] == 1
     still_chosen = any(
@@ -359,10 +440,10 @@ def test_a_changed_upstream_item_redoes_exactly_its_dependents(tmp_path):
 
     # a different description for one pair: exactly its instruction is redone
     other = pairs[-1]["pair_id"]
-    path = pipeline.storage.item_record_path(tables.DESCRIPTIONS, pipeline.source.name, pipeline.shard, other)
-    record = json.loads(path.read_text())
+    ledger = pipeline.storage.ledger(tables.DESCRIPTIONS, pipeline.source.name, pipeline.shard)
+    record = ledger.read()[0][other]
     record["data"]["description"] = "a small purple object with stripes"
-    path.write_text(json.dumps(record))
+    ledger.append([record])
     assert pipeline.descriptions().counts["items_computed_this_run"] == 0
     assert pipeline.instructions().counts["items_computed_this_run"] == 1
     assert pipeline.instructions().counts["items_computed_this_run"] == 0
@@ -465,9 +546,7 @@ STORAGE_CALLS = {
     "table_glob",
     "item_dir",
     "file_dir",
-    "read_item_record",
-    "write_item_record",
-    "item_record_path",
+    "ledger",
     "read_view",
     "global_dir",
 }

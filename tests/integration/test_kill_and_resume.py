@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from pbi_ml import tables
+from pbi_ml.storage import Ledger
 from tests.support.cli import pbi_env, run_pbi, start_pbi
 
 
@@ -33,14 +34,19 @@ def _kill_when(data_root: Path, home: Path, folder: Path, timeout: float = 600) 
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline and child.poll() is None:
-            if folder.exists() and any(folder.rglob("*.json")):
+            if _records(folder):
                 break
             time.sleep(0.01)
         assert child.poll() is None, "pbi run ended before the kill point"
         os.kill(child.pid, signal.SIGKILL)
     finally:
         child.wait()
-    return len(list(folder.rglob("*.json")))
+    return _records(folder)
+
+
+def _records(folder: Path) -> int:
+    """Finished-item records in the stage's ledgers under `folder`."""
+    return sum(len(Ledger(path).read()[0]) for path in folder.rglob("ledger.jsonl"))
 
 
 def _tables(data_root: Path) -> dict[str, list[dict]]:

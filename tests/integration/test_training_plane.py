@@ -320,3 +320,51 @@ def test_nothing_to_train_is_skipped_not_failed(tmp_path):
     assert result.success
     assert metadata_of(result, "checkpoint")["skipped"].startswith("no train pairs")
     assert metadata_of(result, "evaluation")["skipped"].startswith("no checkpoint")
+
+
+def test_a_copied_data_root_recomputes_nothing_and_training_resumes(demo, tmp_path):
+    """The finished demo data root copied elsewhere with a new mtime on every file (as `cp -r`
+    does), then the whole graph run there: no item computed in any stage, no PNG rewritten,
+    training resumes from its last checkpoint, and every partitioned table is the original's
+    (paths compared relative to the root). The copy with mtimes kept: test_item_stages."""
+    import os
+    import shutil
+
+    from tests.support.pipeline_helpers import run_everything
+
+    root, _, unpartitioned = demo
+    copy = tmp_path / "moved"
+    shutil.copytree(root, copy)
+    for n, path in enumerate(sorted(p for p in copy.rglob("*") if p.is_file())):
+        os.utime(path, ns=(10**18 + n, 10**18 + n))
+    pngs = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (copy / "files").rglob("*.png")}
+
+    def partitioned_tables(data_root: Path) -> dict[str, str]:
+        return {
+            str(p.relative_to(data_root)): repr(pq.read_table(p).to_pylist()).replace(
+                str(data_root.resolve()), "<root>"
+            )
+            for spec in tables.PARTITIONED_TABLES
+            for p in sorted((data_root / "tables" / spec.name).glob("*/*.parquet"))
+        }
+
+    before = partitioned_tables(root)
+    partitioned, moved = run_everything("demo", copy)
+    assert all(r.success for r in partitioned) and moved.success
+    computed = {
+        (event.asset_key.to_user_string(), event.partition): event.materialization.metadata[
+            "items_computed_this_run"
+        ].value
+        for result in partitioned
+        for event in result.get_asset_materialization_events()
+        if "items_computed_this_run" in event.materialization.metadata
+    }
+    assert computed and set(computed.values()) == {0}, computed
+    # the evaluation (not an item stage) evaluates the checkpoint again: the same bytes
+    rewritten = {p for p, (mtime, _) in pngs.items() if p.stat().st_mtime_ns != mtime}
+    assert {p.relative_to(copy).parts[1] for p in rewritten} <= {tables.EVALUATIONS.name}, "no item PNG rewritten"
+    assert {p: p.read_bytes() for p in pngs} == {p: data for p, (_, data) in pngs.items()}
+    trained, resumed = metadata_of(unpartitioned, "checkpoint"), metadata_of(moved, "checkpoint")
+    assert resumed["checkpoint_id"] == trained["checkpoint_id"]
+    assert resumed["resumed_from_step"] == trained["steps"] > 0
+    assert partitioned_tables(copy) == before

@@ -265,7 +265,9 @@ def test_sd_stage_resumed_mid_chunk_gives_the_uninterrupted_bytes(sd_config, tmp
     chunks = [ordered[i : i + 4] for i in range(0, len(ordered), 4)]
     chunk = next(c for c in chunks if len(c) > 1 and (c[0]["height"], c[0]["width"]) == (c[1]["height"], c[1]["width"]))
     victim = chunk[1]["annotation_id"]
-    storage.item_record_path(tables.REMOVALS, source.name, shard, victim).unlink()
+    ledger = storage.ledger(tables.REMOVALS, source.name, shard)
+    records, _ = ledger.read()
+    ledger.rewrite([r for key, r in records.items() if key != victim])
     for path in before:
         if f"/{victim}/" in path:
             Path(path).unlink()
