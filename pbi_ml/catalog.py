@@ -254,6 +254,18 @@ def source_summary(storage: Storage, source: str):
     return query(storage, sql, {"source": source})
 
 
+def run_summary(storage: Storage, source: str) -> str:
+    """What `pbi run` prints at its end: `source_summary`, then `evaluation_summary` if any."""
+    try:
+        text = source_summary(storage, source).to_string(index=False)
+    except Exception as exc:  # noqa: BLE001 - a summary must not hide the run's own status
+        return f"(no summary: {exc})"
+    if (evals := evaluation_summary(storage)) is not None:
+        note = "evaluation (model metrics are null, with the reason in the catalog, when their weights are absent):"
+        text += f"\n\n{note}\n{evals.to_string(index=False)}"
+    return text
+
+
 def evaluation_summary(storage: Storage):
     """Every evaluation with its checkpoint's steps (the table `pbi run` prints after a training);
     None before the first evaluation."""

@@ -10,20 +10,10 @@ from pbi_assets.cli.instance import ensure_dagster_home, open_instance
 
 def print_summary(source: str) -> None:
     from pbi_assets.partitions import PROJECT
-    from pbi_ml.catalog import evaluation_summary, source_summary
+    from pbi_ml.catalog import run_summary
     from pbi_ml.storage import Storage
 
-    storage = Storage(PROJECT.data_root)
-    try:
-        frame = source_summary(storage, source)
-    except Exception as exc:  # noqa: BLE001 - a summary must not hide the run's own status
-        print(f"(no summary: {exc})")
-        return
-    print(frame.to_string(index=False))
-    if (evals := evaluation_summary(storage)) is not None:
-        print()
-        print("evaluation (model metrics are null, with the reason in the catalog, when their weights are absent):")
-        print(evals.to_string(index=False))
+    print(run_summary(Storage(PROJECT.data_root), source))
 
 
 def cmd_sql(args) -> int:
@@ -86,16 +76,17 @@ def cmd_check(args) -> int:
 def cmd_verify(args) -> int:
     """Re-hash the source's finished items' files; invalidate (and list) those with a bad file; exit 1 if any."""
     from pbi_ml.config import project_config
-    from pbi_ml.stages.item_stage import verify_items
+    from pbi_ml.stages.item_stage import verify_report
     from pbi_ml.storage import Storage
 
     project = project_config()
     require_source(project.source_names, args.source)
-    bad = verify_items(Storage(project.data_root), args.source, args.stage)
-    for row in bad:
-        print(f"{row['problem']}: {row['path']} ({row['stage']} {row['shard']} item {row['item']}: invalidated)")
-    print(f"{len(bad)} bad files; the next `pbi run` redoes their items" if bad else "every finished item is intact")
-    return 1 if bad else 0
+    try:
+        lines, intact = verify_report(Storage(project.data_root), args.source, args.stage)
+    except ValueError as exc:
+        raise UserError(f"--stage {exc}") from None
+    print("\n".join(lines))
+    return 0 if intact else 1
 
 
 def cmd_info(args) -> int:

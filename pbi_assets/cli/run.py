@@ -15,21 +15,13 @@ from pbi_assets.run_health import PoolWaitReporter, process_tags
 
 
 def _load_run_config(path: str | None) -> dict:
-    if not path:
-        return {}
-    import yaml
+    from pbi_ml.config.project import read_yaml_mapping
+    from pbi_ml.errors import ConfigError
 
     try:
-        config = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError:
-        raise UserError(f"--run-config {path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"--run-config {path}: cannot be read ({exc.__class__.__name__}: {exc})") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"--run-config {path}: not valid YAML: {exc}") from None
-    if not isinstance(config, dict):
-        raise UserError(f"--run-config {path}: top level must be a mapping ({{ops: {{<stage>: {{config: ...}}}}}})")
-    return config
+        return read_yaml_mapping(Path(path), " ({ops: {<stage>: {config: ...}}})") if path else {}
+    except ConfigError as exc:
+        raise UserError(f"--run-config {exc}") from None
 
 
 def _failure_lines(instance, run_id: str, what: str, seconds: float) -> list[str]:

@@ -122,6 +122,24 @@ def project_config(path: str | os.PathLike | None = None) -> ProjectConfig:
     return _PROJECT_CACHE[key]
 
 
+def read_yaml_mapping(path: Path, shape: str = "") -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (empty: {}); a ConfigError naming the file and the
+    problem otherwise (`shape` says what the mapping should look like)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.__class__.__name__}: {exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping{shape}")
+    return raw
+
+
 def load_project_config(path: str | os.PathLike | None = None) -> ProjectConfig:
     """Read `pbi.yaml` (or `$PBI_CONFIG`); `$PBI_DATA_ROOT` overrides `data_root`.
 
@@ -130,21 +148,13 @@ def load_project_config(path: str | os.PathLike | None = None) -> ProjectConfig:
     project. A file that exists but cannot be read fails, naming it. Relative paths in the file
     are resolved against the file's folder.
     """
-    import yaml
 
     named = path is not None or bool(os.environ.get("PBI_CONFIG"))
     config_path = Path(path) if path is not None else default_config_path()
     raw: dict[str, Any] = {}
     base = Path.cwd()
     if config_path.exists():
-        try:
-            raw = yaml.safe_load(config_path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{config_path}: not valid YAML: {exc}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{config_path}: cannot be read ({exc.__class__.__name__}: {exc})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{config_path}: top level must be a mapping")
+        raw = read_yaml_mapping(config_path)
         base = config_path.resolve().parent
     elif named:
         via = "" if path is not None else " (named by $PBI_CONFIG)"

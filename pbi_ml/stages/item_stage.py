@@ -57,7 +57,7 @@ import numpy as np
 from pbi_ml.errors import ItemError
 from pbi_ml.stages.common import Progress, ProgressReporter, StageResult, chunks_to_run, fingerprint_of
 from pbi_ml.storage import Ledger, Storage, WrittenFile, file_digest, safe_name, table_from_records
-from pbi_ml.tables import TableSpec
+from pbi_ml.tables import ITEM_TABLES, TableSpec
 
 RECORD_VERSION = 3  # records of older code (per-item JSON files) are not read: their items are recomputed once
 MAX_SAMPLES = 4  # preview images per stage run (thumbnails in the metadata)
@@ -386,11 +386,24 @@ def _samples(stage: ItemStage, items: list[StageItem], done: dict[str, dict]) ->
     return samples[:MAX_SAMPLES]
 
 
+def verify_report(storage: Storage, source: str, stage: str | None = None) -> tuple[list[str], bool]:
+    """What `pbi verify` prints (`verify_items`, a line per bad file), and whether all is intact."""
+    bad = verify_items(storage, source, stage)
+    lines = [f"{r['problem']}: {r['path']} ({r['stage']} {r['shard']} item {r['item']}: invalidated)" for r in bad]
+    lines.append(
+        f"{len(bad)} bad files; the next `pbi run` redoes their items" if bad else "every finished item is intact"
+    )
+    return lines, not bad
+
+
 def verify_items(storage: Storage, source: str, stage: str | None = None) -> list[dict]:
     """Re-hash every output file of every finished item of `source` (of one stage's table, or of
     all), and invalidate each item with a missing or corrupt file: its record leaves the ledger,
     so the next run redoes exactly those items. One row per bad file: stage, shard, item, path,
-    problem."""
+    problem. An unknown `stage` is a ValueError naming the item stages."""
+    names = [table.name for table in ITEM_TABLES]
+    if stage is not None and stage not in names:
+        raise ValueError(f"{stage!r} is not an item stage; one of {', '.join(names)}")
     bad = []
     for path in sorted((storage.root / "items").glob(f"{stage or '*'}/{safe_name(source)}/*/ledger.jsonl")):
         ledger = Ledger(path)

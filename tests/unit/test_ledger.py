@@ -25,3 +25,14 @@ def test_a_torn_last_line_is_ignored_and_the_next_append_ends_it(tmp_path):
 
 def test_an_absent_ledger_reads_empty(tmp_path):
     assert Ledger(tmp_path / "ledger.jsonl").read() == ({}, 0)
+
+
+def test_verify_names_the_item_stages_for_an_unknown_stage(tmp_path):
+    import pytest
+
+    from pbi_ml.stages.item_stage import verify_report
+    from pbi_ml.storage import Storage
+
+    with pytest.raises(ValueError, match="'removal' is not an item stage; one of class_scores, removals"):
+        verify_report(Storage(tmp_path), "demo", "removal")
+    assert verify_report(Storage(tmp_path), "demo", "removals") == (["every finished item is intact"], True)
