@@ -49,6 +49,11 @@ KEEP_BELOW = {
 }
 KEEP_ABOVE = {"stats_change", "stats_texture_ratio"}
 # the ScoringConfig field each column's threshold lives in (stages.removal_scores in pbi.yaml)
+CLIP_RECALIBRATE = (
+    "note: CLIP now sees each region padded to a square and cleaned class names; the CLIP thresholds "
+    "(min_class_sim 0.20, clip_max_removal_sim 0.28, clip_max_consensus_std 0.15) are to be recalibrated "
+    "on labels scored this way"
+)
 THRESHOLD_FIELDS = {
     "clip_consensus_std": "clip_max_consensus_std",
     "clip_removal_sim": "clip_max_removal_sim",
@@ -300,6 +305,7 @@ def fit_report(labels_csv: str | Path, column: str, tolerance: float = 0.02) -> 
         f"\nplateau threshold for {column}: {threshold:.4g}",
         f"set it in pbi.yaml:  stages: {{removal_scores: {{{THRESHOLD_FIELDS[column]}: {threshold:.4g}}}}}",
         f"plot: {plot}",
+        *([CLIP_RECALIBRATE] if column.startswith("clip_") else []),
     ]
 
 

@@ -37,7 +37,11 @@ from pbi_ml.config import ScoringConfig
 from pbi_ml.errors import ConfigError
 from pbi_ml.masks import bbox_of, crop_box, isolate_region
 
-REMOVAL_PROMPT = "a photo of a {category}"
+CLASS_PROMPT = "a photo of a {category}"  # the class prompt of the class filter and the removal filter
+# What CLIP sees, in the config id of every CLIP-scored stage: region crops padded to a square with
+# the isolation background, and class names cleaned as in every model prompt. A change redoes the
+# CLIP-scored items (and only those).
+CLIP_VIEW_VERSION = "view2"
 ISOLATION_CROP_PAD = 0.15
 # Scores are rounded to 6 decimals: float32 results can differ in the last bits with the batch
 # composition (BLAS blocking), which depends on which objects share a call; the thresholds live
@@ -67,18 +71,28 @@ def isolated_region(image: np.ndarray, dilated_mask: np.ndarray, dilation_px: in
     (also the view the pre-removal class filter scores)."""
     isolated = isolate_region(image, dilated_mask, dilation_px, blur_sigma)
     x0, y0, x1, y1 = crop_box(bbox_of(dilated_mask), image.shape, pad=ISOLATION_CROP_PAD)
-    return np.ascontiguousarray(isolated[y0:y1, x0:x1])
+    # padded square with the isolation background (the image's mean colour): CLIP's preprocessing
+    # centre-crops to a square, which would cut the ends off an elongated object (a ski, a person)
+    background = np.rint(image.reshape(-1, 3).mean(axis=0))
+    return square_padded(np.ascontiguousarray(isolated[y0:y1, x0:x1]), fill=background)
 
 
-def square_padded(image: np.ndarray) -> np.ndarray:
-    """Pad to a centred square with the image's mean colour (so a centre crop keeps everything)."""
+def class_prompt(category: str) -> str:
+    """ "a photo of a <class>", the class name cleaned as in every model prompt ("bow_(weapon)" -> "bow")."""
+    from pbi_ml.instruct.grammar import clean_category
+
+    return CLASS_PROMPT.format(category=clean_category(category))
+
+
+def square_padded(image: np.ndarray, fill: np.ndarray | None = None) -> np.ndarray:
+    """Pad to a centred square with `fill` (default: the image's mean colour), so that a centre
+    crop keeps everything."""
     h, w = image.shape[:2]
     side = max(h, w)
     if h == w:
         return image
-    mean = np.rint(image.reshape(-1, 3).mean(axis=0)).astype(np.uint8)
     out = np.empty((side, side, 3), dtype=np.uint8)
-    out[:] = mean
+    out[:] = np.rint(image.reshape(-1, 3).mean(axis=0)) if fill is None else fill
     top, left = (side - h) // 2, (side - w) // 2
     out[top : top + h, left : left + w] = image
     return out
@@ -107,7 +121,7 @@ def clip_scores(objects: list, config: ScoringConfig, embedder=None) -> list[lis
         images.append(isolated_region(obj.original, dilated, *iso))
         images.append(square_padded(obj.original))
         images += [square_padded(c) for c in obj.candidates]
-    prompts = sorted({REMOVAL_PROMPT.format(category=obj.category) for obj in objects})
+    prompts = sorted({class_prompt(obj.category) for obj in objects})
 
     image_emb = embedder.embed_images(images)
     text_emb = dict(zip(prompts, embedder.embed_texts(prompts), strict=True))
@@ -119,7 +133,7 @@ def clip_scores(objects: list, config: ScoringConfig, embedder=None) -> list[lis
         region_before = image_emb[start + k]
         whole_before = image_emb[start + k + 1]
         wholes = image_emb[start + k + 2 : start + 2 * k + 2]
-        text = text_emb[REMOVAL_PROMPT.format(category=obj.category)]
+        text = text_emb[class_prompt(obj.category)]
         consensus = embedding_spread(regions)
         before = _cos(region_before, text)
         out.append(

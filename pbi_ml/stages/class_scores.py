@@ -22,13 +22,13 @@ import pyarrow.compute as pc
 from pbi_ml.config import ClassFilterConfig, SourceConfig
 from pbi_ml.devices import device_of
 from pbi_ml.masks import load_image_and_mask
+from pbi_ml.scoring.clip import CLIP_VIEW_VERSION
 from pbi_ml.stages.common import Progress, StageResult, fingerprint, fingerprint_of
 from pbi_ml.stages.item_stage import ItemOutput, ItemStage, StageItem, run_item_stage
 from pbi_ml.stages.removals import INSTANCE_FIELDS, OBJECT_FIELDS, instance_inputs
 from pbi_ml.storage import Storage
 from pbi_ml.tables import CANDIDATES, CLASS_SCORES
 
-CLASS_PROMPT = "a photo of a {category}"
 SKIPPED_REASON = "class filter backend 'off' (no CLIP weights): filter skipped; set class_scores.backend: clip"
 
 
@@ -39,6 +39,8 @@ class ClassScoreStage(ItemStage):
         self.storage, self.source, self.shard, self.config = storage, source, shard, config
         self.batch_size = config.batch_size
         self.config_id = fingerprint(config, exclude=("batch_size", "device"))
+        if config.backend == "clip":
+            self.config_id += f"-{CLIP_VIEW_VERSION}"
         self.device = device_of(config)
         self._embedder = embedder
 
@@ -58,11 +60,11 @@ class ClassScoreStage(ItemStage):
     def prepare(self, item: StageItem):
         if self.config.backend == "off":
             return None  # nothing to read: the filter is skipped
-        from pbi_ml.scoring.clip import isolated_region
+        from pbi_ml.scoring.clip import class_prompt, isolated_region
 
         image, mask = load_image_and_mask(self.source, item.row)
         view = isolated_region(image, mask, self.config.isolation_dilation_px, self.config.isolation_blur_sigma)
-        return view, CLASS_PROMPT.format(category=item.row["category"])
+        return view, class_prompt(item.row["category"])
 
     def compute(self, prepared: list) -> list:
         if self.config.backend == "off":

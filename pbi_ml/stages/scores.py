@@ -18,6 +18,7 @@ from pbi_ml.config import ScoringConfig, SourceConfig
 from pbi_ml.devices import device_of
 from pbi_ml.imageio import load_rgb_path
 from pbi_ml.masks import dilate, load_image_and_mask
+from pbi_ml.scoring.clip import CLIP_VIEW_VERSION
 from pbi_ml.stages.common import Progress, StageResult, fingerprint, fingerprint_of
 from pbi_ml.stages.item_stage import ItemOutput, ItemStage, StageItem, portable, run_item_stage
 from pbi_ml.stages.removals import INSTANCE_FIELDS, OBJECT_FIELDS, instance_inputs
@@ -36,6 +37,8 @@ class ScoreStage(ItemStage):
         self.storage, self.source, self.shard, self.config = storage, source, shard, config
         self.batch_size = config.batch_size
         self.config_id = fingerprint(config, exclude=("batch_size", "device"))
+        if config.backend == "clip":
+            self.config_id += f"-{CLIP_VIEW_VERSION}"
         self.device = device_of(config)
 
     def items(self) -> list[StageItem]:

@@ -283,6 +283,51 @@ def test_clip_backend_scores(tiny_clip):
     assert "edit_too_small" in decided[0]["reject_reason"].split("+")
 
 
+def test_clip_sees_the_whole_of_an_elongated_object(tiny_clip):
+    """A 440x20 ski-like bar, red at one end and blue at the other: the tensor CLIP's own
+    preprocessing (resize the shorter side, centre crop) makes of the isolated view holds both
+    ends; the unpadded crop (what CLIP was given before) loses them, and the score differs."""
+    from PIL import Image
+
+    from pbi_ml.clip_embedder import ClipEmbedder
+    from pbi_ml.masks import bbox_of, crop_box, isolate_region
+    from pbi_ml.scoring.clip import ISOLATION_CROP_PAD, class_prompt, isolated_region
+
+    image = np.full((480, 640, 3), 128, dtype=np.uint8)
+    image[230:250, 100:540] = (40, 160, 40)
+    image[230:250, 100:140] = (255, 0, 0)
+    image[230:250, 500:540] = (0, 0, 255)
+    mask = np.zeros(image.shape[:2], dtype=bool)
+    mask[230:250, 100:540] = True
+    view = isolated_region(image, mask, 0, 0.0)
+    assert view.shape[0] == view.shape[1], "padded to a square"
+    x0, y0, x1, y1 = crop_box(bbox_of(mask), image.shape, pad=ISOLATION_CROP_PAD)
+    unpadded = np.ascontiguousarray(isolate_region(image, mask, 0, 0.0)[y0:y1, x0:x1])
+
+    config_path, checkpoint = tiny_clip
+    embedder = ClipEmbedder(config_path, checkpoint, device="cpu", batch_size=2)
+    preprocess = embedder._loaded()[1]  # the exact transform open_clip feeds the model
+
+    def ends_seen(array: np.ndarray) -> tuple[bool, bool]:
+        pixels = preprocess(Image.fromarray(array)).numpy()  # normalised CHW
+        red = (pixels[0] > 1.5) & (pixels[1] < -1.0) & (pixels[2] < -1.0)
+        blue = (pixels[0] < -1.0) & (pixels[1] < -1.0) & (pixels[2] > 1.5)
+        return bool(red.any()), bool(blue.any())
+
+    assert ends_seen(view) == (True, True)
+    assert ends_seen(unpadded) == (False, False), "the centre crop of the bare crop cuts both ends off"
+    embeddings = embedder.embed_images([view, unpadded])
+    text = embedder.embed_texts([class_prompt("ski")])[0]
+    assert abs(float(embeddings[0] @ text) - float(embeddings[1] @ text)) > 1e-4
+
+
+def test_class_names_reach_clip_cleaned():
+    from pbi_ml.scoring.clip import class_prompt
+
+    assert class_prompt("bow_(weapon)") == "a photo of a bow"
+    assert class_prompt("Human face") == "a photo of a human face"
+
+
 def test_embedding_spread_matches_its_definition():
     rng = np.random.default_rng(0)
     e = rng.normal(size=(3, 16))
