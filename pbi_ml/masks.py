@@ -58,16 +58,19 @@ def object_location(mask: np.ndarray) -> str:
     return LOCATION_GRID[row][col]
 
 
-def isolate_region(image: np.ndarray, mask: np.ndarray, dilation_px: int, blur_sigma: float) -> np.ndarray:
-    """The paper's region isolation (docs/method.md#region-isolation): paste the masked area onto a background of the image's mean colour
-    through a dilated, Gaussian-blurred mask. Returns HxWx3 uint8."""
+def isolate_region(
+    image: np.ndarray, mask: np.ndarray, dilation_px: int, blur_sigma: float, mean_colour: np.ndarray | None = None
+) -> np.ndarray:
+    """The paper's region isolation (docs/method.md#region-isolation): paste the masked area onto a
+    background of the image's mean colour (`mean_colour`, computed when not given) through a dilated,
+    Gaussian-blurred mask. Returns HxWx3 uint8."""
     import cv2
 
     soft = dilate(mask, dilation_px).astype(np.float32)
     if blur_sigma > 0:
         soft = cv2.GaussianBlur(soft, (0, 0), sigmaX=blur_sigma, sigmaY=blur_sigma)
-    mean_colour = image.reshape(-1, 3).mean(axis=0)
-    background = np.broadcast_to(mean_colour, image.shape).astype(np.float32)
+    colour = image.reshape(-1, 3).mean(axis=0) if mean_colour is None else mean_colour
+    background = np.broadcast_to(colour, image.shape).astype(np.float32)
     out = soft[..., None] * image.astype(np.float32) + (1 - soft[..., None]) * background
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 

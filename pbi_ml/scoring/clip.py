@@ -5,7 +5,8 @@ Views embedded per object (all objects and candidates of a call go through the m
 - the isolated region of each candidate and of the original: `pbi_ml.masks.isolate_region` on the
   dilated mask (the area the inpainter filled) with `isolation_dilation_px` / `isolation_blur_sigma`,
   i.e. the region pasted on the image's mean colour through a dilated, blurred mask, then cropped
-  to a box around the dilated mask padded by ISOLATION_CROP_PAD of its size on each side;
+  to a box around the dilated mask padded by ISOLATION_CROP_PAD of its size on each side, then
+  padded to a square with the same colour (CLIP's centre crop keeps the whole object);
 - the whole original and each whole candidate, padded to a square with the image's mean colour so
   CLIP's centre crop does not cut off an object near a long side.
 
@@ -69,12 +70,12 @@ def cached_embedder(model_name: str, pretrained: str | None, device: str, batch_
 def isolated_region(image: np.ndarray, dilated_mask: np.ndarray, dilation_px: int, blur_sigma: float) -> np.ndarray:
     """The paper's region isolation (docs/method.md#region-isolation) of `image` through `dilated_mask`, cropped around the mask
     (also the view the pre-removal class filter scores)."""
-    isolated = isolate_region(image, dilated_mask, dilation_px, blur_sigma)
+    mean_colour = image.reshape(-1, 3).mean(axis=0)  # the isolation background, computed once
+    isolated = isolate_region(image, dilated_mask, dilation_px, blur_sigma, mean_colour)
     x0, y0, x1, y1 = crop_box(bbox_of(dilated_mask), image.shape, pad=ISOLATION_CROP_PAD)
-    # padded square with the isolation background (the image's mean colour): CLIP's preprocessing
-    # centre-crops to a square, which would cut the ends off an elongated object (a ski, a person)
-    background = np.rint(image.reshape(-1, 3).mean(axis=0))
-    return square_padded(np.ascontiguousarray(isolated[y0:y1, x0:x1]), fill=background)
+    # padded to a square with the same background: CLIP's preprocessing centre-crops to a square,
+    # which would cut the ends off an elongated object (a ski, a person)
+    return square_padded(np.ascontiguousarray(isolated[y0:y1, x0:x1]), fill=np.rint(mean_colour))
 
 
 def class_prompt(category: str) -> str:
