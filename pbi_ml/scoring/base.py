@@ -25,6 +25,11 @@ inpainted candidates and the object's class name. Every candidate gets every sco
 
 The stats columns need no weights and are always computed; the clip columns only with
 `ScoringConfig.backend == "clip"`.
+
+Every score looks at a candidate as the pairs stage will use it: the inpainted pixels inside the
+dilated mask, the original's outside it (`as_paired`). A `context: crop` removal already is that;
+a `context: full` one also went through the VAE outside the mask, a drift the pair does not keep
+and that would otherwise lower its importance and disturb the ring statistics.
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ from pbi_ml.errors import ConfigError, ItemError
 from pbi_ml.masks import check_image, check_image_and_mask
 from pbi_ml.tables import CLIP_COLUMNS, SCORE_COLUMNS
 
+# What a score depends on beyond the configs: a change re-scores finished items.
+# 2: candidates scored as paired (the original outside the dilated mask).
+SCORES_VERSION = "2"
 STATS_BACKEND_CLIP_REASON = "scoring backend 'stats' has no CLIP weights; set scoring.backend: clip"
 
 
@@ -68,6 +76,17 @@ def check_object(obj: ObjectToScore) -> None:
             raise ItemError(reasons.REMOVAL_SIZE_MISMATCH, f"candidate {k}: {candidate.shape} vs {shape}")
 
 
+def as_paired(obj: ObjectToScore) -> ObjectToScore:
+    """`obj` with each candidate's pixels outside the dilated mask replaced by the original's."""
+    outside = ~(obj.dilated_mask | obj.mask)
+    candidates = []
+    for candidate in obj.candidates:
+        paired = candidate.copy()
+        paired[outside] = obj.original[outside]
+        candidates.append(paired)
+    return ObjectToScore(obj.original, obj.mask, obj.dilated_mask, candidates, obj.category)
+
+
 def score_objects(objects: list[ObjectToScore], config: ScoringConfig, embedder=None) -> list[list[dict]]:
     """Per object, per candidate, a dict with every column of SCORE_COLUMNS.
 
@@ -82,6 +101,7 @@ def score_objects(objects: list[ObjectToScore], config: ScoringConfig, embedder=
 
     for obj in objects:
         check_object(obj)
+    objects = [as_paired(obj) for obj in objects]
     rows = [stats_scores(obj) for obj in objects]
     if config.backend == "clip":
         from pbi_ml.scoring.clip import clip_scores

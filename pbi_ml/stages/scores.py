@@ -18,6 +18,7 @@ from pbi_ml.config import ScoringConfig, SourceConfig
 from pbi_ml.devices import device_of
 from pbi_ml.imageio import load_rgb_path
 from pbi_ml.masks import dilate, load_image_and_mask
+from pbi_ml.scoring.base import SCORES_VERSION
 from pbi_ml.scoring.clip import CLIP_VIEW_VERSION
 from pbi_ml.stages.common import Progress, StageResult, fingerprint, fingerprint_of
 from pbi_ml.stages.item_stage import ItemOutput, ItemStage, StageItem, portable, run_item_stage
@@ -36,7 +37,7 @@ class ScoreStage(ItemStage):
     def __init__(self, storage: Storage, source: SourceConfig, shard: str, config: ScoringConfig):
         self.storage, self.source, self.shard, self.config = storage, source, shard, config
         self.batch_size = config.batch_size
-        self.config_id = fingerprint(config, exclude=("batch_size", "device"))
+        self.config_id = fingerprint(config, exclude=("batch_size", "device")) + f"-scores{SCORES_VERSION}"
         if config.backend == "clip":
             self.config_id += f"-{CLIP_VIEW_VERSION}"
         self.device = device_of(config)

@@ -328,6 +328,36 @@ def test_class_names_reach_clip_cleaned():
     assert class_prompt("Human face") == "a photo of a human face"
 
 
+def test_an_object_removed_in_crop_and_in_full_context_gets_the_same_importance(tiny_clip, tiny_sd_inpaint_dir):
+    """`full` also sends the pixels outside the mask through the VAE; the pair keeps the original
+    there, and so does what is scored: the importance no longer depends on the context."""
+    from dataclasses import replace
+
+    from pbi_ml.config import RemovalConfig
+    from pbi_ml.removal import make_inpainter
+    from pbi_ml.scoring.clip import clip_scores
+
+    config_path, checkpoint = tiny_clip
+    config = ScoringConfig(backend="clip", clip_model=config_path, clip_pretrained=checkpoint, device="cpu")
+    removal = RemovalConfig(
+        backend="diffusers", model=str(tiny_sd_inpaint_dir), steps=2, resolution=64, num_candidates=2, device="cpu"
+    )
+    image = cv2.resize(skimage.data.chelsea(), (160, 120), interpolation=cv2.INTER_AREA)
+    mask = _ellipse(image.shape, (64, 44), (14, 12))
+    dilated = dilate(mask, removal.dilation_px)
+    importance, raw_importance = {}, {}
+    for context in ("crop", "full"):
+        inpainter = make_inpainter(replace(removal, context=context))
+        assert inpainter.context_of(image, dilated) == context
+        obj = ObjectToScore(image, mask, dilated, inpainter.inpaint([image], [dilated], ["cat"])[0], "cat")
+        importance[context] = [row["clip_importance_sim"] for row in score_objects([obj], config)[0]]
+        raw_importance[context] = [row["clip_importance_sim"] for row in clip_scores([obj], config)[0]]
+    assert importance["crop"] == raw_importance["crop"]  # crop already keeps the original outside the mask
+    for crop, full, raw_full in zip(importance["crop"], importance["full"], raw_importance["full"], strict=True):
+        assert full == pytest.approx(crop, abs=0.005)
+        assert raw_full < crop - 0.03  # the whole-image VAE drift the pair does not contain
+
+
 def test_embedding_spread_matches_its_definition():
     rng = np.random.default_rng(0)
     e = rng.normal(size=(3, 16))
