@@ -91,7 +91,8 @@ class ScoreStage(ItemStage):
     def compute(self, prepared: list) -> list:
         from pbi_ml.scoring import SCORE_COLUMNS, score_objects
 
-        scored = iter(score_objects([obj for obj, _, _ in prepared if obj.candidates], self.config))
+        scorable = [obj for obj, _, _ in prepared if obj.candidates]
+        scored = iter(score_objects(scorable, self.config) if scorable else [])
         results = []
         for obj, radius, too_wide in prepared:
             scores = iter(next(scored) if obj.candidates else [])
