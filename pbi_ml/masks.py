@@ -24,6 +24,17 @@ def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
     return cv2.dilate(mask.astype(np.uint8), kernel) > 0
 
 
+def hole_radius_px(mask: np.ndarray) -> float:
+    """How far the middle of a hole lies from the pixels around it: the largest Euclidean distance
+    from a True pixel to the nearest False pixel (the radius of the largest disc inside the mask).
+    A classical inpainter propagates colour inwards from the hole's edge, so this is how far it has
+    to carry it; half the hole's width. Pixels beyond the image border do not count as an edge."""
+    import cv2
+
+    padded = np.pad(mask.astype(np.uint8), 1, constant_values=1)
+    return float(cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1].max(initial=0.0))
+
+
 def feathered_alpha(mask: np.ndarray, dilated: np.ndarray, sigma: float) -> np.ndarray:
     """Blend weights in [0,1]: 1 on the object, a Gaussian ramp in the dilation ring, and exactly 0
     outside the dilated mask (so a blend leaves every outside pixel untouched)."""

@@ -83,8 +83,11 @@ OBJECT_STILL_PRESENT = "object_still_present"
 BOUNDARY_MISMATCH = "boundary_mismatch"
 EDIT_TOO_SMALL = "edit_too_small"
 SMEARED_FILL = "smeared_fill"
+HOLE_TOO_LARGE_FOR_INPAINTER = "hole_too_large_for_inpainter"
 
 SCORE_REASONS: dict[str, str] = {
+    HOLE_TOO_LARGE_FOR_INPAINTER: "the hole is wider than the removal method can fill "
+    "(`<method>_max_hole_radius_px`); the candidate is not scored",
     CONSENSUS_DISAGREEMENT: "the K candidates disagree (consensus std above the maximum)",
     OBJECT_STILL_PRESENT: "clip: the region still looks like the class after removal",
     BOUNDARY_MISMATCH: "stats: the fill stands out from its surroundings",

@@ -149,6 +149,7 @@ REMOVAL_SCORES = TableSpec(
             ("candidate", pa.int32()),  # -1 on the row of an object that failed
             ("method", pa.string()),
             ("removal_image", pa.string()),
+            ("hole_radius_px", pa.float64()),  # pbi_ml.masks.hole_radius_px of the dilated mask
             *SCORE_FIELDS,
             ("scoring_backend", pa.string()),
             ("passed", pa.bool_()),

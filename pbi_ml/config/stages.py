@@ -167,11 +167,24 @@ class ScoringConfig:
     # calibrate: on the demo, the two visibly smeared classical removals (motorcycle 33 %, cup 22 %
     # of the image) score 0.13-0.22 on every candidate; every other object has a candidate >= 0.30
     stats_min_texture_ratio: float = 0.25
+    # the widest hole (hole_radius_px of the dilated mask: half its width) each removal method is
+    # trusted to fill; a wider one is rejected before scoring (hole_too_large_for_inpainter); None: no
+    # limit; the diffusers backend (method "sd") has none. From 390 removals labelled by eye
+    # (benchmarks/labels/): the widest clean Telea/NS fill had 61.5 px, none of the 35 objects over 64 px
+    telea_max_hole_radius_px: float | None = 64.0
+    ns_max_hole_radius_px: float | None = 64.0
 
     @property
     def uses_device(self) -> bool:
         """Whether this config runs a model on a device (stats does not)."""
         return self.backend == "clip"
+
+    def hole_too_large(self, method: str, hole_radius_px: float) -> bool:
+        """Whether a hole this wide is beyond what the removal `method` (its candidate label: "telea
+        r=3", "ns r=5", "sd seed=1") can fill; methods without a limit fill any hole."""
+        limits = {"telea": self.telea_max_hole_radius_px, "ns": self.ns_max_hole_radius_px}
+        limit = limits.get(method.split(" ", 1)[0])
+        return limit is not None and hole_radius_px > limit
 
     def __post_init__(self):
         check_fields(
@@ -186,6 +199,8 @@ class ScoringConfig:
             stats_max_boundary_contrast="non_negative",
             stats_min_change="non_negative",
             stats_min_texture_ratio="non_negative",
+            telea_max_hole_radius_px="positive",
+            ns_max_hole_radius_px="positive",
         )
 
 

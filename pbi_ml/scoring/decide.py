@@ -2,6 +2,9 @@
 
 Only the configured backend's columns decide. Reasons (joined with "+" when several fail):
 
+    hole_too_large_for_inpainter  the hole (hole_radius_px) is wider than the candidate's removal
+                             method can fill (ScoringConfig.hole_too_large); the only reason
+                             then, as such a candidate is not scored.
     consensus_disagreement   the K candidates disagree (clip_consensus_std / stats_consensus_std
                              above the maximum). Needs K >= 2: with one candidate the score is null
                              and this filter does not apply.
@@ -24,6 +27,7 @@ for clip, stats_boundary_contrast for stats), ties broken by candidate index.
 
 from __future__ import annotations
 
+from pbi_ml import reasons
 from pbi_ml.config import ScoringConfig
 from pbi_ml.errors import ConfigError
 
@@ -39,13 +43,20 @@ def decide(object_rows: list[dict], config: ScoringConfig) -> list[dict]:
 
     out = []
     for row in object_rows:
-        failures = check(row, config)
+        failures = _hole_failures(row, config) or check(row, config)
         out.append({**row, "passed": not failures, "reject_reason": "+".join(failures) or None, "chosen": False})
 
     passing = [(row[removal_column], row.get("candidate", i), i) for i, row in enumerate(out) if row["passed"]]
     if passing:
         out[min(passing)[2]]["chosen"] = True
     return out
+
+
+def _hole_failures(row: dict, config: ScoringConfig) -> list[str]:
+    """The hole is wider than the candidate's removal method can fill (such a candidate has no scores)."""
+    radius = row.get("hole_radius_px")
+    too_large = radius is not None and config.hole_too_large(row.get("method") or "", radius)
+    return [reasons.HOLE_TOO_LARGE_FOR_INPAINTER] if too_large else []
 
 
 def _clip_failures(row: dict, config: ScoringConfig) -> list[str]:

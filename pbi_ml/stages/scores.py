@@ -6,7 +6,9 @@ verification against the class, importance of the edit), `passed`, `reject_reaso
 an ok removal enters; one whose original, mask or removal PNGs cannot be read gets one failed row
 with the reason. Runs through the item-stage mechanism (`item_stage.py`): chunks of `batch_size`
 objects, whatever K is. Backend `stats` (embedded: pixel statistics, the CLIP columns null with
-the reason) or `clip` (open_clip).
+the reason) or `clip` (open_clip). Before scoring, a candidate whose removal method cannot fill a
+hole as wide as the object's (`hole_radius_px` over its `<method>_max_hole_radius_px`) is set
+aside: no scores, rejected as `hole_too_large_for_inpainter`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from pbi_ml.config import ScoringConfig, SourceConfig
 from pbi_ml.devices import device_of
 from pbi_ml.imageio import load_rgb_path
-from pbi_ml.masks import dilate, load_image_and_mask
+from pbi_ml.masks import dilate, hole_radius_px, load_image_and_mask
 from pbi_ml.scoring.base import SCORES_VERSION
 from pbi_ml.scoring.clip import CLIP_VIEW_VERSION
 from pbi_ml.stages.common import Progress, StageResult, fingerprint, fingerprint_of
@@ -81,12 +83,23 @@ class ScoreStage(ItemStage):
             category=instance["category"],
         )
         check_object(obj)
-        return obj
+        radius = hole_radius_px(obj.dilated_mask)
+        too_wide = [self.config.hole_too_large(r["method"], radius) for r in rows]
+        # a candidate whose method cannot fill a hole this wide is not scored (decide rejects it)
+        obj.candidates = [c for c, wide in zip(obj.candidates, too_wide, strict=True) if not wide]
+        return obj, radius, too_wide
 
     def compute(self, prepared: list) -> list:
-        from pbi_ml.scoring import score_objects
+        from pbi_ml.scoring import SCORE_COLUMNS, score_objects
 
-        return score_objects(prepared, self.config)
+        scorable = [obj for obj, _, _ in prepared if obj.candidates]
+        scored = iter(score_objects(scorable, self.config) if scorable else [])
+        results = []
+        for obj, radius, too_wide in prepared:
+            scores = iter(next(scored) if obj.candidates else [])
+            unscored = dict.fromkeys(SCORE_COLUMNS)
+            results.append([{**(unscored if wide else next(scores)), "hole_radius_px": radius} for wide in too_wide])
+        return results
 
     def write(self, item: StageItem, result: list[dict], directory: Path) -> ItemOutput:
         from pbi_ml.scoring import decide

@@ -19,6 +19,7 @@ from pbi_ml.scoring import (
     SCORE_COLUMNS,
     SCORE_FIELDS,
     STATS_BACKEND_CLIP_REASON,
+    STATS_COLUMNS,
     ObjectToScore,
     decide,
     score_objects,
@@ -397,3 +398,73 @@ def test_texture_ratio_flags_a_smooth_smear_in_textured_surroundings():
     decided = decide(rows, ScoringConfig(stats_max_consensus_std=1.0))
     assert "smeared_fill" in decided[0]["reject_reason"]
     assert decided[1]["passed"] and decided[1]["chosen"]
+
+
+def test_hole_radius_is_half_the_width_of_the_hole_not_its_length():
+    from pbi_ml.masks import hole_radius_px
+
+    disc = _ellipse((400, 400), (200, 200), (60, 60))
+    assert hole_radius_px(disc) == pytest.approx(61, abs=1.5)
+    bar = np.zeros((400, 400), bool)
+    bar[100:120, 20:380] = True  # 20 px wide, 360 px long
+    assert hole_radius_px(bar) == pytest.approx(10, abs=1)
+    # the image border is not an edge the inpainter fills from: a bar along it is as wide as twice itself
+    edge_bar = np.zeros((400, 400), bool)
+    edge_bar[:20, :] = True
+    assert hole_radius_px(edge_bar) == pytest.approx(20, abs=1)
+
+
+def test_decide_rejects_a_hole_too_wide_for_the_method_and_nothing_else():
+    config = ScoringConfig(telea_max_hole_radius_px=40.0, ns_max_hole_radius_px=30.0)
+    unscored = dict.fromkeys(SCORE_COLUMNS)
+    rows = [
+        {**_stats_row(0, 0.05), "method": "telea r=3", "hole_radius_px": 35.0},  # within telea's limit
+        {**unscored, "candidate": 1, "method": "ns r=5", "hole_radius_px": 35.0},  # beyond ns's
+        {**_stats_row(2, 0.01), "method": "sd seed=2", "hole_radius_px": 500.0},  # sd: no limit
+    ]
+    out = decide(rows, config)
+    assert [r["reject_reason"] for r in out] == [None, "hole_too_large_for_inpainter", None]
+    assert [r["chosen"] for r in out] == [False, False, True]
+    no_limit = dataclasses.replace(config, ns_max_hole_radius_px=None)
+    assert decide(rows[1:2], no_limit)[0]["reject_reason"] == "stats_boundary_contrast_missing+stats_change_missing"
+
+
+def test_score_stage_sets_aside_holes_wider_than_the_inpainter_fills(tmp_path):
+    """On the demo's real photos: with a 40 px limit, every object whose dilated mask is wider gets
+    the reason and no scores; every narrower one is scored and decided exactly as without a limit."""
+    from pbi_ml.config import CandidateConfig, ClassFilterConfig, RemovalConfig, SourceIndexConfig
+    from pbi_ml.config.project import demo_source
+    from pbi_ml.stages.candidates import run_candidates
+    from pbi_ml.stages.class_scores import run_class_scores
+    from pbi_ml.stages.removals import run_removals
+    from pbi_ml.stages.scores import run_scores
+    from pbi_ml.stages.source_index import run_source_index
+    from pbi_ml.storage import Storage
+
+    storage, source = Storage(tmp_path), demo_source()
+    run_source_index(storage, source, "000", SourceIndexConfig(num_shards=1))
+    run_candidates(storage, source, "000", CandidateConfig())
+    run_class_scores(storage, source, "000", ClassFilterConfig())
+    run_removals(storage, source, "000", RemovalConfig())
+    unlimited = run_scores(
+        storage, source, "000", ScoringConfig(telea_max_hole_radius_px=None, ns_max_hole_radius_px=None)
+    )
+    limited = run_scores(
+        storage, source, "000", ScoringConfig(telea_max_hole_radius_px=40.0, ns_max_hole_radius_px=40.0)
+    )
+    before = {(r["annotation_id"], r["candidate"]): r for r in unlimited.table.to_pylist()}
+    after = limited.table.to_pylist()
+    wide = [r for r in after if r["hole_radius_px"] > 40]
+    narrow = [r for r in after if r["hole_radius_px"] <= 40]
+    assert wide and narrow, "the demo has objects on both sides of 40 px"
+    for row in wide:
+        assert row["reject_reason"] == "hole_too_large_for_inpainter" and not row["passed"] and not row["chosen"]
+        assert all(row[name] is None for name in STATS_COLUMNS)
+        assert before[(row["annotation_id"], row["candidate"])]["stats_change"] is not None
+    for row in narrow:
+        old = before[(row["annotation_id"], row["candidate"])]
+        assert {k: row[k] for k in (*STATS_COLUMNS, "passed", "reject_reason", "chosen")} == {
+            k: old[k] for k in (*STATS_COLUMNS, "passed", "reject_reason", "chosen")
+        }
+    assert any(r["chosen"] for r in narrow)
+    assert limited.counts["rejected_hole_too_large_for_inpainter"] == len(wide)
