@@ -64,6 +64,22 @@ def curve_png(xs: Sequence[float], ys: Sequence[float], title: str = "", xlabel:
     return _png(fig)
 
 
+def bars_png(
+    labels: Sequence[str], values: Sequence[float], title: str = "", lines: dict[str, float] | None = None
+) -> bytes:
+    """One bar per label (NaN: no bar), with dashed horizontal reference lines (name -> value)."""
+    fig, ax = _figure(title)
+    positions = np.arange(len(labels))
+    ax.bar(positions, np.asarray(values, dtype=float), color="#3b6ea5", edgecolor="white")
+    for i, (name, value) in enumerate((lines or {}).items()):
+        ax.axhline(value, color=("#888888", "#c0392b")[i % 2], linestyle="--", linewidth=0.8, label=name)
+    if lines:
+        ax.legend(fontsize=5, loc="lower right")
+    ax.set_xticks(positions, [label[-14:] for label in labels], fontsize=5, rotation=45, ha="right")
+    fig.tight_layout(pad=0.3)
+    return _png(fig)
+
+
 def markdown_image(title: str, png: bytes) -> str:
     """`png` as an inline markdown image (what the Dagster UI renders in MetadataValue.md)."""
     label = title.replace("[", "(").replace("]", ")")
