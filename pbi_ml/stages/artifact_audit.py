@@ -18,7 +18,7 @@ from pbi_ml.config import ArtifactAuditConfig, SourceConfig
 from pbi_ml.imageio import load_mask_png, load_rgb_path
 from pbi_ml.stages.common import Progress, ProgressReporter, StageResult, batched, ok_pairs
 from pbi_ml.storage import Storage, table_from_records
-from pbi_ml.tables import ARTIFACT_AUDIT
+from pbi_ml.tables import ARTIFACT_AUDIT, AUDIT_FEATURES
 
 
 def run_artifact_audit(
@@ -43,8 +43,8 @@ def run_artifact_audit(
         source_x = np.concatenate([e[: len(e) // 2] for e in embeddings]) if embeddings else np.zeros((0, 1))
         target_x = np.concatenate([e[len(e) // 2 :] for e in embeddings]) if embeddings else np.zeros((0, 1))
     else:
-        source_x = np.array([stats_vector(s) for s, _ in features]).reshape(len(features), -1)
-        target_x = np.array([stats_vector(t) for _, t in features]).reshape(len(features), -1)
+        source_x = np.array([stats_vector(s) for s, _ in features]).reshape(-1, len(AUDIT_FEATURES))
+        target_x = np.array([stats_vector(t) for _, t in features]).reshape(-1, len(AUDIT_FEATURES))
     scores = cross_validated(source_x, target_x, config.folds, config.min_pairs)
 
     rows = []
