@@ -116,8 +116,8 @@ def cross_validated(source_x: np.ndarray, target_x: np.ndarray, folds: int, min_
     groups = np.tile(np.arange(n), 2)
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     cv = GroupKFold(n_splits=min(folds, n))
-    proba = cross_val_predict(model, x, y, groups=groups, cv=cv, method="predict_proba")[:, 1]
-    proba = np.round(proba, PROBABILITY_DECIMALS)
+    predicted = np.asarray(cross_val_predict(model, x, y, groups=groups, cv=cv, method="predict_proba"))
+    proba = np.round(predicted[:, 1], PROBABILITY_DECIMALS)
     return AuditScores([float(p) for p in proba[:n]], [float(p) for p in proba[n:]])
 
 

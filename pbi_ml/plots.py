@@ -135,3 +135,23 @@ def loss_curve_text(curve, max_rows: int = 40) -> str:
         for s, loss in list(zip(steps, losses, strict=True))[:: max(1, len(curve) // max_rows)]
     ]
     return "\n".join([plot, "", "```", *rows, "```"])
+
+
+def markdown_table(rows: list[dict], columns: Sequence[str], n: int = 5) -> str:
+    """The first `n` rows' `columns` as a markdown table (values cut at 80 characters)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows[:n]:
+        lines.append("| " + " | ".join(str(row.get(c) or "").replace("|", "/")[:80] for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def thumbnails_text(samples: list, max_side: int = 128, limit: int = 4) -> str:
+    """The first `limit` (caption, image) samples as small inline PNGs under their captions, in
+    markdown (a few kB each: metadata lives in the event log)."""
+    from pbi_ml.imageio import thumbnail_png
+
+    parts = [
+        f"**{caption}**\n\n{markdown_image(caption, thumbnail_png(image, max_side))}"
+        for caption, image in samples[:limit]
+    ]
+    return "\n\n".join(parts) if parts else "_no samples in this partition_"

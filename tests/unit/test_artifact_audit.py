@@ -116,7 +116,7 @@ def test_the_check_warns_on_a_detectable_partition_and_the_catalog_has_detectabi
     [evaluation] = [e for e in result.get_asset_check_evaluations() if e.check_name == "artifact_audit_auc"]
     assert evaluation.passed is False
     assert evaluation.severity == dg.AssetCheckSeverity.WARN
-    meta = {k: getattr(v, "value", v) for k, v in evaluation.metadata.items()}
+    meta: dict = {k: getattr(v, "value", v) for k, v in evaluation.metadata.items()}
     assert meta["auc"] > 0.9 and meta["n_pairs"] == 24 and meta["bound"] == 0.8
     assert meta["auc_per_partition"].startswith("![AUC per partition](data:image/png;base64,")
 
