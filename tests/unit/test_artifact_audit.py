@@ -123,3 +123,18 @@ def test_the_check_warns_on_a_detectable_partition_and_the_catalog_has_detectabi
     build_catalog(storage)
     frame = query(storage, "SELECT pair_id, detectability FROM pairs ORDER BY detectability DESC")
     assert len(frame) == 24 and frame["detectability"].between(0.0, 1.0).all()
+
+
+def test_the_clip_backend_audits_region_embeddings_and_keeps_the_identity_exact(tmp_path):
+    """A tiny random CLIP (its embeddings mean nothing): the stage runs through the real loader
+    and the region view, and the identity's AUC is 0.5 exactly for any features."""
+    from tests.support.tiny_clip import save_tiny_clip
+
+    model, weights = save_tiny_clip(tmp_path / "clip", name="pbi-tiny-clip-audit")
+    config = ArtifactAuditConfig(backend="clip", clip_model=model, clip_pretrained=weights, device="cpu", batch_size=5)
+    for blur_sigma, root in ((BLUR_SIGMA, tmp_path / "blurred"), (None, tmp_path / "identity")):
+        result = run_artifact_audit(_write_pairs(root, blur_sigma), demo_source(), SHARD, config)
+        assert result.counts["pairs"] == 24 and 0.0 <= result.counts["auc"] <= 1.0
+        assert set(result.table.column("audit_backend").to_pylist()) == {"clip"}
+        assert None not in result.table.column("detectability").to_pylist()
+    assert result.counts["auc"] == pytest.approx(0.5, abs=1e-9)
