@@ -65,5 +65,5 @@ def run_artifact_audit(
     path = storage.write_table(ARTIFACT_AUDIT, source.name, shard, table)
     auc = auc_of(scores.detectability, scores.target_probability)
     counts: dict[str, float] = {"pairs": len(rows)} | ({"auc": auc} if auc is not None else {})
-    note = scores.null_reason or ("no ok pairs in this partition" if not rows else None)
-    return StageResult(table=table, path=path, counts=counts, extra={"auc_null_reason": note} if note else {})
+    extra = {"auc_null_reason": scores.null_reason} if scores.null_reason else {}
+    return StageResult(table=table, path=path, counts=counts, extra=extra)

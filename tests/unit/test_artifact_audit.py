@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from pbi_assets.definitions import PARTITIONED_ASSETS
+from pbi_ml.audit import check_artifact_auc
 from pbi_ml.catalog import build_catalog, query
 from pbi_ml.config import ArtifactAuditConfig, demo_source
 from pbi_ml.imageio import save_png
@@ -119,6 +120,9 @@ def test_the_check_warns_on_a_detectable_partition_and_the_catalog_has_detectabi
     meta: dict = {k: getattr(v, "value", v) for k, v in evaluation.metadata.items()}
     assert meta["auc"] > 0.9 and meta["n_pairs"] == 24 and meta["bound"] == 0.8
     assert meta["auc_per_partition"].startswith("![AUC per partition](data:image/png;base64,")
+    # the bound is the stage's `max_auc` (pbi.yaml `stages.artifact_audit`): above this AUC it passes
+    passed, details = check_artifact_auc(storage, "demo", SHARD, ArtifactAuditConfig(max_auc=0.995))
+    assert passed and details["auc"] == meta["auc"] and details["bound"] == 0.995
 
     build_catalog(storage)
     frame = query(storage, "SELECT pair_id, detectability FROM pairs ORDER BY detectability DESC")
