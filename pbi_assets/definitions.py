@@ -7,7 +7,7 @@ import dagster as dg
 from pbi_assets import automation
 from pbi_assets.assets.catalog import catalog
 from pbi_assets.assets.instructions import descriptions, instructions, splits
-from pbi_assets.assets.removal import class_scores, pairs, removal_scores, removals
+from pbi_assets.assets.removal import artifact_audit, class_scores, pairs, removal_scores, removals
 from pbi_assets.assets.sources import candidates, source_index
 from pbi_assets.assets.training import checkpoint, evaluation, exports
 from pbi_assets.checks import ALL_CHECKS
@@ -16,7 +16,7 @@ from pbi_assets.partitions import PROJECT
 from pbi_assets.resources import PBIProject
 
 # per source x shard, in graph order
-PARTITIONED_ASSETS = [source_index, candidates, class_scores, removals, removal_scores, pairs]
+PARTITIONED_ASSETS = [source_index, candidates, class_scores, removals, removal_scores, pairs, artifact_audit]
 PARTITIONED_ASSETS += [descriptions, instructions, splits]
 # over all partitions, in graph order
 UNPARTITIONED_ASSETS = [catalog, exports, checkpoint, evaluation]

@@ -7,8 +7,7 @@ from typing import Any
 import dagster as dg
 import pyarrow as pa
 
-from pbi_ml.imageio import thumbnail_png
-from pbi_ml.plots import histogram_bins, histogram_text, markdown_image
+from pbi_ml.plots import histogram_bins, histogram_text, thumbnails_text
 
 
 def table_metadata(table: pa.Table, path=None) -> dict:
@@ -23,24 +22,14 @@ def table_metadata(table: pa.Table, path=None) -> dict:
     return meta
 
 
-def counts_metadata(counts: dict) -> dict:
-    return {k: (float(v) if isinstance(v, float) else int(v)) for k, v in counts.items()}
-
-
 def thumbnails_markdown(samples: list[tuple[str, Any]], max_side: int = 128, limit: int = 4) -> dg.MetadataValue:
-    """The first `limit` samples as small inline PNGs under their captions (a few kB each: metadata
-    lives in the event log)."""
-    parts = [
-        f"**{caption}**\n\n{markdown_image(caption, thumbnail_png(image, max_side))}"
-        for caption, image in samples[:limit]
-    ]
-    return dg.MetadataValue.md("\n\n".join(parts) if parts else "_no samples in this partition_")
+    return dg.MetadataValue.md(thumbnails_text(samples, max_side, limit))
 
 
 def result_metadata(result, histograms: dict[str, str] | None = None) -> dict:
     """Everything a StageResult offers, plus histograms of the named columns."""
     meta = table_metadata(result.table, result.path)
-    meta.update(counts_metadata(result.counts))
+    meta.update({k: (float(v) if isinstance(v, float) else int(v)) for k, v in result.counts.items()})
     if result.samples:
         meta["samples"] = thumbnails_markdown(result.samples)
     for column, title in (histograms or {}).items():

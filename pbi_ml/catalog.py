@@ -38,7 +38,17 @@ import pyarrow as pa
 
 from pbi_ml.reasons import LOW_CLASS_SIMILARITY
 from pbi_ml.storage import Storage, atomic_path, write_parquet
-from pbi_ml.tables import ALL_TABLES, CANDIDATES, CLASS_SCORES, DESCRIPTIONS, INSTRUCTIONS, PAIRS, SPLITS, TableSpec
+from pbi_ml.tables import (
+    ALL_TABLES,
+    ARTIFACT_AUDIT,
+    CANDIDATES,
+    CLASS_SCORES,
+    DESCRIPTIONS,
+    INSTRUCTIONS,
+    PAIRS,
+    SPLITS,
+    TableSpec,
+)
 
 
 def _scan(storage: Storage, table: TableSpec) -> str:
@@ -48,7 +58,8 @@ def _scan(storage: Storage, table: TableSpec) -> str:
 
 def view_sql(storage: Storage) -> dict[str, str]:
     """name -> SELECT statement of every catalog view: one per table (the same name), except that
-    `pairs` is joined with descriptions, instructions and splits, and `candidates` shows the final
+    `pairs` is joined with descriptions, instructions, splits and the artifact audit's
+    detectability, and `candidates` shows the final
     pre-removal decision, the class-similarity filter included."""
     views = {table.name: f"SELECT * FROM {_scan(storage, table)}" for table in ALL_TABLES}
     views[PAIRS.name] = _pairs_view(storage)
@@ -74,7 +85,7 @@ def _candidates_view(storage: Storage) -> str:
 
 
 def _pairs_view(storage: Storage) -> str:
-    """`pairs`, joined with descriptions, instructions and splits."""
+    """`pairs`, joined with descriptions, instructions, splits and the artifact audit's detectability."""
     select = [
         "p.*",
         "d.description",
@@ -83,12 +94,14 @@ def _pairs_view(storage: Storage) -> str:
         "i.instruction_ref",
         "i.instruction_check",
         "s.split",
+        "a.detectability",
     ]
     joins = [
         f"LEFT JOIN (SELECT pair_id, description FROM {_scan(storage, DESCRIPTIONS)}) d USING (pair_id)",
         f"LEFT JOIN (SELECT pair_id, instruction_class, instruction_vlm_llm, instruction_ref, instruction_check "
         f"FROM {_scan(storage, INSTRUCTIONS)}) i USING (pair_id)",
         f"LEFT JOIN (SELECT pair_id, split FROM {_scan(storage, SPLITS)}) s USING (pair_id)",
+        f"LEFT JOIN (SELECT pair_id, detectability FROM {_scan(storage, ARTIFACT_AUDIT)}) a USING (pair_id)",
     ]
     return f"SELECT {', '.join(select)} FROM {_scan(storage, PAIRS)} p " + " ".join(joins)
 
@@ -117,7 +130,7 @@ class StoredTable:
 MATERIALIZED: dict[str, StoredTable] = {
     PAIRS.name: StoredTable(
         PAIRS.name,
-        inputs=(PAIRS, DESCRIPTIONS, INSTRUCTIONS, SPLITS),
+        inputs=(PAIRS, DESCRIPTIONS, INSTRUCTIONS, SPLITS, ARTIFACT_AUDIT),
         cluster_by=("category", "split", "pair_id"),
         index_on=("pair_id",),
     )

@@ -76,6 +76,7 @@ STAGE_RESOURCES: dict[str, StageResources] = {
     "removals": _pod("2", "4", "12Gi", "24Gi", gpus=1),
     "removal_scores": _pod("2", "4", "8Gi", "16Gi", gpus=1),
     "pairs": _pod("1", "2", "2Gi", "4Gi"),
+    "artifact_audit": _pod("2", "4", "8Gi", "16Gi", gpus=1),
     "descriptions": _pod("2", "4", "16Gi", "32Gi", gpus=1),
     "instructions": _pod("2", "4", "16Gi", "32Gi", gpus=1),
     "splits": _pod("500m", "1", "1Gi", "2Gi"),

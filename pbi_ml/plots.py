@@ -64,6 +64,22 @@ def curve_png(xs: Sequence[float], ys: Sequence[float], title: str = "", xlabel:
     return _png(fig)
 
 
+def bars_png(
+    labels: Sequence[str], values: Sequence[float], title: str = "", lines: dict[str, float] | None = None
+) -> bytes:
+    """One bar per label (NaN: no bar), with dashed horizontal reference lines (name -> value)."""
+    fig, ax = _figure(title)
+    positions = np.arange(len(labels))
+    ax.bar(positions, np.asarray(values, dtype=float), color="#3b6ea5", edgecolor="white")
+    for i, (name, value) in enumerate((lines or {}).items()):
+        ax.axhline(value, color=("#888888", "#c0392b")[i % 2], linestyle="--", linewidth=0.8, label=name)
+    if lines:
+        ax.legend(fontsize=5, loc="lower right")
+    ax.set_xticks(positions, [label[-14:] for label in labels], fontsize=5, rotation=45, ha="right")
+    fig.tight_layout(pad=0.3)
+    return _png(fig)
+
+
 def markdown_image(title: str, png: bytes) -> str:
     """`png` as an inline markdown image (what the Dagster UI renders in MetadataValue.md)."""
     label = title.replace("[", "(").replace("]", ")")
@@ -119,3 +135,23 @@ def loss_curve_text(curve, max_rows: int = 40) -> str:
         for s, loss in list(zip(steps, losses, strict=True))[:: max(1, len(curve) // max_rows)]
     ]
     return "\n".join([plot, "", "```", *rows, "```"])
+
+
+def markdown_table(rows: list[dict], columns: Sequence[str], n: int = 5) -> str:
+    """The first `n` rows' `columns` as a markdown table (values cut at 80 characters)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows[:n]:
+        lines.append("| " + " | ".join(str(row.get(c) or "").replace("|", "/")[:80] for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def thumbnails_text(samples: list, max_side: int = 128, limit: int = 4) -> str:
+    """The first `limit` (caption, image) samples as small inline PNGs under their captions, in
+    markdown (a few kB each: metadata lives in the event log)."""
+    from pbi_ml.imageio import thumbnail_png
+
+    parts = [
+        f"**{caption}**\n\n{markdown_image(caption, thumbnail_png(image, max_side))}"
+        for caption, image in samples[:limit]
+    ]
+    return "\n\n".join(parts) if parts else "_no samples in this partition_"

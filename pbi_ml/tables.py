@@ -195,6 +195,25 @@ PAIRS = TableSpec(
     description="one object-removal pair per object with a chosen candidate (or a failed row)",
 )
 
+# the noise-residual statistics of a region (pbi_ml/audit.py), stored for the source's and the target's
+AUDIT_FEATURES = ("hp_energy", "hp_energy_ratio", "local_var", "local_var_ratio", "residual_kurtosis")
+
+ARTIFACT_AUDIT = TableSpec(
+    "artifact_audit",
+    pa.schema(
+        [
+            *_PAIR_COLUMNS,
+            ("detectability", pa.float64()),  # out-of-fold P(inpainted) of the source's region
+            ("target_probability", pa.float64()),  # the same for the target's region (the real photo)
+            ("detectability_null_reason", pa.string()),  # why both are null (too few pairs)
+            ("audit_backend", pa.string()),
+            *[(f"{image}_{name}", pa.float64()) for image in ("source", "target") for name in AUDIT_FEATURES],
+        ]
+    ),
+    key=("pair_id",),
+    description="how detectable each ok pair's inpainted region is: a cross-validated classifier's probability",
+)
+
 DESCRIPTIONS = TableSpec(
     "descriptions",
     pa.schema(
@@ -325,6 +344,7 @@ PARTITIONED_TABLES = (
     REMOVALS,
     REMOVAL_SCORES,
     PAIRS,
+    ARTIFACT_AUDIT,
     DESCRIPTIONS,
     INSTRUCTIONS,
     SPLITS,

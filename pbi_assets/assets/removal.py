@@ -3,12 +3,13 @@ the chosen one into a pair."""
 
 from pbi_assets.assets.sources import candidates
 from pbi_assets.assets.stage_asset import StageAsset, stage_asset
-from pbi_ml.config import ClassFilterConfig, PairConfig, RemovalConfig, ScoringConfig
+from pbi_ml.config import ArtifactAuditConfig, ClassFilterConfig, PairConfig, RemovalConfig, ScoringConfig
+from pbi_ml.stages.artifact_audit import run_artifact_audit
 from pbi_ml.stages.class_scores import run_class_scores
 from pbi_ml.stages.pairs import run_pairs
 from pbi_ml.stages.removals import run_removals
 from pbi_ml.stages.scores import run_scores
-from pbi_ml.tables import CLASS_SCORES, PAIRS, REMOVAL_SCORES, REMOVALS
+from pbi_ml.tables import ARTIFACT_AUDIT, CLASS_SCORES, PAIRS, REMOVAL_SCORES, REMOVALS
 
 
 def _class_filter_note(result, config: ClassFilterConfig) -> dict:
@@ -71,5 +72,19 @@ pairs = stage_asset(
         deps=[removal_scores],
         progress="pairs made",
         histograms={"area_fraction": "mask area / image area"},
+    )
+)
+
+artifact_audit = stage_asset(
+    StageAsset(
+        name=ARTIFACT_AUDIT.name,
+        run=run_artifact_audit,
+        config_class=ArtifactAuditConfig,
+        group="removal",
+        deps=[pairs],
+        model=True,
+        progress="pairs audited",
+        histograms={"detectability": "out-of-fold P(source region is inpainted)"},
+        extra_metadata=lambda result, config: result.extra,
     )
 )

@@ -5,7 +5,6 @@ turn the result into metadata. Each domain module only declares what differs.
 """
 
 import dataclasses
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,7 +16,8 @@ from pbi_assets.metadata import progress_logger, result_metadata
 from pbi_assets.partitions import partition_of, source_shard_partitions
 from pbi_assets.resources import PBIProject
 from pbi_assets.run_config import stage_run_config
-from pbi_ml.config.fields import fields_table
+from pbi_ml.config.fields import stage_description
+from pbi_ml.plots import markdown_table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,17 +37,6 @@ class StageAsset:
     extra_metadata: Callable[[Any, Any], dict[str, Any]] | None = None
     # more keyword arguments of `run` from the project (e.g. the splits' view of every source)
     run_kwargs: Callable[[PBIProject], dict[str, Any]] | None = None
-
-
-def stage_description(run: Callable[..., Any], config_class: type, name: str) -> str:
-    """An asset's description: its pbi_ml stage module's docstring (what the artifact is, which
-    backends make it), then its parameters (type, default, meaning) as docs/configuration.md
-    lists them, generated from the config dataclass, so a default is written in one place."""
-    module = inspect.getdoc(inspect.getmodule(run)) or ""
-    return (
-        f"{module}\n\nParameters, set in pbi.yaml `stages.{name}` or the run config "
-        f"(docs/configuration.md):\n\n{fields_table(config_class)}"
-    )
 
 
 def stage_asset(stage: StageAsset) -> dg.AssetsDefinition:
@@ -85,17 +74,9 @@ def stage_asset(stage: StageAsset) -> dg.AssetsDefinition:
         if stage.model:
             meta["backend"] = stage_config.backend
         if stage.examples:
-            meta["examples"] = markdown_examples(result.table.to_pylist(), stage.examples)
+            meta["examples"] = dg.MetadataValue.md(markdown_table(result.table.to_pylist(), stage.examples))
         if stage.extra_metadata:
             meta.update(stage.extra_metadata(result, stage_config))
         return dg.MaterializeResult(metadata=meta)
 
     return _asset
-
-
-def markdown_examples(rows: list[dict], columns: Sequence[str], n: int = 5) -> dg.MetadataValue:
-    """The first `n` rows' `columns` as a markdown table (values cut at 80 characters)."""
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows[:n]:
-        lines.append("| " + " | ".join(str(row.get(c) or "").replace("|", "/")[:80] for c in columns) + " |")
-    return dg.MetadataValue.md("\n".join(lines))

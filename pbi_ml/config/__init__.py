@@ -22,6 +22,7 @@ from pbi_ml.config.project import (
     shard_key,
 )
 from pbi_ml.config.stages import (
+    ArtifactAuditConfig,
     CandidateConfig,
     ClassFilterConfig,
     PairConfig,
@@ -32,6 +33,7 @@ from pbi_ml.config.stages import (
 )
 
 __all__ = [
+    "ArtifactAuditConfig",
     "CandidateConfig",
     "ClassFilterConfig",
     "PairConfig",

@@ -149,3 +149,14 @@ def markdown_text(text: str) -> str:
     not as an HTML tag."""
     parts = text.split("`")
     return "`".join(part if i % 2 else part.replace("<", "\\<") for i, part in enumerate(parts))
+
+
+def stage_description(run, config_class: type, name: str) -> str:
+    """A stage asset's description: its pbi_ml stage module's docstring (what the artifact is, which
+    backends make it), then its parameters (type, default, meaning) as docs/configuration.md
+    lists them, generated from the config dataclass, so a default is written in one place."""
+    module = inspect.getdoc(inspect.getmodule(run)) or ""
+    return (
+        f"{module}\n\nParameters, set in pbi.yaml `stages.{name}` or the run config "
+        f"(docs/configuration.md):\n\n{fields_table(config_class)}"
+    )

@@ -17,6 +17,7 @@ from pbi_ml.cluster import EXECUTORS, STAGE_RESOURCES, K8sConfig, StageResources
 from pbi_ml.config.fields import describe_fields, fields_table, markdown_text
 from pbi_ml.config.project import ProjectConfig, SourceConfig
 from pbi_ml.config.stages import (
+    ArtifactAuditConfig,
     CandidateConfig,
     ClassFilterConfig,
     PairConfig,
@@ -39,6 +40,7 @@ STAGE_CONFIGS: dict[str, type] = {
     "removals": RemovalConfig,
     "removal_scores": ScoringConfig,
     "pairs": PairConfig,
+    "artifact_audit": ArtifactAuditConfig,
     "descriptions": DescribeConfig,
     "instructions": InstructConfig,
     "splits": SplitConfig,

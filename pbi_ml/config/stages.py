@@ -24,6 +24,7 @@ REMOVAL_BACKENDS = ("opencv", "diffusers")
 CONTEXT_MODES = ("crop", "full")  # removal: pbi_ml/removal/context.py
 SCORING_BACKENDS = ("stats", "clip")
 CLASS_FILTER_BACKENDS = ("off", "clip")
+AUDIT_BACKENDS = ("stats", "clip")
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,42 @@ class PairConfig:
 
     def __post_init__(self):
         check_fields(self, feather_sigma="non_negative")
+
+
+@dataclass(frozen=True)
+class ArtifactAuditConfig:
+    """Can a classifier tell each pair's inpainted region (in the source) from the same region of
+    the real photo (the target)? Out-of-fold probabilities by pair, their ROC AUC per partition
+    (docs/method.md#artifact-audit)."""
+
+    backend: str = "stats"  # "stats" (noise-residual statistics, no weights) or "clip" (CLIP features of the region)
+    clip_model: str = "ViT-L-14"  # open_clip model name (backend: clip)
+    clip_pretrained: str = "openai"  # open_clip pretrained tag, or a path to a checkpoint file
+    device: str = "auto"  # "auto" = a leased device of the node (pbi_ml.devices), else cuda if available, else cpu
+    batch_size: int = 32  # images per CLIP call
+    ring_px: int = 16  # the ring around the edited region the stats features compare it with
+    folds: int = 5  # cross-validation folds, by pair (fewer when the partition has fewer pairs)
+    # fewer ok pairs than this: no AUC and no detectability, with the reason (the AUC of n pairs
+    # under no signal has a standard deviation of about 0.3 / sqrt(n): 0.09 at 10)
+    min_pairs: int = 10
+    max_auc: float = 0.8  # the artifact_audit_auc check warns above this AUC
+
+    @property
+    def uses_device(self) -> bool:
+        """Whether this config runs a model on a device (stats does not)."""
+        return self.backend == "clip"
+
+    def __post_init__(self):
+        check_fields(
+            self,
+            backend=AUDIT_BACKENDS,
+            batch_size="positive",
+            ring_px="positive",
+            min_pairs="positive",
+            max_auc="fraction",
+        )
+        if self.folds < 2:
+            raise ConfigError(f"ArtifactAuditConfig.folds: {self.folds!r} is not a number >= 2")
 
 
 @dataclass(frozen=True)

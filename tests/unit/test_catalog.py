@@ -32,8 +32,8 @@ def _file(storage: Storage, pair_id: str, column: str) -> str:
 
 def _write_partition(storage: Storage, source: str, shard: str, n: int, failed: int = 1) -> list[str]:
     """n pairs (the first `failed` of them failed: no description, instruction or split row
-    content), with their descriptions, instructions and splits; returns the pair ids."""
-    pairs, described, instructed, split = [], [], [], []
+    content), with their descriptions, instructions, splits and audit rows; returns the pair ids."""
+    pairs, described, instructed, split, audited = [], [], [], [], []
     for i in range(n):
         ok = i >= failed
         pair_id = f"{source}/img{shard}{i:03d}/{i}"
@@ -67,11 +67,13 @@ def _write_partition(storage: Storage, source: str, shard: str, n: int, failed: 
         )
         if ok:
             split.append({**base, "split": "test" if i % 3 == 0 else "train", "split_rule": "hash"})
+            audited.append({**base, "detectability": 0.1 * i, "target_probability": 0.5, "audit_backend": "stats"})
     for table, rows in (
         (tables.PAIRS, pairs),
         (tables.DESCRIPTIONS, described),
         (tables.INSTRUCTIONS, instructed),
         (tables.SPLITS, split),
+        (tables.ARTIFACT_AUDIT, audited),
     ):
         storage.write_table(table, source, shard, table_from_records(rows, table.schema))
     return [row["pair_id"] for row in pairs]
@@ -100,10 +102,12 @@ def test_stored_pairs_equal_the_live_join(tmp_path):
         assert len(stored) == 12 and {r[0] for r in stored} >= set(ids)
         columns = [r[0] for r in con.execute(f'DESCRIBE "{tables.PAIRS.name}"').fetchall()]
         assert columns == [r[0] for r in con.execute(f'DESCRIBE "{LIVE_PAIRS}"').fetchall()]
-        assert {"description", "instruction_vlm_llm", "split"} <= set(columns)
+        assert {"description", "instruction_vlm_llm", "split", "detectability"} <= set(columns)
         # the failed pair has no split, no description; an ok one has all of them
         split_of = dict(con.execute(f"SELECT pair_id, split FROM {tables.PAIRS.name}").fetchall())
         assert split_of["gen/img000000/0"] is None and split_of["gen/img000001/1"] == "train"
+        detectability = dict(con.execute(f"SELECT pair_id, detectability FROM {tables.PAIRS.name}").fetchall())
+        assert detectability["gen/img000000/0"] is None and detectability["gen/img000002/2"] == 0.2
         info = {r[0]: r[1:] for r in con.execute(f"SELECT name, kind, rows FROM {INFO_TABLE}").fetchall()}
         assert info[tables.PAIRS.name] == ("table", 12) and info[LIVE_PAIRS][0] == "view"
         assert info[tables.SPLITS.name] == ("view", 4 + 3 + 3)

@@ -28,7 +28,8 @@ from pbi_ml.config import load_project_config
 from pbi_ml.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
-GPU_ASSETS = {"class_scores", "removals", "removal_scores", "descriptions", "instructions", "checkpoint", "evaluation"}
+GPU_ASSETS = {"class_scores", "removals", "removal_scores", "artifact_audit", "descriptions", "instructions"}
+GPU_ASSETS |= {"checkpoint", "evaluation"}
 
 
 def _assets() -> dict[str, dg.AssetsDefinition]:
