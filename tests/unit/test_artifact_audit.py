@@ -99,6 +99,20 @@ def test_an_untouched_region_is_at_chance(tmp_path):
     assert detectability == result.table.column("target_probability").to_pylist()
 
 
+def test_a_pair_whose_image_is_corrupt_fails_alone_with_its_reason(tmp_path):
+    storage = _write_pairs(tmp_path, BLUR_SIGMA)
+    corrupt = tmp_path / "synthetic" / "3" / "source.png"
+    corrupt.write_bytes(corrupt.read_bytes()[:100])  # a truncated PNG
+    result = run_artifact_audit(storage, demo_source(), SHARD, ArtifactAuditConfig())
+    rows = result.table.to_pylist()
+    assert result.counts["pairs"] == 24 and result.counts["pairs_unreadable"] == 1
+    assert rows[3]["detectability"] is None and rows[3]["detectability_null_reason"].startswith("image_unreadable")
+    assert rows[3]["source_hp_energy"] is None
+    others = rows[:3] + rows[4:]
+    assert all(r["detectability"] is not None and r["detectability_null_reason"] is None for r in others)
+    assert result.counts["auc"] > 0.9  # the 23 readable pairs are audited as before
+
+
 def test_too_few_pairs_give_no_auc_and_say_why(tmp_path):
     storage = _write_pairs(tmp_path, BLUR_SIGMA, n=4)
     result = run_artifact_audit(storage, demo_source(), SHARD, ArtifactAuditConfig(min_pairs=10))
