@@ -6,7 +6,7 @@ file (catalog.duckdb):
 
 - the names in `MATERIALIZED` (the joined `pairs`) are TABLES, computed from the Parquet when the
   catalog is built and stored in the file, so a query reads one compact columnar table instead of
-  joining four globs of Parquet files (milliseconds instead of hundreds at a million pairs). Each
+  joining five globs of Parquet files (milliseconds instead of hundreds at a million pairs). Each
   keeps its live form as the view `<name>_live` (`pairs_live`);
 - every other name (one per stage table: source_index, candidates, ...) is a VIEW, read at query
   time: a partition materialized after the build shows up in it at once.
@@ -38,7 +38,17 @@ import pyarrow as pa
 
 from pbi_ml.reasons import LOW_CLASS_SIMILARITY
 from pbi_ml.storage import Storage, atomic_path, write_parquet
-from pbi_ml.tables import ALL_TABLES, CANDIDATES, CLASS_SCORES, DESCRIPTIONS, INSTRUCTIONS, PAIRS, SPLITS, TableSpec
+from pbi_ml.tables import (
+    ALL_TABLES,
+    CANDIDATES,
+    CLASS_SCORES,
+    DESCRIPTIONS,
+    INSTRUCTIONS,
+    PAIR_JUDGMENTS,
+    PAIRS,
+    SPLITS,
+    TableSpec,
+)
 
 
 def _scan(storage: Storage, table: TableSpec) -> str:
@@ -73,8 +83,11 @@ def _candidates_view(storage: Storage) -> str:
     )
 
 
+JUDGE_COLUMNS = ("judge_compliance", "judge_naturalness", "judge_coherence", "judge_score", "judge_reason")
+
+
 def _pairs_view(storage: Storage) -> str:
-    """`pairs`, joined with descriptions, instructions and splits."""
+    """`pairs`, joined with descriptions, instructions, the pair judge's scores and splits."""
     select = [
         "p.*",
         "d.description",
@@ -82,12 +95,14 @@ def _pairs_view(storage: Storage) -> str:
         "i.instruction_vlm_llm",
         "i.instruction_ref",
         "i.instruction_check",
+        *(f"j.{column}" for column in JUDGE_COLUMNS),
         "s.split",
     ]
     joins = [
         f"LEFT JOIN (SELECT pair_id, description FROM {_scan(storage, DESCRIPTIONS)}) d USING (pair_id)",
         f"LEFT JOIN (SELECT pair_id, instruction_class, instruction_vlm_llm, instruction_ref, instruction_check "
         f"FROM {_scan(storage, INSTRUCTIONS)}) i USING (pair_id)",
+        f"LEFT JOIN (SELECT pair_id, {', '.join(JUDGE_COLUMNS)} FROM {_scan(storage, PAIR_JUDGMENTS)}) j USING (pair_id)",
         f"LEFT JOIN (SELECT pair_id, split FROM {_scan(storage, SPLITS)}) s USING (pair_id)",
     ]
     return f"SELECT {', '.join(select)} FROM {_scan(storage, PAIRS)} p " + " ".join(joins)
@@ -117,7 +132,7 @@ class StoredTable:
 MATERIALIZED: dict[str, StoredTable] = {
     PAIRS.name: StoredTable(
         PAIRS.name,
-        inputs=(PAIRS, DESCRIPTIONS, INSTRUCTIONS, SPLITS),
+        inputs=(PAIRS, DESCRIPTIONS, INSTRUCTIONS, PAIR_JUDGMENTS, SPLITS),
         cluster_by=("category", "split", "pair_id"),
         index_on=("pair_id",),
     )

@@ -1,14 +1,16 @@
-"""Descriptions of the removed objects, "add" instructions, and the train/test split."""
+"""Descriptions of the removed objects, "add" instructions, the pair judge, and the train/test split."""
 
 from pbi_assets.assets.removal import pairs
-from pbi_assets.assets.stage_asset import StageAsset, stage_asset
+from pbi_assets.assets.stage_asset import StageAsset, markdown_examples, stage_asset
 from pbi_ml.config import SplitConfig
 from pbi_ml.describe import DescribeConfig
 from pbi_ml.instruct import InstructConfig
+from pbi_ml.judge import JudgeConfig, lowest_judged
 from pbi_ml.stages.descriptions import run_descriptions
 from pbi_ml.stages.instructions import run_instructions
+from pbi_ml.stages.pair_judgments import run_pair_judgments
 from pbi_ml.stages.splits import run_splits
-from pbi_ml.tables import DESCRIPTIONS, INSTRUCTIONS, SPLITS
+from pbi_ml.tables import DESCRIPTIONS, INSTRUCTIONS, PAIR_JUDGMENTS, SPLITS
 
 descriptions = stage_asset(
     StageAsset(
@@ -43,13 +45,31 @@ instructions = stage_asset(
     )
 )
 
+pair_judgments = stage_asset(
+    StageAsset(
+        name=PAIR_JUDGMENTS.name,
+        run=run_pair_judgments,
+        config_class=JudgeConfig,
+        group="instructions",
+        deps=[instructions],
+        model=True,
+        progress="pairs judged",
+        histograms={"judge_score": "judge score (1-5, mean of the rubric)"},
+        extra_metadata=lambda result, _: {
+            "lowest_scored": markdown_examples(
+                lowest_judged(result.table.to_pylist()), ["judge_score", "category", "instruction", "judge_reason"]
+            )
+        },
+    )
+)
+
 splits = stage_asset(
     StageAsset(
         name=SPLITS.name,
         run=run_splits,
         config_class=SplitConfig,
         group="instructions",
-        deps=[pairs],
+        deps=[pairs, pair_judgments],
         run_kwargs=lambda pbi: {"project": pbi.project()},
     )
 )
