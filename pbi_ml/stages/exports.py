@@ -53,7 +53,7 @@ def run_exports(
 ) -> StageResult:
     """Every ok pair of every partition; `project` names each source's format (for the card)."""
     ok = read_view(storage, PAIRS.name, where="status = 'ok'")
-    pairs = ok.filter(pc.invert(pc.equal(pc.fill_null(ok["split"], ""), EXCLUDED)))
+    pairs = ok.filter((pc.field("split") != EXCLUDED) | pc.field("split").is_null())
     stats = filter_statistics(storage)
     if excluded := ok.num_rows - pairs.num_rows:
         stats["pair judge"] = {"pairs excluded (judge score under min_judge_score)": excluded}

@@ -26,7 +26,11 @@ def test_the_last_two_scores_are_capped_by_compliance():
     assert (row["judge_compliance"], row["judge_naturalness"], row["judge_coherence"]) == (1, 1, 1)
     assert row["judge_score"] == 1.0
     row = judgment(5, 2, 3)
-    assert (row["judge_naturalness"], row["judge_coherence"], row["judge_score"]) == (2, 3, pytest.approx(10 / 3, abs=1e-4))
+    assert (row["judge_naturalness"], row["judge_coherence"], row["judge_score"]) == (
+        2,
+        3,
+        pytest.approx(10 / 3, abs=1e-4),
+    )
 
 
 def test_answers_in_prose_fences_or_with_string_scores_are_read():
@@ -96,7 +100,9 @@ def test_vlm_judge_code_path_with_tiny_qwen2_vl(tiny_vlm_dir):
         JudgeItem(cup, cup, "add a cup on the table"),
         JudgeItem(cat, cat, "add a mouse"),
     ]
-    judge = make_judge(JudgeConfig(backend="vlm", model=str(tiny_vlm_dir), batch_size=2, max_new_tokens=8, device="cpu"))
+    judge = make_judge(
+        JudgeConfig(backend="vlm", model=str(tiny_vlm_dir), batch_size=2, max_new_tokens=8, device="cpu")
+    )
     rows = judge.judge(items)
     assert len(rows) == 3
     # random weights: the answers are not the rubric's JSON, so each is a row with the reason and the raw text
