@@ -70,6 +70,14 @@ def markdown_image(title: str, png: bytes) -> str:
     return f"![{label}](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
+def markdown_table(rows: list[dict], columns: Sequence[str], n: int = 5) -> str:
+    """The first `n` rows' `columns` as a markdown table (values cut at 80 characters)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows[:n]:
+        lines.append("| " + " | ".join(str(row.get(c) or "").replace("|", "/")[:80] for c in columns) + " |")
+    return "\n".join(lines)
+
+
 def finite_values(values) -> np.ndarray:
     """The values that are neither None nor NaN / inf, as floats."""
     return np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)

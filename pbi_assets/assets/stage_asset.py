@@ -18,6 +18,7 @@ from pbi_assets.partitions import partition_of, source_shard_partitions
 from pbi_assets.resources import PBIProject
 from pbi_assets.run_config import stage_run_config
 from pbi_ml.config.fields import fields_table
+from pbi_ml.plots import markdown_table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,9 +94,6 @@ def stage_asset(stage: StageAsset) -> dg.AssetsDefinition:
     return _asset
 
 
-def markdown_examples(rows: list[dict], columns: Sequence[str], n: int = 5) -> dg.MetadataValue:
-    """The first `n` rows' `columns` as a markdown table (values cut at 80 characters)."""
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows[:n]:
-        lines.append("| " + " | ".join(str(row.get(c) or "").replace("|", "/")[:80] for c in columns) + " |")
-    return dg.MetadataValue.md("\n".join(lines))
+def markdown_examples(rows: list[dict], columns: Sequence[str]) -> dg.MetadataValue:
+    """The first rows' `columns` as a markdown table (pbi_ml.plots.markdown_table)."""
+    return dg.MetadataValue.md(markdown_table(rows, columns))

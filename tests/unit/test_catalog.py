@@ -32,8 +32,8 @@ def _file(storage: Storage, pair_id: str, column: str) -> str:
 
 def _write_partition(storage: Storage, source: str, shard: str, n: int, failed: int = 1) -> list[str]:
     """n pairs (the first `failed` of them failed: no description, instruction or split row
-    content), with their descriptions, instructions and splits; returns the pair ids."""
-    pairs, described, instructed, split = [], [], [], []
+    content), with their descriptions, instructions, judgments and splits; returns the pair ids."""
+    pairs, described, instructed, judged, split = [], [], [], [], []
     for i in range(n):
         ok = i >= failed
         pair_id = f"{source}/img{shard}{i:03d}/{i}"
@@ -65,12 +65,16 @@ def _write_partition(storage: Storage, source: str, shard: str, n: int, failed: 
                 "status": "ok" if ok else "failed",
             }
         )
+        judged.append(
+            {**base, "judge_score": 1.0 + i % 5 if ok else None, "judge_reason": f"reason {i}", "status": "ok"}
+        )
         if ok:
             split.append({**base, "split": "test" if i % 3 == 0 else "train", "split_rule": "hash"})
     for table, rows in (
         (tables.PAIRS, pairs),
         (tables.DESCRIPTIONS, described),
         (tables.INSTRUCTIONS, instructed),
+        (tables.PAIR_JUDGMENTS, judged),
         (tables.SPLITS, split),
     ):
         storage.write_table(table, source, shard, table_from_records(rows, table.schema))
@@ -100,7 +104,9 @@ def test_stored_pairs_equal_the_live_join(tmp_path):
         assert len(stored) == 12 and {r[0] for r in stored} >= set(ids)
         columns = [r[0] for r in con.execute(f'DESCRIBE "{tables.PAIRS.name}"').fetchall()]
         assert columns == [r[0] for r in con.execute(f'DESCRIBE "{LIVE_PAIRS}"').fetchall()]
-        assert {"description", "instruction_vlm_llm", "split"} <= set(columns)
+        assert {"description", "instruction_vlm_llm", "judge_score", "judge_reason", "split"} <= set(columns)
+        judge_of = dict(con.execute(f"SELECT pair_id, judge_score FROM {tables.PAIRS.name}").fetchall())
+        assert judge_of["gen/img000000/0"] is None and judge_of["gen/img000001/1"] == 2.0
         # the failed pair has no split, no description; an ok one has all of them
         split_of = dict(con.execute(f"SELECT pair_id, split FROM {tables.PAIRS.name}").fetchall())
         assert split_of["gen/img000000/0"] is None and split_of["gen/img000001/1"] == "train"
