@@ -62,8 +62,8 @@ catalog_automation_sensor = dg.AutomationConditionSensorDefinition(
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=CATALOG_SENSOR_INTERVAL_S,
     description=(
-        "Every minute, rebuilds catalog.duckdb when a partition of pairs, descriptions, instructions or "
-        "splits was materialized since the last rebuild was requested. RUNNING by default (the catalog must "
+        "Every minute, rebuilds catalog.duckdb when a partition of pairs, descriptions, instructions, "
+        "pair_judgments or splits was materialized since the last rebuild was requested. RUNNING by default (the catalog must "
         "not stay stale); needs the Dagster daemon (`dagster dev` runs one; in production `dagster-daemon run`)."
     ),
 )

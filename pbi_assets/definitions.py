@@ -6,7 +6,7 @@ import dagster as dg
 
 from pbi_assets import automation
 from pbi_assets.assets.catalog import catalog
-from pbi_assets.assets.instructions import descriptions, instructions, splits
+from pbi_assets.assets.instructions import descriptions, instructions, pair_judgments, splits
 from pbi_assets.assets.removal import artifact_audit, class_scores, pairs, removal_scores, removals
 from pbi_assets.assets.sources import candidates, source_index
 from pbi_assets.assets.training import checkpoint, evaluation, exports
@@ -17,7 +17,7 @@ from pbi_assets.resources import PBIProject
 
 # per source x shard, in graph order
 PARTITIONED_ASSETS = [source_index, candidates, class_scores, removals, removal_scores, pairs, artifact_audit]
-PARTITIONED_ASSETS += [descriptions, instructions, splits]
+PARTITIONED_ASSETS += [descriptions, instructions, pair_judgments, splits]
 # over all partitions, in graph order
 UNPARTITIONED_ASSETS = [catalog, exports, checkpoint, evaluation]
 

@@ -6,7 +6,7 @@ file (catalog.duckdb):
 
 - the names in `MATERIALIZED` (the joined `pairs`) are TABLES, computed from the Parquet when the
   catalog is built and stored in the file, so a query reads one compact columnar table instead of
-  joining four globs of Parquet files (milliseconds instead of hundreds at a million pairs). Each
+  joining five globs of Parquet files (milliseconds instead of hundreds at a million pairs). Each
   keeps its live form as the view `<name>_live` (`pairs_live`);
 - every other name (one per stage table: source_index, candidates, ...) is a VIEW, read at query
   time: a partition materialized after the build shows up in it at once.
@@ -45,6 +45,7 @@ from pbi_ml.tables import (
     CLASS_SCORES,
     DESCRIPTIONS,
     INSTRUCTIONS,
+    PAIR_JUDGMENTS,
     PAIRS,
     SPLITS,
     TableSpec,
@@ -84,8 +85,12 @@ def _candidates_view(storage: Storage) -> str:
     )
 
 
+JUDGE_COLUMNS = ("judge_compliance", "judge_naturalness", "judge_coherence", "judge_score", "judge_reason")
+
+
 def _pairs_view(storage: Storage) -> str:
-    """`pairs`, joined with descriptions, instructions, splits and the artifact audit's detectability."""
+    """`pairs`, joined with descriptions, instructions, the pair judge's scores, splits and the artifact
+    audit's detectability."""
     select = [
         "p.*",
         "d.description",
@@ -93,6 +98,7 @@ def _pairs_view(storage: Storage) -> str:
         "i.instruction_vlm_llm",
         "i.instruction_ref",
         "i.instruction_check",
+        *(f"j.{column}" for column in JUDGE_COLUMNS),
         "s.split",
         "a.detectability",
     ]
@@ -100,6 +106,7 @@ def _pairs_view(storage: Storage) -> str:
         f"LEFT JOIN (SELECT pair_id, description FROM {_scan(storage, DESCRIPTIONS)}) d USING (pair_id)",
         f"LEFT JOIN (SELECT pair_id, instruction_class, instruction_vlm_llm, instruction_ref, instruction_check "
         f"FROM {_scan(storage, INSTRUCTIONS)}) i USING (pair_id)",
+        f"LEFT JOIN (SELECT pair_id, {', '.join(JUDGE_COLUMNS)} FROM {_scan(storage, PAIR_JUDGMENTS)}) j USING (pair_id)",
         f"LEFT JOIN (SELECT pair_id, split FROM {_scan(storage, SPLITS)}) s USING (pair_id)",
         f"LEFT JOIN (SELECT pair_id, detectability FROM {_scan(storage, ARTIFACT_AUDIT)}) a USING (pair_id)",
     ]
@@ -130,7 +137,7 @@ class StoredTable:
 MATERIALIZED: dict[str, StoredTable] = {
     PAIRS.name: StoredTable(
         PAIRS.name,
-        inputs=(PAIRS, DESCRIPTIONS, INSTRUCTIONS, SPLITS, ARTIFACT_AUDIT),
+        inputs=(PAIRS, DESCRIPTIONS, INSTRUCTIONS, PAIR_JUDGMENTS, SPLITS, ARTIFACT_AUDIT),
         cluster_by=("category", "split", "pair_id"),
         index_on=("pair_id",),
     )

@@ -79,6 +79,7 @@ STAGE_RESOURCES: dict[str, StageResources] = {
     "artifact_audit": _pod("2", "4", "8Gi", "16Gi", gpus=1),
     "descriptions": _pod("2", "4", "16Gi", "32Gi", gpus=1),
     "instructions": _pod("2", "4", "16Gi", "32Gi", gpus=1),
+    "pair_judgments": _pod("2", "4", "16Gi", "32Gi", gpus=1),  # a 7B VLM, two images per pair
     "splits": _pod("500m", "1", "1Gi", "2Gi"),
     "catalog": _pod("1", "2", "4Gi", "8Gi"),
     "exports": _pod("1", "2", "4Gi", "8Gi"),

@@ -236,3 +236,26 @@ def step_device(
     folder = lease_dir if lease_dir is not None else default_lease_dir()
     with lease_device(devices, folder, on_wait=on_wait, log_every_s=log_every_s) as lease:
         yield StepDevice(device=lease.device, slot=lease.slot, slots=len(devices))
+
+
+def gpu_pool_report(configured: tuple[str, ...], pool: str, limit: int | None, default_limit: bool) -> list[str]:
+    """`pbi info`'s lines on the node's devices and the Dagster pool `pool` (its `limit`, None =
+    unlimited; `default_limit`: it comes from dagster.yaml), with a warning when they differ
+    (operations.md#pools-and-devices)."""
+    devices = node_devices(configured)
+    where = f"${DEVICES_ENV}" if os.environ.get(DEVICES_ENV) else "pbi.yaml devices:"
+    origin = "default_limit in dagster.yaml" if default_limit else "set with `dagster instance concurrency set`"
+    lines = [
+        f"devices:     {', '.join(devices)} ({len(devices)} lease slot(s), from {where}; leases in {default_lease_dir()})",
+        f"{pool} pool:    {'unlimited' if limit is None else limit} step(s) at once ({origin})",
+    ]
+    if limit is not None and limit != len(devices):
+        effect = (
+            "GPUs stay idle" if limit < len(devices) else "the extra steps wait for a device lease, holding pool slots"
+        )
+        lines.append(
+            f"warning: the {pool} pool allows {limit} step(s) at once but this node has {len(devices)} device(s): "
+            f"{effect}. Make them agree: `dagster instance concurrency set {pool} {len(devices)}` "
+            "(or pools: default_limit in $DAGSTER_HOME/dagster.yaml)"
+        )
+    return lines

@@ -86,6 +86,14 @@ def markdown_image(title: str, png: bytes) -> str:
     return f"![{label}](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
+def markdown_table(rows: list[dict], columns: Sequence[str], n: int = 5) -> str:
+    """The first `n` rows' `columns` as a markdown table (values cut at 80 characters)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows[:n]:
+        lines.append("| " + " | ".join(str(row.get(c) or "").replace("|", "/")[:80] for c in columns) + " |")
+    return "\n".join(lines)
+
+
 def finite_values(values) -> np.ndarray:
     """The values that are neither None nor NaN / inf, as floats."""
     return np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
@@ -135,14 +143,6 @@ def loss_curve_text(curve, max_rows: int = 40) -> str:
         for s, loss in list(zip(steps, losses, strict=True))[:: max(1, len(curve) // max_rows)]
     ]
     return "\n".join([plot, "", "```", *rows, "```"])
-
-
-def markdown_table(rows: list[dict], columns: Sequence[str], n: int = 5) -> str:
-    """The first `n` rows' `columns` as a markdown table (values cut at 80 characters)."""
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows[:n]:
-        lines.append("| " + " | ".join(str(row.get(c) or "").replace("|", "/")[:80] for c in columns) + " |")
-    return "\n".join(lines)
 
 
 def thumbnails_text(samples: list, max_side: int = 128, limit: int = 4) -> str:

@@ -6,6 +6,8 @@ from pbi_ml.config import ProjectConfig, SplitConfig
 from pbi_ml.sources.base import stable_hash
 
 HASH_BUCKETS = 10_000
+EXCLUDED = "excluded"  # a pair left out of train and test (and the exports)
+JUDGE_SCORE_BELOW_MIN = "judge_score_below_min"
 
 
 def hashed_split(image_id: str, config: SplitConfig) -> str:
@@ -35,3 +37,12 @@ def assign_split(source, image_id: str, held_out: set[str], config: SplitConfig)
     if source.test_fraction is not None:
         config = SplitConfig(test_fraction=source.test_fraction, seed=config.seed)
     return hashed_split(image_id, config), "hash"
+
+
+def judged_out(judge_scores: dict[str, float | None], config: SplitConfig) -> set[str]:
+    """The pair ids whose judge score is under `config.min_judge_score` (none when it is unset);
+    a pair without a score (judge off, unparsed answer, not judged) is kept."""
+    if config.min_judge_score is None:
+        return set()
+    minimum = config.min_judge_score
+    return {pair_id for pair_id, score in judge_scores.items() if score is not None and score < minimum}

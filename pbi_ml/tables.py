@@ -3,7 +3,7 @@
 A leaf module: the stages write these tables, the catalog builds a view over each, and neither
 imports the other for it. Nowhere else spells a table name as a string literal.
 
-Item-stage tables (removals, removal_scores, pairs, descriptions, instructions) have one row per
+Item-stage tables (removals, removal_scores, pairs, descriptions, instructions, pair_judgments) have one row per
 item that entered the stage (one per removal candidate for removals and removal_scores), with
 `status` "ok" or "failed" and, when failed, `error` = a reason code from `pbi_ml.reasons`.
 """
@@ -251,17 +251,40 @@ INSTRUCTIONS = TableSpec(
     description="three kinds of 'add' instruction per ok pair",
 )
 
+PAIR_JUDGMENTS = TableSpec(
+    "pair_judgments",
+    pa.schema(
+        [
+            *_PAIR_COLUMNS,
+            ("instruction", pa.string()),  # the instruction the judge saw (instruction_vlm_llm)
+            ("judge_compliance", pa.int32()),  # 1-5, null with judge_null_reason
+            ("judge_naturalness", pa.int32()),  # 1-5, capped by judge_compliance
+            ("judge_coherence", pa.int32()),  # 1-5, capped by judge_compliance
+            ("judge_score", pa.float64()),  # the mean of the three
+            ("judge_reason", pa.string()),  # the judge's one sentence
+            ("judge_raw", pa.string()),  # the model's whole answer
+            ("judge_null_reason", pa.string()),  # why the scores are null (backend off, unparsed answer)
+            ("judge_backend", pa.string()),
+            ("judge_model", pa.string()),
+            *_STATUS,
+            *_DEVICE,
+        ]
+    ),
+    key=("pair_id",),
+    description="a VLM judge's rubric scores (ImgEdit 'add') of every ok pair, beyond the paper",
+)
+
 SPLITS = TableSpec(
     "splits",
     pa.schema(
         [
             *_PAIR_COLUMNS,
             ("split", pa.string()),
-            ("split_rule", pa.string()),  # test_source | image_in_a_test_source | hash
+            ("split_rule", pa.string()),  # test_source | image_in_a_test_source | hash | judge_score_below_min
         ]
     ),
     key=("pair_id",),
-    description="train or test for every ok pair",
+    description="train, test or excluded (judge score under min_judge_score) for every ok pair",
 )
 
 CHECKPOINTS = TableSpec(
@@ -347,8 +370,9 @@ PARTITIONED_TABLES = (
     ARTIFACT_AUDIT,
     DESCRIPTIONS,
     INSTRUCTIONS,
+    PAIR_JUDGMENTS,
     SPLITS,
 )
 # the tables written through the item mechanism (pbi_ml/stages/item_stage.py), one ledger each
-ITEM_TABLES = (CLASS_SCORES, REMOVALS, REMOVAL_SCORES, PAIRS, DESCRIPTIONS, INSTRUCTIONS)
+ITEM_TABLES = (CLASS_SCORES, REMOVALS, REMOVAL_SCORES, PAIRS, DESCRIPTIONS, INSTRUCTIONS, PAIR_JUDGMENTS)
 ALL_TABLES = (*PARTITIONED_TABLES, CHECKPOINTS, EVALUATIONS, EVALUATION_SAMPLES)

@@ -6,7 +6,7 @@ from typing import Any
 
 import dagster as dg
 
-from pbi_assets.assets.instructions import descriptions, instructions, splits
+from pbi_assets.assets.instructions import descriptions, instructions, pair_judgments, splits
 from pbi_assets.assets.removal import artifact_audit, pairs
 from pbi_assets.execution import stage_op_tags
 from pbi_assets.resources import PBIProject
@@ -29,7 +29,7 @@ CATALOG_AUTOMATION_CONDITION = (
     group_name="catalog",
     kinds={"duckdb"},
     op_tags=stage_op_tags("catalog"),
-    deps=[pairs, descriptions, instructions, splits, artifact_audit],
+    deps=[pairs, descriptions, instructions, pair_judgments, splits, artifact_audit],
     pool="duckdb_catalog",
     automation_condition=CATALOG_AUTOMATION_CONDITION,
     description=inspect.getdoc(inspect.getmodule(build_catalog)),

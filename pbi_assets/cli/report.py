@@ -109,28 +109,9 @@ def gpu_pool_lines(project) -> list[str]:
     """The node's devices and the `gpu` pool limit, warning when they differ (operations.md#pools-and-devices)."""
 
     from pbi_assets.assets.gpu import GPU_POOL
-    from pbi_ml.devices import DEVICES_ENV, default_lease_dir, node_devices
+    from pbi_ml.devices import gpu_pool_report
 
     ensure_dagster_home()
-    devices = node_devices(project.devices)
-    where = f"${DEVICES_ENV}" if os.environ.get(DEVICES_ENV) else "pbi.yaml devices:"
     with open_instance() as instance:
         info = instance.event_log_storage.get_concurrency_info(GPU_POOL)
-    limit = info.limit
-    origin = (
-        "default_limit in dagster.yaml" if info.using_default_limit else "set with `dagster instance concurrency set`"
-    )
-    lines = [
-        f"devices:     {', '.join(devices)} ({len(devices)} lease slot(s), from {where}; leases in {default_lease_dir()})",
-        f"gpu pool:    {'unlimited' if limit is None else limit} step(s) at once ({origin})",
-    ]
-    if limit is not None and limit != len(devices):
-        effect = (
-            "GPUs stay idle" if limit < len(devices) else "the extra steps wait for a device lease, holding pool slots"
-        )
-        lines.append(
-            f"warning: the gpu pool allows {limit} step(s) at once but this node has {len(devices)} device(s): "
-            f"{effect}. Make them agree: `dagster instance concurrency set {GPU_POOL} {len(devices)}` "
-            "(or pools: default_limit in $DAGSTER_HOME/dagster.yaml)"
-        )
-    return lines
+    return gpu_pool_report(project.devices, GPU_POOL, info.limit, info.using_default_limit)

@@ -28,6 +28,7 @@ from pbi_ml.config.stages import (
 from pbi_ml.describe import DescribeConfig
 from pbi_ml.export import ExportConfig
 from pbi_ml.instruct import InstructConfig
+from pbi_ml.judge import JudgeConfig
 from pbi_ml.stages.evaluation import EvaluationConfig
 from pbi_ml.stages.training import RECIPES
 from pbi_ml.train.config import TrainConfig
@@ -43,6 +44,7 @@ STAGE_CONFIGS: dict[str, type] = {
     "artifact_audit": ArtifactAuditConfig,
     "descriptions": DescribeConfig,
     "instructions": InstructConfig,
+    "pair_judgments": JudgeConfig,
     "splits": SplitConfig,
     "exports": ExportConfig,
     "checkpoint": TrainConfig,

@@ -256,10 +256,15 @@ class SplitConfig:
     """Train/test assignment. Sources with role: test go to test; an image that appears in any
     test source (same image_id, e.g. COCO val under both COCO and LVIS) is test everywhere; the
     rest by a seeded hash of the image id (a source may override test_fraction). Paper: test =
-    752 pairs from COCO val only: declare COCO val with role: test and set test_fraction: 0."""
+    752 pairs from COCO val only: declare COCO val with role: test and set test_fraction: 0.
+    Beyond the paper, `min_judge_score` leaves out the pairs the pair judge scored lower
+    (docs/method.md#pair-judge): split "excluded", in neither train nor test nor the exports."""
 
     test_fraction: float = 0.05  # the share of images (by a seeded hash of the image id) in test
     seed: int = 0  # the hash's seed
+    # leave out ("excluded") the pairs whose pair_judgments judge_score (1-5) is under this; off when
+    # null; a pair the judge did not score (backend off, unparsed answer) is kept
+    min_judge_score: float | None = None
 
     def __post_init__(self):
-        check_fields(self, test_fraction="fraction")
+        check_fields(self, test_fraction="fraction", min_judge_score="positive")

@@ -1,7 +1,8 @@
 """Descriptions by a vision-language model (transformers), the paper's prompt (docs/method.md#descriptions).
 
 The model sees `masked_object_view(image, mask)`: the object alone on neutral grey, cropped to a
-padded box. Loading: `AutoProcessor` + `AutoModelForImageTextToText` by Hub id or local directory;
+padded box. Loading (`ChatVLM`, shared with the pair judge): `AutoProcessor` +
+`AutoModelForImageTextToText` by Hub id or local directory;
 the prompt goes through the processor's chat template (one user turn: the image, then the text);
 batched greedy generation with left padding; only the newly generated tokens are decoded.
 
@@ -68,6 +69,50 @@ def _view_for_model(item: DescribeItem):
     return view
 
 
+class ChatVLM:
+    """A transformers image-text-to-text chat model (Qwen2-VL, Qwen2.5-VL, ...) by Hub id or local
+    directory, asked one user turn per item (its images, then a text), batched greedy generation with
+    left padding; the describer and the pair judge (pbi_ml/judge.py) both load it here."""
+
+    def __init__(self, model: str, device: str, dtype: str, remote: dict | None = None):
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        remote = remote or {}
+        self.processor = AutoProcessor.from_pretrained(model, **remote)
+        self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=self.dtype, **remote)
+        self.tokenizer = self.processor.tokenizer
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        # transformers types PreTrainedModel.to as @wraps(nn.Module.to), which pyright can't bind to the model
+        self.model.to(self.device).eval()  # pyright: ignore[reportArgumentType]
+
+    def generate(self, turns: list[tuple[list, str]], max_new_tokens: int) -> list[str]:
+        """One answer per (PIL images, text) user turn, for one batch."""
+        import torch
+
+        texts = [
+            self.processor.apply_chat_template(
+                [{"role": "user", "content": [*({"type": "image"} for _ in images), {"type": "text", "text": text}]}],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+            for images, text in turns
+        ]
+        images = [image for images, _ in turns for image in images]
+        inputs = self.processor(text=texts, images=images, return_tensors="pt", padding=True)
+        inputs = {k: _to(v, self.device, self.dtype) for k, v in inputs.items()}
+        with torch.inference_mode():
+            # transformers' generate(self: GenerativePreTrainedModel) protocol rejects its own auto classes
+            generated = self.model.generate(  # pyright: ignore[reportAttributeAccessIssue]
+                **inputs, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id
+            )
+        new_tokens = generated[:, inputs["input_ids"].shape[1] :]
+        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
 class VLMDescriber:
     """A transformers image-text-to-text model asked the paper's prompt about each object."""
 
@@ -75,31 +120,21 @@ class VLMDescriber:
 
     def __init__(self, config: DescribeConfig):
         _refuse_remote_code(config)
-        from transformers import AutoProcessor
-
         self.config = config
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         remote = {"trust_remote_code": True} if config.trust_remote_code else {}
+        self.chat: ChatVLM | None = None
         try:
             if config.trust_remote_code and _is_cogvlm(config.model):
                 self._load_cogvlm(remote)
             else:
-                from transformers import AutoModelForImageTextToText
-
-                self.processor = AutoProcessor.from_pretrained(config.model, **remote)
-                self.model = AutoModelForImageTextToText.from_pretrained(config.model, dtype=self.dtype, **remote)
-                self.tokenizer = self.processor.tokenizer
-                self.tokenizer.padding_side = "left"
-                if self.tokenizer.pad_token is None:
-                    self.tokenizer.pad_token = self.tokenizer.eos_token
-                self.cogvlm = False
+                self.chat = ChatVLM(config.model, config.device, config.dtype, remote)
+                self.tokenizer = self.chat.tokenizer
         except ValueError as exc:
             if "trust_remote_code" in str(exc):
                 raise ConfigError(f"describe model {config.model!r}: {exc}") from None
             raise
-        # transformers types PreTrainedModel.to as @wraps(nn.Module.to), which pyright can't bind to the model
-        self.model.to(self.device).eval()  # pyright: ignore[reportArgumentType]
 
     def _load_cogvlm(self, remote: dict) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -111,8 +146,7 @@ class VLMDescriber:
             )
         self.tokenizer = AutoTokenizer.from_pretrained(self.config.tokenizer)
         self.model = AutoModelForCausalLM.from_pretrained(self.config.model, dtype=self.dtype, **remote)
-        self.processor = None
-        self.cogvlm = True
+        self.model.to(self.device).eval()  # pyright: ignore[reportArgumentType]  (as in ChatVLM)
 
     def prompt_for(self, category: str) -> str:
         from pbi_ml.instruct.grammar import clean_category
@@ -120,45 +154,14 @@ class VLMDescriber:
         return self.config.prompt.format(category=clean_category(category))
 
     def describe(self, items: list[DescribeItem]) -> list[str]:
+        if self.chat is None:  # CogVLM: one item at a time
+            return [text for item in items for text in self._describe_cogvlm(item)]
         out: list[str] = []
-        size = self.config.batch_size if not self.cogvlm else 1
-        for start in range(0, len(items), size):
-            batch = items[start : start + size]
-            out.extend(self._describe_cogvlm(batch[0]) if self.cogvlm else self._describe_batch(batch))
+        for start in range(0, len(items), self.config.batch_size):
+            batch = items[start : start + self.config.batch_size]
+            turns = [([_view_for_model(item)], self.prompt_for(item.category)) for item in batch]
+            out.extend(self.chat.generate(turns, self.config.max_new_tokens))
         return out
-
-    def _describe_batch(self, items: list[DescribeItem]) -> list[str]:
-        import torch
-
-        processor = self.processor
-        if processor is None:  # only CogVLM has none, and it goes through _describe_cogvlm
-            raise RuntimeError("VLMDescriber: no processor for a batch (a CogVLM model is described one by one)")
-        images = [_view_for_model(item) for item in items]
-        texts = [
-            processor.apply_chat_template(
-                [
-                    {
-                        "role": "user",
-                        "content": [{"type": "image"}, {"type": "text", "text": self.prompt_for(item.category)}],
-                    }
-                ],
-                tokenize=False,
-                add_generation_prompt=True,
-            )
-            for item in items
-        ]
-        inputs = processor(text=texts, images=images, return_tensors="pt", padding=True)
-        inputs = {k: _to(v, self.device, self.dtype) for k, v in inputs.items()}
-        with torch.inference_mode():
-            # transformers' generate(self: GenerativePreTrainedModel) protocol rejects its own auto classes
-            generated = self.model.generate(  # pyright: ignore[reportAttributeAccessIssue]
-                **inputs,
-                do_sample=False,
-                max_new_tokens=self.config.max_new_tokens,
-                pad_token_id=self.tokenizer.pad_token_id,
-            )
-        new_tokens = generated[:, inputs["input_ids"].shape[1] :]
-        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
     def _describe_cogvlm(self, item: DescribeItem) -> list[str]:
         import torch
@@ -174,7 +177,7 @@ class VLMDescriber:
             "images": [[built["images"][0].to(self.device, self.dtype)]],
         }
         with torch.inference_mode():
-            # generate: as in _describe_batch
+            # generate: as in ChatVLM.generate
             generated = self.model.generate(  # pyright: ignore[reportAttributeAccessIssue]
                 **inputs, do_sample=False, max_new_tokens=self.config.max_new_tokens
             )

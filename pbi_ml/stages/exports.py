@@ -6,15 +6,20 @@ masks in a separate table); diffusers' train_instruct_pix2pix.py schema (input_i
 edit_prompt, edited_image, plus pair_id and mask); and the reverse removal pairs in that schema
 (remove_pix2pix: the original, "remove the ...", the object removed). Sharded by size, with a
 README.md dataset card (one `datasets` config per file set, counts, classes, filter statistics).
+The pairs `splits` left out (split "excluded": judge score under `min_judge_score`) are not
+exported; the card counts them.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
+import pyarrow.compute as pc
+
 from pbi_ml.catalog import read_view
 from pbi_ml.config import ProjectConfig
 from pbi_ml.export import ExportConfig, export_pairs
+from pbi_ml.splits import EXCLUDED
 from pbi_ml.stages.common import Progress, StageResult
 from pbi_ml.storage import Storage
 from pbi_ml.tables import CANDIDATES, PAIRS, REMOVAL_SCORES
@@ -47,8 +52,12 @@ def run_exports(
     storage: Storage, config: ExportConfig, *, project: ProjectConfig, progress: Progress | None = None
 ) -> StageResult:
     """Every ok pair of every partition; `project` names each source's format (for the card)."""
-    pairs = read_view(storage, PAIRS.name, where="status = 'ok'")
+    ok = read_view(storage, PAIRS.name, where="status = 'ok'")
+    pairs = ok.filter((pc.field("split") != EXCLUDED) | pc.field("split").is_null())
+    stats = filter_statistics(storage)
+    if excluded := ok.num_rows - pairs.num_rows:
+        stats["pair judge"] = {"pairs excluded (judge score under min_judge_score)": excluded}
     formats = {s.name: s.format for s in project.sources}
-    result = export_pairs(pairs, formats, filter_statistics(storage), storage.global_dir("exports"), config)
-    counts = {"pairs": pairs.num_rows, "files": len(result.files), **result.counts}
+    result = export_pairs(pairs, formats, stats, storage.global_dir("exports"), config)
+    counts = {"pairs": pairs.num_rows, "pairs_excluded_by_judge": excluded, "files": len(result.files), **result.counts}
     return StageResult(table=pairs, path=result.directory, counts=counts, extra={"files": result.files})

@@ -2,16 +2,18 @@
 
 By image: sources with role: test go to test, an image that appears in any test source goes to
 test everywhere, the rest by a seeded hash of the image id (test_fraction, with a per-source
-override; 0 plus a role: test source reproduces the paper).
+override; 0 plus a role: test source reproduces the paper). Beyond the paper, with
+`min_judge_score` set, a pair the pair judge scored under it gets split "excluded" (rule
+judge_score_below_min): in neither train nor test nor the exports; an unscored pair is kept.
 """
 
 from __future__ import annotations
 
 from pbi_ml.config import ProjectConfig, SourceConfig, SplitConfig
-from pbi_ml.splits import assign_split, test_image_ids
+from pbi_ml.splits import EXCLUDED, JUDGE_SCORE_BELOW_MIN, assign_split, judged_out, test_image_ids
 from pbi_ml.stages.common import Progress, StageResult, ok_pairs
 from pbi_ml.storage import Storage, table_from_records
-from pbi_ml.tables import SPLITS
+from pbi_ml.tables import PAIR_JUDGMENTS, SPLITS
 
 
 def run_splits(
@@ -26,9 +28,16 @@ def run_splits(
     """`project` names the role: test sources, whose images are held out of every other source."""
     pairs = ok_pairs(storage, source.name, shard)
     held_out = test_image_ids(project, storage) if source.role != "test" else set()
+    excluded = set()
+    if config.min_judge_score is not None:
+        judgments = storage.read_table(PAIR_JUDGMENTS, source.name, shard).select(["pair_id", "judge_score"])
+        excluded = judged_out({r["pair_id"]: r["judge_score"] for r in judgments.to_pylist()}, config)
     rows = []
     for row in pairs:
-        split, rule = assign_split(source, row["image_id"], held_out, config)
+        if row["pair_id"] in excluded:
+            split, rule = EXCLUDED, JUDGE_SCORE_BELOW_MIN
+        else:
+            split, rule = assign_split(source, row["image_id"], held_out, config)
         rows.append(
             {
                 **{k: row[k] for k in ("pair_id", "source", "shard", "image_id", "annotation_id", "category")},
@@ -42,6 +51,7 @@ def run_splits(
         "pairs": len(rows),
         "train": sum(r["split"] == "train" for r in rows),
         "test": sum(r["split"] == "test" for r in rows),
+        EXCLUDED: sum(r["split"] == EXCLUDED for r in rows),
     }
     if progress:
         progress(len(rows), len(rows))

@@ -2,6 +2,7 @@
 
 - mid-chunk resume: forget one finished item in the middle of a chunk, re-run, compare bytes, for
   every per-item stage on its real backend (tiny SD, tiny open_clip, tiny Qwen2-VL, real SmolLM2);
+- the pair judge's scores through splits' min_judge_score, the exports and the catalog's pairs;
 - outputs are trusted only when intact: a corrupted finished PNG is redone, never crashes a stage;
 - accounting: faults injected at each stage, and every item that entered a stage has its rows;
 - the stage contract (signatures, config validation, config precedence) and the table registry.
@@ -99,10 +100,16 @@ class Pipeline:
 
         return run_instructions(self.storage, self.source, self.shard, config or InstructConfig(batch_size=4))
 
-    def splits(self):
+    def pair_judgments(self, config=None, judge=None):
+        from pbi_ml.judge import JudgeConfig
+        from pbi_ml.stages.pair_judgments import run_pair_judgments
+
+        return run_pair_judgments(self.storage, self.source, self.shard, config or JudgeConfig(), judge=judge)
+
+    def splits(self, config=None):
         from pbi_ml.stages.splits import run_splits
 
-        return run_splits(self.storage, self.source, self.shard, SplitConfig(), project=self.project)
+        return run_splits(self.storage, self.source, self.shard, config or SplitConfig(), project=self.project)
 
     def table(self, spec):
         return self.storage.read_table(spec, self.source.name, self.shard)
@@ -110,7 +117,7 @@ class Pipeline:
 
 # ---- mid-chunk resume, every per-item stage on its real backend
 
-STAGES = ["class_scores", "removals", "removal_scores", "pairs", "descriptions", "instructions"]
+STAGES = ["class_scores", "removals", "removal_scores", "pairs", "descriptions", "instructions", "pair_judgments"]
 UPSTREAM = {
     "class_scores": [],
     "removals": [],
@@ -118,6 +125,7 @@ UPSTREAM = {
     "pairs": ["removals", "removal_scores"],
     "descriptions": ["removals", "removal_scores", "pairs"],
     "instructions": ["removals", "removal_scores", "pairs", "descriptions"],
+    "pair_judgments": ["removals", "removal_scores", "pairs", "descriptions", "instructions"],
 }
 
 
@@ -143,6 +151,11 @@ def _real_backend_config(stage: str, request):
     if stage == "descriptions":
         model = request.getfixturevalue("tiny_vlm_dir")
         return DescribeConfig(backend="vlm", model=str(model), max_new_tokens=6, batch_size=4, device="cpu")
+    if stage == "pair_judgments":
+        from pbi_ml.judge import JudgeConfig
+
+        model = request.getfixturevalue("tiny_vlm_dir")
+        return JudgeConfig(backend="vlm", model=str(model), max_new_tokens=8, batch_size=4, device="cpu")
     model = request.getfixturevalue("smollm2_dir")
     return InstructConfig(backend="llm", model=str(model), max_new_tokens=12, batch_size=4, device="cpu")
 
@@ -155,6 +168,7 @@ def _stage_spec(stage: str):
         "pairs": tables.PAIRS,
         "descriptions": tables.DESCRIPTIONS,
         "instructions": tables.INSTRUCTIONS,
+        "pair_judgments": tables.PAIR_JUDGMENTS,
     }[stage]
 
 
@@ -162,6 +176,7 @@ def _stage_object(pipeline: Pipeline, stage: str, config):
     from pbi_ml.stages.class_scores import ClassScoreStage
     from pbi_ml.stages.descriptions import DescriptionStage
     from pbi_ml.stages.instructions import InstructionStage
+    from pbi_ml.stages.pair_judgments import PairJudgmentStage
     from pbi_ml.stages.pairs import PairStage
     from pbi_ml.stages.removals import RemovalStage
     from pbi_ml.stages.scores import ScoreStage
@@ -173,6 +188,7 @@ def _stage_object(pipeline: Pipeline, stage: str, config):
         "pairs": PairStage,
         "descriptions": DescriptionStage,
         "instructions": InstructionStage,
+        "pair_judgments": PairJudgmentStage,
     }[stage]
     return cls(pipeline.storage, pipeline.source, pipeline.shard, config)
 
@@ -376,9 +392,10 @@ def test_every_item_that_enters_a_stage_leaves_rows_with_reasons(tmp_path):
     Path(pairs[0]["target_image"]).unlink()
     descriptions = pipeline.descriptions().table.to_pylist()
     instructions = pipeline.instructions().table.to_pylist()
+    judgments = pipeline.pair_judgments().table.to_pylist()
     splits = pipeline.splits().table.to_pylist()
     pair_ids = {r["pair_id"] for r in pairs}
-    for rows in (descriptions, instructions, splits):
+    for rows in (descriptions, instructions, judgments, splits):
         assert {r["pair_id"] for r in rows} == pair_ids
     described = {r["pair_id"]: r for r in descriptions}
     assert described[pairs[0]["pair_id"]]["status"] == "failed"
@@ -386,7 +403,7 @@ def test_every_item_that_enters_a_stage_leaves_rows_with_reasons(tmp_path):
     instructed = {r["pair_id"]: r for r in instructions}
     assert instructed[pairs[0]["pair_id"]]["instruction_check"] == "no_description"
 
-    for rows in (removals, scores, pairs, descriptions, instructions):
+    for rows in (removals, scores, pairs, descriptions, instructions, judgments):
         for row in rows:
             assert row["status"] in ("ok", "failed")
             assert (row["error"] is None) == (row["status"] == "ok")
@@ -398,6 +415,77 @@ def test_every_item_that_enters_a_stage_leaves_rows_with_reasons(tmp_path):
     assert again.counts["items_computed_this_run"] == 1, "the corrupt PNG is redone; the lost image stays failed"
     scores_again = pipeline.scores().table.to_pylist()
     assert all(r["status"] == "ok" for r in scores_again)
+
+
+class RubricAnswers:
+    """Stands in for the judge's model (not our code): answers the rubric's JSON, the scores set
+    by the pair's position in the partition, so some pairs score low; every fourth answer is prose
+    the parser cannot read."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def judge(self, items):
+        from pbi_ml.judge import parse_judgment
+
+        answers = []
+        for item in items:
+            self.calls += 1
+            score = 1 + self.calls % 5
+            answers.append(
+                "I'd rather not say."
+                if self.calls % 4 == 0
+                else f'{{"compliance": {score}, "naturalness": 5, "coherence": 3, "reason": "{item.instruction}."}}'
+            )
+        return [parse_judgment(a) for a in answers]
+
+
+def test_the_judge_is_off_by_default_and_min_judge_score_leaves_low_pairs_out_of_splits_and_exports(tmp_path):
+    """The off backend: every pair a row with null scores and the reason, all pairs split. A judge's
+    scores: min_judge_score excludes exactly the pairs scored under it (an unparsed answer is kept),
+    the exports leave them out and count them, and the catalog's pairs carries the judge columns."""
+    from pbi_ml.catalog import read_view
+    from pbi_ml.export import ExportConfig
+    from pbi_ml.judge import JUDGE_OFF_REASON, UNPARSED_ANSWER, JudgeConfig
+    from pbi_ml.stages.exports import run_exports
+
+    pipeline = Pipeline(tmp_path, demo_source())
+    pipeline.index()
+    pipeline.removals(), pipeline.scores(), pipeline.pairs(), pipeline.descriptions(), pipeline.instructions()
+    off = pipeline.pair_judgments().table.to_pylist()
+    assert off and all(r["judge_score"] is None and r["judge_null_reason"] == JUDGE_OFF_REASON for r in off)
+    assert all(r["status"] == "ok" and r["judge_backend"] == "off" and r["instruction"] for r in off)
+    assert {r["split"] for r in pipeline.splits(SplitConfig(min_judge_score=4.0)).table.to_pylist()} <= {
+        "train",
+        "test",
+    }
+
+    judged = pipeline.pair_judgments(JudgeConfig(backend="vlm", model="a-model"), judge=RubricAnswers())
+    rows = judged.table.to_pylist()
+    assert judged.counts["items_computed_this_run"] == len(off), "a changed config judges every pair again"
+    unparsed = {r["pair_id"] for r in rows if r["judge_null_reason"] == UNPARSED_ANSWER}
+    low = {r["pair_id"] for r in rows if r["judge_score"] is not None and r["judge_score"] < 3.0}
+    assert unparsed and low and judged.counts["unparsed_answers"] == len(unparsed)
+    assert all(r["judge_naturalness"] <= r["judge_compliance"] for r in rows if r["judge_score"] is not None)
+
+    splits = {r["pair_id"]: r for r in pipeline.splits(SplitConfig(min_judge_score=3.0)).table.to_pylist()}
+    assert {k for k, r in splits.items() if r["split"] == "excluded"} == low
+    assert all(splits[k]["split_rule"] == "judge_score_below_min" for k in low)
+    assert all(splits[k]["split"] in ("train", "test") for k in unparsed)
+
+    pairs = read_view(pipeline.storage, tables.PAIRS.name, where="status = 'ok'").to_pylist()
+    by_id = {r["pair_id"]: r for r in pairs}
+    assert {k for k, r in by_id.items() if r["split"] == "excluded"} == low
+    judged_by_id = {r["pair_id"]: r for r in rows}
+    for column in ("judge_score", "judge_compliance", "judge_naturalness", "judge_coherence", "judge_reason"):
+        assert all(by_id[k][column] == judged_by_id[k][column] for k in by_id), column
+
+    exported = run_exports(pipeline.storage, ExportConfig(formats=("pipe",)), project=pipeline.project)
+    assert {r["pair_id"] for r in exported.table.to_pylist()} == set(by_id) - low
+    assert exported.counts["pairs_excluded_by_judge"] == len(low)
+    assert sum(v for k, v in exported.counts.items() if k.startswith("pipe_")) == len(by_id) - len(low)
+    card = (pipeline.storage.global_dir("exports") / "README.md").read_text()
+    assert f"| pairs excluded (judge score under min_judge_score) | {len(low)} |" in card
 
 
 def test_a_changed_upstream_item_redoes_exactly_its_dependents(tmp_path):
@@ -460,6 +548,7 @@ def test_every_stage_entry_point_has_the_one_signature():
         evaluation,
         exports,
         instructions,
+        pair_judgments,
         pairs,
         removals,
         scores,
@@ -477,6 +566,7 @@ def test_every_stage_entry_point_has_the_one_signature():
         pairs.run_pairs,
         descriptions.run_descriptions,
         instructions.run_instructions,
+        pair_judgments.run_pair_judgments,
         splits.run_splits,
     ]
     for fn in partitioned:

@@ -85,3 +85,22 @@ def test_a_failing_plot_keeps_the_text(monkeypatch):
     assert plots.histogram_text([None, float("nan")], title="t") == "t: _no values_"
     assert plots.histogram_bins([]) == {"n": 0, "edges": [], "counts": []}
     assert plots.loss_curve_text([]) == "training loss: _no steps_"
+
+
+def test_pair_judgments_metadata_has_the_score_histogram_and_the_lowest_scored_table(demo):
+    partitioned, _ = demo
+    metas = [metadata_of(result, "pair_judgments") for result in partitioned]
+    assert all(meta["backend"] == "off" for meta in metas)
+    # the embedded default scores nothing: an empty histogram and a table of no rows, saying so
+    assert all("_no values_" in meta["histogram_judge_score"] for meta in metas)
+    assert all(
+        meta["lowest_scored"].splitlines()[0] == "| judge_score | category | instruction | judge_reason |"
+        for meta in metas
+    )
+    assert all(len(meta["lowest_scored"].splitlines()) == 2 for meta in metas)
+
+
+def test_markdown_table_lists_the_first_rows_cut_and_escaped():
+    rows = [{"a": "x|y", "b": None}, {"a": "z" * 100, "b": 2.5}, {"a": "w", "b": 1}]
+    lines = plots.markdown_table(rows, ["a", "b"], n=2).splitlines()
+    assert lines == ["| a | b |", "|---|---|", "| x/y |  |", f"| {'z' * 80} | 2.5 |"]

@@ -32,8 +32,8 @@ def _file(storage: Storage, pair_id: str, column: str) -> str:
 
 def _write_partition(storage: Storage, source: str, shard: str, n: int, failed: int = 1) -> list[str]:
     """n pairs (the first `failed` of them failed: no description, instruction or split row
-    content), with their descriptions, instructions, splits and audit rows; returns the pair ids."""
-    pairs, described, instructed, split, audited = [], [], [], [], []
+    content), with their descriptions, instructions, judgments, splits and audit rows; returns the pair ids."""
+    pairs, described, instructed, judged, split, audited = [], [], [], [], [], []
     for i in range(n):
         ok = i >= failed
         pair_id = f"{source}/img{shard}{i:03d}/{i}"
@@ -65,6 +65,9 @@ def _write_partition(storage: Storage, source: str, shard: str, n: int, failed: 
                 "status": "ok" if ok else "failed",
             }
         )
+        judged.append(
+            {**base, "judge_score": 1.0 + i % 5 if ok else None, "judge_reason": f"reason {i}", "status": "ok"}
+        )
         if ok:
             split.append({**base, "split": "test" if i % 3 == 0 else "train", "split_rule": "hash"})
             audited.append({**base, "detectability": 0.1 * i, "target_probability": 0.5, "audit_backend": "stats"})
@@ -72,6 +75,7 @@ def _write_partition(storage: Storage, source: str, shard: str, n: int, failed: 
         (tables.PAIRS, pairs),
         (tables.DESCRIPTIONS, described),
         (tables.INSTRUCTIONS, instructed),
+        (tables.PAIR_JUDGMENTS, judged),
         (tables.SPLITS, split),
         (tables.ARTIFACT_AUDIT, audited),
     ):
@@ -102,7 +106,11 @@ def test_stored_pairs_equal_the_live_join(tmp_path):
         assert len(stored) == 12 and {r[0] for r in stored} >= set(ids)
         columns = [r[0] for r in con.execute(f'DESCRIBE "{tables.PAIRS.name}"').fetchall()]
         assert columns == [r[0] for r in con.execute(f'DESCRIBE "{LIVE_PAIRS}"').fetchall()]
-        assert {"description", "instruction_vlm_llm", "split", "detectability"} <= set(columns)
+        assert {"description", "instruction_vlm_llm", "judge_score", "judge_reason", "split", "detectability"} <= set(
+            columns
+        )
+        judge_of = dict(con.execute(f"SELECT pair_id, judge_score FROM {tables.PAIRS.name}").fetchall())
+        assert judge_of["gen/img000000/0"] is None and judge_of["gen/img000001/1"] == 2.0
         # the failed pair has no split, no description; an ok one has all of them
         split_of = dict(con.execute(f"SELECT pair_id, split FROM {tables.PAIRS.name}").fetchall())
         assert split_of["gen/img000000/0"] is None and split_of["gen/img000001/1"] == "train"

@@ -29,7 +29,7 @@ from pbi_ml.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 GPU_ASSETS = {"class_scores", "removals", "removal_scores", "artifact_audit", "descriptions", "instructions"}
-GPU_ASSETS |= {"checkpoint", "evaluation"}
+GPU_ASSETS |= {"pair_judgments", "checkpoint", "evaluation"}
 
 
 def _assets() -> dict[str, dg.AssetsDefinition]:
