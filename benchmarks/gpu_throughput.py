@@ -14,7 +14,9 @@ scoring. Random weights cost the same FLOPs as the real ones, so the speeds are 
     image-steps/s (objects x K x steps / s; classifier-free guidance doubles the UNet batch, as
     in the paper's anchor) and objects/s, after one untimed warm-up call per setting.
 (b) training: `train_instruct_pix2pix` (pbi_ml/train/loop.py) at 256 px, latents on the fly and
-    cached (the cache is filled by a first run and then read by a second, which is timed).
+    cached (the cache is filled by a first run and then read by a second, which is timed); the
+    fill's cache build in pairs/s (decoding in the default DataLoader workers, encoding one crop
+    per pair: crop squash).
 (c) scoring: `ClipEmbedder.embed_images` (pbi_ml/clip_embedder.py), CLIP ViT-L/14, images/s.
 
 On CUDA every figure is printed with its ratio to the reference figures (docs/method.md#speed-anchors) and
@@ -231,8 +233,8 @@ def training_examples(directory: Path, count: int, size: tuple[int, int]):
         tgt = save_png(image, directory / f"pair{i}" / "target.png")
         examples.append(
             TrainingExample(
-                source_image=str(src),
-                target_image=str(tgt),
+                source_image=str(src.path),
+                target_image=str(tgt.path),
                 instructions=("add an object",),
                 object_location="middle",
                 key=f"bench/{i:04d}",
@@ -263,9 +265,10 @@ def bench_training(init_dir: Path | str, work: Path, args, device: str) -> list[
         )
         cache = work / "latent_cache"
         if latents == "cache":  # fill the cache (timed separately), then train from it
-            start = time.perf_counter()
-            train_instruct_pix2pix(examples, config, work / "fill", latent_cache_dir=cache)
-            print(f"training latent cache filled in {time.perf_counter() - start:.1f} s (1 run)", flush=True)
+            fill = train_instruct_pix2pix(examples, config, work / "fill", latent_cache_dir=cache)
+            rate = fill.latents_encoded / fill.latents_build_s
+            rows.append({"latents": "cache build", "pairs": fill.latents_encoded, "pairs_per_s": rate})
+            print(f"training latent cache build: {fill.latents_encoded} pairs, {rate:8.1f} pairs/s", flush=True)
         result = train_instruct_pix2pix(examples, config, work / f"run-{latents}", latent_cache_dir=cache)
         row = {"latents": latents, "batch": args.train_batch, "samples_per_s": result.samples_per_second}
         rows.append(row)
