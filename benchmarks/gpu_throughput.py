@@ -23,7 +23,8 @@ On CUDA every figure is printed with its ratio to the reference figures (docs/me
 to our targets for one H100 / H200: removal >= 150 image-steps/s at batch 16 (2x the
 A100 anchor of 76), training >= 300 samples/s with cached latents (the optimised-trainer
 anchor: 137 per A100), CLIP >= 3,000 images/s. `--tiny` numbers mean only that the code runs.
-`--quick` runs one removal setting per dtype (batch 16, compile off) to fit a short GPU lease.
+`--quick` runs one removal setting per dtype (batch 16, compile off) to fit a short GPU lease;
+training (with the cache build's pairs/s) and CLIP as in a full run.
 """
 
 from __future__ import annotations
