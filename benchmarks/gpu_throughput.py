@@ -14,14 +14,17 @@ scoring. Random weights cost the same FLOPs as the real ones, so the speeds are 
     image-steps/s (objects x K x steps / s; classifier-free guidance doubles the UNet batch, as
     in the paper's anchor) and objects/s, after one untimed warm-up call per setting.
 (b) training: `train_instruct_pix2pix` (pbi_ml/train/loop.py) at 256 px, latents on the fly and
-    cached (the cache is filled by a first run and then read by a second, which is timed).
+    cached (the cache is filled by a first run and then read by a second, which is timed); the
+    fill's cache build in pairs/s (decoding in the default DataLoader workers, encoding one crop
+    per pair: crop squash).
 (c) scoring: `ClipEmbedder.embed_images` (pbi_ml/clip_embedder.py), CLIP ViT-L/14, images/s.
 
 On CUDA every figure is printed with its ratio to the reference figures (docs/method.md#speed-anchors) and
 to our targets for one H100 / H200: removal >= 150 image-steps/s at batch 16 (2x the
 A100 anchor of 76), training >= 300 samples/s with cached latents (the optimised-trainer
 anchor: 137 per A100), CLIP >= 3,000 images/s. `--tiny` numbers mean only that the code runs.
-`--quick` runs one removal setting per dtype (batch 16, compile off) to fit a short GPU lease.
+`--quick` runs one removal setting per dtype (batch 16, compile off) to fit a short GPU lease;
+training (with the cache build's pairs/s) and CLIP as in a full run.
 """
 
 from __future__ import annotations
@@ -231,8 +234,8 @@ def training_examples(directory: Path, count: int, size: tuple[int, int]):
         tgt = save_png(image, directory / f"pair{i}" / "target.png")
         examples.append(
             TrainingExample(
-                source_image=str(src),
-                target_image=str(tgt),
+                source_image=str(src.path),
+                target_image=str(tgt.path),
                 instructions=("add an object",),
                 object_location="middle",
                 key=f"bench/{i:04d}",
@@ -263,9 +266,10 @@ def bench_training(init_dir: Path | str, work: Path, args, device: str) -> list[
         )
         cache = work / "latent_cache"
         if latents == "cache":  # fill the cache (timed separately), then train from it
-            start = time.perf_counter()
-            train_instruct_pix2pix(examples, config, work / "fill", latent_cache_dir=cache)
-            print(f"training latent cache filled in {time.perf_counter() - start:.1f} s (1 run)", flush=True)
+            fill = train_instruct_pix2pix(examples, config, work / "fill", latent_cache_dir=cache)
+            rate = fill.latents_encoded / fill.latents_build_s
+            rows.append({"latents": "cache build", "pairs": fill.latents_encoded, "pairs_per_s": rate})
+            print(f"training latent cache build: {fill.latents_encoded} pairs, {rate:8.1f} pairs/s", flush=True)
         result = train_instruct_pix2pix(examples, config, work / f"run-{latents}", latent_cache_dir=cache)
         row = {"latents": latents, "batch": args.train_batch, "samples_per_s": result.samples_per_second}
         rows.append(row)

@@ -103,8 +103,7 @@ def checkpoint_metadata(row: dict, counts: dict) -> dict[str, Any]:
         pipeline_dir=dg.MetadataValue.path(row["pipeline_dir"]),
         final_loss=row["final_loss"] if row["final_loss"] is not None else float("nan"),
         resumed_from_step=row["resumed_from_step"] if row["resumed_from_step"] is not None else -1,
-        latents_encoded=counts["latents_encoded"],
-        latents_reused=counts["latents_reused"],
+        **counts,  # latent cache use, the world size it resumed from
         loss_curve=dg.MetadataValue.md(loss_curve_text(curve)),
         loss_curve_json=dg.MetadataValue.json(curve),
         loss_histogram=dg.MetadataValue.md(histogram_text([loss for _, loss in curve], title="training loss")),

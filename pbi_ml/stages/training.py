@@ -22,9 +22,9 @@ Processes: `run_training` is what each training process runs, one per leased dev
 `num_processes`), by itself or under `accelerate launch` (pbi_ml.train.launch), the effective
 batch kept; only rank 0 writes the checkpoints row.
 
-The checkpoint folder is named after the run's identity (`checkpoint_id`: config, world size,
-training pairs), so re-materializing with the same data resumes (or returns) that run, and new
-data starts a new one.
+The checkpoint folder is named after the run's identity (`checkpoint_id`: config and training
+pairs, not the world size), so re-materializing with the same data resumes (or returns) that run,
+on however many devices the step gets, and new data starts a new one.
 """
 
 from __future__ import annotations
@@ -103,13 +103,13 @@ def training_examples(storage: Storage) -> list:
     return examples
 
 
-def checkpoint_id(recipe: str, config: TrainConfig, examples: list, world_size: int = 1) -> str:
+def checkpoint_id(recipe: str, config: TrainConfig, examples: list) -> str:
     """The run's name: the recipe and a digest of its identity (`pbi_ml.train.loop.run_identity`:
-    config without run length and I/O fields, world size, pairs). Raising max_steps resumes the
-    same run instead of starting a new one."""
+    config without run length and I/O fields, pairs). Raising max_steps, or another number of
+    processes, resumes the same run instead of starting a new one."""
     from pbi_ml.train.loop import run_identity
 
-    blob = json.dumps(run_identity(examples, config, world_size), sort_keys=True).encode()
+    blob = json.dumps(run_identity(examples, config), sort_keys=True).encode()
     return f"{recipe}-{hashlib.blake2b(blob, digest_size=6).hexdigest()}"
 
 
@@ -168,13 +168,15 @@ def run_training(
     *,
     recipe: str = "smoke",
     progress: TrainProgress | None = None,
+    log: Callable[[str], None] | None = None,
     device: str | None = None,
 ) -> StageResult:
     """Train on every train-split pair (`recipe` names the run: smoke or paper; build both with
     `train_config_for`). With no train pairs, returns a result whose `skipped` says so.
 
     Under `accelerate launch` every process calls this (the world size comes from $WORLD_SIZE);
-    rank 0 alone writes the row. `device`: where to train instead of `config.device` (the device
+    rank 0 alone writes the row; `log` gets rank 0's lines (latent cache progress, a resume on
+    another world size). `device`: where to train instead of `config.device` (the device
     the step leased; not part of the checkpoint id)."""
     from pbi_ml.train import train_instruct_pix2pix
 
@@ -187,13 +189,14 @@ def run_training(
             skipped=NO_TRAIN_PAIRS,
         )
     world_size = int(os.environ.get("WORLD_SIZE") or 1)  # set by accelerate launch / torchrun
-    ckpt_id = checkpoint_id(recipe, config, examples, world_size)
+    ckpt_id = checkpoint_id(recipe, config, examples)
     out_dir = storage.global_dir(CHECKPOINTS.name) / ckpt_id
     result = train_instruct_pix2pix(
         examples,
         config,
         out_dir,
         progress=progress,
+        log=log,
         latent_cache_dir=storage.global_dir(LATENT_CACHE),
         device=device,
     )
@@ -225,6 +228,8 @@ def run_training(
         "train_pairs": row["train_pairs"],
         "latents_encoded": result.latents_encoded,
         "latents_reused": result.latents_reused,
+        # processes of the checkpoint it resumed from (-1: a new run); another W draws other noise
+        "resumed_world_size": result.resumed_world_size if result.resumed_world_size is not None else -1,
     }
     extra = {"result": result, "checkpoint_id": ckpt_id, "recipe": recipe}
     if result.process_index != 0:  # rank 0 writes the row (the others return theirs unwritten)

@@ -30,8 +30,9 @@ the config as written). On W processes `batch_plan` keeps every micro-batch at m
     accumulation = ceil(E / (train_batch_size x W)),  per-process batch = E / (accumulation x W)
 
 which must be a whole number, else ConfigError (e.g. E = 4096, batch 128: W = 8 -> 128 x 4,
-W = 1 -> 128 x 32; E = 4, batch 4, W = 2 -> 2 x 1). The world size is part of a run's identity
-(each process draws its own noise), so a run resumes only with the world size it started with.
+W = 1 -> 128 x 32; E = 4, batch 4, W = 2 -> 2 x 1). Step s therefore consumes the same samples
+on any W, and a run resumes on another world size than it was saved on; only the noise stream
+changes (each process draws its own noise), which the resumed run logs and records.
 
 Latents (`latents`): `on_the_fly` VAE-encodes both images of every sample at every step (the
 original trainer); `cache` encodes each pair once per crop plan (`pbi_ml.train.latents`) and
@@ -67,7 +68,10 @@ LENGTH_AND_IO_FIELDS = (
     "keep_checkpoints",
     "dataloader_workers",
     "num_processes",
+    "latent_cache_timeout_s",
+    "gradient_checkpointing",  # recomputes the same activations: the same trajectory, less memory
 )
+MAX_DEFAULT_WORKERS = 8  # `dataloader_workers: null`: the node's cores / processes, at most this
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,11 @@ class TrainConfig:
     checkpoint_every: int = 500  # optimizer steps; the final step is always checkpointed too
     keep_checkpoints: int = 2  # newest checkpoints kept on disk; older ones are deleted
     seed: int = 0  # seeds noise, timesteps, dropout and crops: same seed, same run
-    dataloader_workers: int = 0  # DataLoader worker processes per training process (0: in the main process)
+    # DataLoader worker processes per training process, decoding pairs (training, latent cache
+    # build); 0: in the main process; None: the node's cores / processes, at most 8
+    dataloader_workers: int | None = None
+    latent_cache_timeout_s: float = 6 * 3600  # how long processes wait for each other's latent cache share
+    gradient_checkpointing: bool = False  # recompute the UNet's activations in backward: less memory, slower steps
     device: str = "auto"  # "auto" = cuda if available else cpu
     latents: str = "on_the_fly"  # on_the_fly | cache (module docstring; the paper recipe caches)
     latent_crops: int = 4  # latents: cache: fixed crop plans per pair whose crop is not unique
@@ -138,6 +146,10 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.num_processes={self.num_processes}: must be >= 1")
         if self.latents not in LATENTS_CHOICES:
             raise ConfigError(f"TrainConfig.latents={self.latents!r} not one of {LATENTS_CHOICES}")
+        if self.dataloader_workers is not None and self.dataloader_workers < 0:
+            raise ConfigError(f"TrainConfig.dataloader_workers={self.dataloader_workers}: must be >= 0")
+        if self.latent_cache_timeout_s <= 0:
+            raise ConfigError(f"TrainConfig.latent_cache_timeout_s={self.latent_cache_timeout_s}: must be > 0")
         if self.latent_crops < 1:
             raise ConfigError(f"TrainConfig.latent_crops={self.latent_crops}: must be >= 1")
 
@@ -169,6 +181,17 @@ def batch_plan(config: TrainConfig, world_size: int) -> tuple[int, int]:
             f"train_batch_size x gradient_accumulation_steps) as a multiple of train_batch_size x {world_size}"
         )
     return per_process, accumulation
+
+
+def dataloader_workers(config: TrainConfig, world_size: int) -> int:
+    """DataLoader workers per process: `config.dataloader_workers`, or when unset the cores this
+    process may use divided among the `world_size` processes, at most MAX_DEFAULT_WORKERS."""
+    import os
+
+    if config.dataloader_workers is not None:
+        return config.dataloader_workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(MAX_DEFAULT_WORKERS, cores // world_size)
 
 
 def resolve_mixed_precision(mixed_precision: str, device: str) -> str:

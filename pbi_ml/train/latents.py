@@ -20,8 +20,12 @@ same, file for file, on any data root holding the same pairs. Files are written 
 + rename), so a killed encoder leaves no torn entry; anything that changes makes a new key, and
 retraining on the same pairs (another seed, learning rate, more steps) encodes nothing.
 
-Several processes split the missing entries (entry i to process i mod W) and wait for each other.
-At 256 px an entry takes 48 KB per crop plan.
+Building: every process lists the missing entries (`missing_entries`), then takes every W-th of
+that list, so after a killed partial build the work left is shared evenly; DataLoader workers
+decode and crop the images while the process encodes. The processes then wait for each other
+under their own long timeout (`TrainConfig.latent_cache_timeout_s`), and rank 0 writes the
+index of the pairs' entries (`write_index`: their crop plan counts), which every process reads
+instead of opening every entry. At 256 px an entry takes 48 KB per crop plan.
 """
 
 from __future__ import annotations
@@ -29,8 +33,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from pbi_ml.storage import atomic_write_bytes
 from pbi_ml.train.data import CropPlan, PairDataset, apply_plan, to_model_range
@@ -136,22 +143,67 @@ class LatentCache:
         with safe_open(str(self.path(key)), framework="pt") as f:
             return int(f.get_slice("target_mean").get_shape()[0])
 
+    def index_path(self, keys: list[str]) -> Path:
+        digest = hashlib.blake2b(json.dumps(keys).encode(), digest_size=16).hexdigest()
+        return self.dir / "index" / f"{digest}.json"
+
+    def write_index(self, keys: list[str]) -> None:
+        """Record the crop plan count of every entry of `keys` (all present) in one file, once."""
+        path = self.index_path(keys)
+        if not path.is_file():
+            atomic_write_bytes(path, json.dumps([self.plan_count(k) for k in keys]).encode())
+
+    def read_index(self, keys: list[str]) -> list[int]:
+        """The crop plan counts of `keys`, from the index `write_index` wrote."""
+        return json.loads(self.index_path(keys).read_text())
+
+
+def missing_entries(dataset: PairDataset, cache: LatentCache) -> tuple[list[str], list[int]]:
+    """(the entry key of every pair, the indices of the pairs missing from `cache`)."""
+    keys = [entry_key(dataset, i) for i in range(len(dataset))]
+    return keys, [i for i, key in enumerate(keys) if not cache.has(key)]
+
+
+class CropPixels:
+    """The model-range pixels of every fixed crop plan of some pairs of `dataset` (what a cache
+    entry encodes), one pair per item, for a DataLoader's workers: (index, plans, [(source, target)])."""
+
+    def __init__(self, dataset: PairDataset, indices: list[int]):
+        self.dataset = dataset
+        self.indices = indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: int):
+        index = self.indices[item]
+        source, target = self.dataset.images(index)
+        plans = self.dataset.fixed_plans(index, target.size)
+        pixels = [(to_model_range(apply_plan(source, p)), to_model_range(apply_plan(target, p))) for p, _ in plans]
+        return index, plans, pixels
+
+
+def _one_item(item):
+    return item
+
 
 def build_cache(
     dataset: PairDataset,
     cache: LatentCache,
+    keys: list[str],
+    indices: list[int],
     vae,
     device,
     dtype,
     batch_size: int,
-    process_index: int = 0,
-    num_processes: int = 1,
-) -> tuple[list[str], CacheStats]:
-    """Encode every pair of `dataset` missing from `cache` (this process's share; see the module
-    docstring). Returns the entry key of every pair (all processes) and this process's counts."""
+    workers: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> CacheStats:
+    """Encode the pairs `indices` of `dataset` (this process's share of `missing_entries`) into
+    `cache` under their `keys`, decoding in `workers` DataLoader workers; `log` gets a progress
+    line about every 30 s. Returns this process's counts."""
     import torch
 
-    keys = [entry_key(dataset, i) for i in range(len(dataset))]
     stats = CacheStats()
     pending: list[tuple[int, list[tuple[CropPlan, str | None]]]] = []
     pixels: list = []  # (source, target) CHW arrays of the pending plans, in order
@@ -182,20 +234,26 @@ def build_cache(
         pending.clear()
         pixels.clear()
 
-    for index in range(process_index, len(dataset), num_processes):
-        if cache.has(keys[index]):
-            stats.pairs_reused += 1
-            continue
-        source, target = dataset.images(index)
-        plans = dataset.fixed_plans(index, target.size)
+    loader = torch.utils.data.DataLoader(
+        # a map-style dataset by duck typing (__getitem__ / __len__); one pair per item, as it is
+        cast(torch.utils.data.Dataset, CropPixels(dataset, indices)),
+        batch_size=None,
+        collate_fn=_one_item,
+        num_workers=workers,
+    )
+    started = last = time.perf_counter()
+    for index, plans, crops in loader:
         pending.append((index, plans))
-        pixels.extend(
-            (to_model_range(apply_plan(source, plan)), to_model_range(apply_plan(target, plan))) for plan, _ in plans
-        )
+        pixels.extend(crops)
         if len(pixels) >= batch_size:
             flush()
+        now = time.perf_counter()
+        if log is not None and now - last >= 30:
+            done = stats.pairs_encoded
+            log(f"latent cache: {done}/{len(indices)} pairs encoded ({done / (now - started):.1f} pairs/s)")
+            last = now
     flush()
-    return keys, stats
+    return stats
 
 
 def _stack(arrays):
@@ -213,7 +271,7 @@ class CachedLatentDataset:
         self.dataset = dataset
         self.cache = cache
         self.keys = keys
-        self.plan_counts = [cache.plan_count(k) for k in keys]
+        self.plan_counts = cache.read_index(keys)
 
     def __len__(self) -> int:
         return len(self.keys)

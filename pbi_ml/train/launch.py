@@ -63,7 +63,7 @@ def train_from_spec(folder: str | Path, log: Callable[[str], None]) -> None:
     log(f"training on {world} process(es), device {spec['device']}, recipe {spec['recipe']}")
     config = config_from_dict(TrainConfig, spec["config"])
     result = run_training(
-        Storage(spec["root"]), config, recipe=spec["recipe"], progress=progress, device=spec["device"]
+        Storage(spec["root"]), config, recipe=spec["recipe"], progress=progress, log=log, device=spec["device"]
     )
     if result.path is not None:  # rank 0 wrote the row
         row = result.table.to_pylist()[0]

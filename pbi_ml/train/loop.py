@@ -30,10 +30,16 @@ Several processes (`accelerate launch`, one per device): `batch_plan` sets the p
 and the accumulation so the effective batch is the config's; process r takes every W-th example
 of each global micro-batch and draws from its own generators (seeded by (seed, micro-batch, r)).
 Rank 0 alone writes the checkpoints' extra files, the loss curve and the pipeline; every process
-loads the same checkpoint on resume. The world size is part of the run's identity.
+loads the same checkpoint on resume. The world size is not part of the run's identity: step s
+consumes the same samples on any W (the effective batch is fixed), so a run saved on W processes
+resumes on W' (a node with a GPU fewer after a reboot keeps its hours of training). Only the noise
+stream changes, as each process draws from its own generators: the resumed run logs it and its
+result records the world size it resumed from (`resumed_world_size`).
 
 `latents: cache` (see `pbi_ml.train.latents`): before the first step the missing pairs are
-encoded into the latent cache; the loop then reads latent distributions instead of pixels.
+encoded into the latent cache, shared evenly over the processes, which then wait for each other
+under `latent_cache_timeout_s` (not the training group's timeout); the loop then reads latent
+distributions instead of pixels.
 """
 
 from __future__ import annotations
@@ -53,7 +59,13 @@ from typing import Any, cast
 
 from pbi_ml.errors import ConfigError
 from pbi_ml.storage import atomic_write_bytes
-from pbi_ml.train.config import LENGTH_AND_IO_FIELDS, TrainConfig, batch_plan, resolve_mixed_precision
+from pbi_ml.train.config import (
+    LENGTH_AND_IO_FIELDS,
+    TrainConfig,
+    batch_plan,
+    dataloader_workers,
+    resolve_mixed_precision,
+)
 from pbi_ml.train.data import (
     PairDataset,
     TrainingExample,
@@ -86,6 +98,8 @@ class TrainResult:
     latents: str = "on_the_fly"
     latents_encoded: int = 0  # pairs encoded into the latent cache by this call, all processes
     latents_reused: int = 0  # pairs found in the latent cache, all processes
+    resumed_world_size: int | None = None  # processes of the checkpoint resumed from (another W: other noise)
+    latents_build_s: float = 0.0  # seconds listing, encoding and indexing the latent cache (all processes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,16 +201,15 @@ def denoising_loss(
 # Checkpoints
 
 
-def run_identity(examples: list[TrainingExample], config: TrainConfig, world_size: int) -> dict:
-    """What a run is: the config without its length and I/O fields, the world size and the training
-    pairs (key, instructions, location, content digest; not where the data root is). A checkpoint
-    resumes only the same run; `pbi_ml.stages.training.checkpoint_id` names the run after it."""
+def run_identity(examples: list[TrainingExample], config: TrainConfig) -> dict:
+    """What a run is: the config without its length and I/O fields and the training pairs (key,
+    instructions, location, content digest; not where the data root is). A checkpoint resumes only
+    the same run, on any world size; `pbi_ml.stages.training.checkpoint_id` names the run after it."""
     trajectory = {k: v for k, v in dataclasses.asdict(config).items() if k not in LENGTH_AND_IO_FIELDS}
     pairs = [(e.key, list(e.instructions), e.object_location, e.digest) for e in examples]
     fingerprint = hashlib.blake2b(json.dumps(pairs).encode(), digest_size=16).hexdigest()
     return {
         "config": trajectory,
-        "world_size": world_size,
         "examples": len(examples),
         "examples_fingerprint": fingerprint,
     }
@@ -218,7 +231,8 @@ def _write_json(path: Path, value) -> None:
     atomic_write_bytes(path, json.dumps(value, indent=1, sort_keys=True).encode())
 
 
-def _save_checkpoint(accelerator, output_dir: Path, step: int, loss_curve, identity: dict, keep: int) -> Path:
+def _save_checkpoint(accelerator, output_dir: Path, step: int, loss_curve, run: dict, keep: int) -> Path:
+    """Save step `step`; `run`: the run's identity and the world size that saved it (run.json)."""
     root = output_dir / "checkpoints"
     final = root / f"{CHECKPOINT_PREFIX}{step:08d}"
     tmp = root / f".{final.name}.tmp"
@@ -230,7 +244,7 @@ def _save_checkpoint(accelerator, output_dir: Path, step: int, loss_curve, ident
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _write_json(tmp / "loss_curve.json", [[s, loss] for s, loss in loss_curve])
-        _write_json(tmp / "run.json", identity)
+        _write_json(tmp / "run.json", run)
         if final.exists():  # re-saving the same step (a rerun of a finished run)
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -253,6 +267,25 @@ def _save_pipeline_atomically(pipeline, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def cache_barrier(num_processes: int, timeout_s: float) -> Callable[[], None]:
+    """A barrier of all processes for the latent cache phase, under its own timeout: a process
+    group (gloo, any device) made for it, so the hours a large cache can take do not run into the
+    training group's (NCCL: 10 minutes). Every process must call this."""
+    if num_processes == 1:
+        return lambda: None
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+    assert isinstance(group, dist.ProcessGroup), "every process is in the group"
+
+    def wait() -> None:
+        dist.barrier(group=group)
+
+    return wait
+
+
 # --------------------------------------------------------------------------------------------
 # The loop
 
@@ -263,6 +296,7 @@ def train_instruct_pix2pix(
     output_dir: str | Path,
     progress: Callable[[int, int, float], None] | None = None,
     *,
+    log: Callable[[str], None] | None = None,
     latent_cache_dir: str | Path | None = None,
     device: str | None = None,
 ) -> TrainResult:
@@ -271,7 +305,8 @@ def train_instruct_pix2pix(
     `progress(step, total_steps, loss)` is called after every optimizer step. Re-running with the
     same examples and config in the same `output_dir` resumes from the latest checkpoint (and a
     finished run just re-saves its pipeline). Returns a TrainResult; see the module docstring for
-    the files written. `latent_cache_dir`: the latent cache's root (`latents: cache`; default
+    the files written. `log(line)` (rank 0) gets the latent cache's progress and a resume on
+    another world size. `latent_cache_dir`: the latent cache's root (`latents: cache`; default
     output_dir/latent_cache). `device`: run there instead of `config.device` (a launcher's choice,
     not part of the run's identity).
     """
@@ -310,6 +345,8 @@ def train_instruct_pix2pix(
         # The tiny VAE downsamples by 2: its latents are resolution / 2 on a side.
         parts = load_model_parts(config.init_model, seed=config.seed, tiny_sample_size=max(config.resolution // 2, 4))
         unet = parts.unet
+        if config.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
         optimizer = torch.optim.AdamW(
             unet.parameters(),
             lr=config.learning_rate,
@@ -346,11 +383,13 @@ def train_instruct_pix2pix(
         else:
             assert config.num_epochs is not None, "TrainConfig requires num_epochs or max_steps"
             total_steps = math.ceil(config.num_epochs * per_epoch / accum)
-        identity = run_identity(examples, config, num_processes)
+        identity = run_identity(examples, config)
+        say = log if log is not None and accelerator.is_main_process else (lambda line: None)
+        workers = dataloader_workers(config, num_processes)
 
         # ---- resume
         loss_curve: list[tuple[int, float]] = []
-        resumed_from = None
+        resumed_from = resumed_world_size = None
         global_step = 0
         if accelerator.is_main_process:  # half-written saves of a killed run: never resumed, only in the way
             for torn in (output_dir / "checkpoints").glob(f".{CHECKPOINT_PREFIX}*.tmp"):
@@ -360,6 +399,7 @@ def train_instruct_pix2pix(
         if existing:
             step, ckpt = existing[-1]
             saved = json.loads((ckpt / "run.json").read_text())
+            resumed_world_size = int(saved.pop("world_size"))
             if saved != identity:
                 raise ConfigError(
                     f"{ckpt}: checkpoint of a different run (config or training examples changed); "
@@ -375,6 +415,11 @@ def train_instruct_pix2pix(
             accelerator.step = step * accum  # micro-batch counter of gradient accumulation (also in the state)
             loss_curve = [(int(s), float(loss)) for s, loss in json.loads((ckpt / "loss_curve.json").read_text())]
             resumed_from = global_step = step
+            if resumed_world_size != num_processes:
+                say(
+                    f"resuming step {step} saved on {resumed_world_size} process(es) on {num_processes}: the same "
+                    "samples from here on, but the noise stream changed (every process draws its own noise)"
+                )
 
         with torch.no_grad():
             null_text_embeds = encode_prompts(parts.tokenizer, text_encoder, [""], torch_device)
@@ -390,31 +435,45 @@ def train_instruct_pix2pix(
             latent_crops=config.latent_crops,
         )
         encoded = reused = 0
+        build_seconds = 0.0
         if config.latents == "cache":
             from pbi_ml.train.latents import (
                 CachedLatentDataset,
                 LatentCache,
                 build_cache,
                 collate_latents,
+                missing_entries,
                 vae_identity,
             )
 
             cache_root = Path(latent_cache_dir) if latent_cache_dir is not None else output_dir / "latent_cache"
             cache = LatentCache(cache_root, vae_identity(vae, weight_dtype), config.resolution)
-            keys, stats = build_cache(
+            wait_for_cache = cache_barrier(num_processes, config.latent_cache_timeout_s)
+            build_started = time.perf_counter()
+            keys, missing = missing_entries(dataset, cache)
+            accelerator.wait_for_everyone()  # every process listed the same missing entries
+            say(f"latent cache: {len(missing)} of {len(keys)} pairs to encode on {num_processes} process(es)")
+            stats = build_cache(
                 dataset,
                 cache,
+                keys,
+                missing[rank::num_processes],
                 vae,
                 torch_device,
                 weight_dtype,
                 batch_size,
-                process_index=rank,
-                num_processes=num_processes,
+                workers=workers,
+                log=say,
             )
-            counts = torch.tensor([stats.pairs_encoded, stats.pairs_reused], device=torch_device)
-            summed = cast(torch.Tensor, accelerator.reduce(counts, reduction="sum"))
-            encoded, reused = (int(v) for v in summed.tolist())
-            accelerator.wait_for_everyone()
+            wait_for_cache()
+            if accelerator.is_main_process:
+                cache.write_index(keys)
+            wait_for_cache()
+            build_seconds = time.perf_counter() - build_started
+            counts = torch.tensor([stats.pairs_encoded], device=torch_device)
+            encoded = int(cast(torch.Tensor, accelerator.reduce(counts, reduction="sum")).item())
+            reused = len(keys) - len(missing)
+            say(f"latent cache: {encoded} pairs encoded, {reused} reused in {build_seconds:.1f} s")
             loader_dataset, collate_fn = CachedLatentDataset(dataset, cache, keys), collate_latents
         else:
             loader_dataset, collate_fn = dataset, collate
@@ -433,7 +492,7 @@ def train_instruct_pix2pix(
                 cast(torch.utils.data.Dataset[dict], loader_dataset),
                 batch_sampler=[[(epoch, i) for i in batch] for batch in batches],
                 collate_fn=collate_fn,
-                num_workers=config.dataloader_workers,
+                num_workers=workers,
             )
             for batch in loader:
                 with accelerator.accumulate(unet):
@@ -476,7 +535,12 @@ def train_instruct_pix2pix(
                     progress(global_step, total_steps, step_loss)
                 if global_step % config.checkpoint_every == 0 or global_step == total_steps:
                     _save_checkpoint(
-                        accelerator, output_dir, global_step, loss_curve, identity, config.keep_checkpoints
+                        accelerator,
+                        output_dir,
+                        global_step,
+                        loss_curve,
+                        {**identity, "world_size": num_processes},
+                        config.keep_checkpoints,
                     )
                 if global_step >= total_steps:
                     break
@@ -520,6 +584,8 @@ def train_instruct_pix2pix(
             latents=config.latents,
             latents_encoded=encoded,
             latents_reused=reused,
+            resumed_world_size=resumed_world_size,
+            latents_build_s=build_seconds,
         )
         if accelerator.is_main_process:
             _write_json(output_dir / "loss_curve.json", [[s, loss] for s, loss in loss_curve])

@@ -5,7 +5,9 @@ Pipes, on two CPU pseudo-devices (`PBI_DEVICES=cpu,cpu`, gloo), on the demo's pa
       row the materialization (read back from the instance's event log), the checkpoints row says
       world_size 2, the saved pipeline loads;
     - SIGKILL of the step's process group after the first checkpoint leaves no training process
-      behind, and the next materialization resumes at the last checkpoint's step.
+      behind, and the next materialization resumes at the last checkpoint's step;
+    - a run resumes on another number of processes (2 -> 1 -> 2) at the saved step, in the same
+      checkpoint folder, and says the world size it resumed from.
 """
 
 from __future__ import annotations
@@ -168,3 +170,23 @@ def test_sigkill_after_the_first_checkpoint_resumes_there(pairs_root, two_cpus, 
     assert meta["resumed_from_step"] == saved[-1] and meta["steps"] == 4 and meta["world_size"] == 2
     assert meta["latents_encoded"] == 0, "the killed run's latent cache is reused"
     assert [s for s, _ in meta["loss_curve_json"]] == [1, 2, 3, 4]
+
+
+def test_a_run_resumes_on_another_number_of_processes(pairs_root, two_cpus, tmp_path, monkeypatch):
+    root = _copy(pairs_root, tmp_path / "data")
+    seen = []
+    for devices, steps in (("cpu,cpu", 2), ("cpu", 4), ("cpu,cpu", 6)):
+        monkeypatch.setenv("PBI_DEVICES", devices)
+        instance = dg.DagsterInstance.ephemeral()
+        run_config = {"ops": {"checkpoint": {"config": {"max_steps": steps, "checkpoint_every": 2}}}}
+        result = _materialize(root, two_cpus, instance, run_config)
+        assert result.success
+        meta = _latest_metadata(instance)
+        logs = [e.message for e in instance.all_logs(result.run_id)]
+        seen.append((meta["world_size"], meta["resumed_from_step"], meta["resumed_world_size"], meta["steps"]))
+        assert [s for s, _ in meta["loss_curve_json"]] == list(range(1, steps + 1))
+        assert meta["effective_batch_size"] == 4
+        assert any("noise stream changed" in m for m in logs) == (steps > 2)
+    assert seen == [(2, -1, -1, 2), (1, 2, 2, 4), (2, 4, 1, 6)], "each run resumes at the saved step, not at 0"
+    (run_dir,) = list(Storage(root).global_dir("checkpoints").glob("*/checkpoints"))
+    assert [step for step, _ in list_checkpoints(run_dir.parent)] == [4, 6], "one run folder for every world size"

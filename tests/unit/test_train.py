@@ -24,6 +24,7 @@ from pbi_ml.instruct.spatial import location_contradiction, object_cells
 from pbi_ml.masks import object_location
 from pbi_ml.train import TrainConfig, TrainingExample, train_instruct_pix2pix
 from pbi_ml.train.data import PairDataset, apply_plan, crop_plan, epoch_batches, mask_box, sample_conditioning_dropout
+from pbi_ml.train.loop import run_identity
 
 PHOTOS = [("chelsea", "cat"), ("coffee", "cup"), ("astronaut", "helmet"), ("chelsea", "cat"), ("coffee", "cup")]
 SIZES = [(64, 64), (64, 48), (64, 64), (48, 64), (64, 64)]  # (width, height)
@@ -481,15 +482,18 @@ def test_non_square_pairs_get_a_fixed_set_of_crops(examples, tmp_path):
     uses one of them, picked by its seeded generator."""
     import torch
 
-    from pbi_ml.train.latents import CachedLatentDataset, LatentCache, build_cache
+    from pbi_ml.train.latents import CachedLatentDataset, LatentCache, build_cache, missing_entries
     from pbi_ml.train.model import load_model_parts
 
     vae = load_model_parts("tiny", seed=0, tiny_sample_size=16).vae
     dataset = PairDataset(examples, 32, 0.25, seed=0, crop="object", latent_crops=4)
     other_seed = PairDataset(examples, 32, 0.25, seed=7, crop="object", latent_crops=4)
     cache = LatentCache(tmp_path / "lc", "vae-test", 32)
-    keys, stats = build_cache(dataset, cache, vae, torch.device("cpu"), torch.float32, batch_size=3)
+    keys, missing = missing_entries(dataset, cache)
+    assert missing == list(range(len(examples)))
+    stats = build_cache(dataset, cache, keys, missing, vae, torch.device("cpu"), torch.float32, batch_size=3)
     assert stats.pairs_encoded == len(examples)
+    cache.write_index(keys)
     cached = CachedLatentDataset(dataset, cache, keys)
     for index, example in enumerate(examples):
         width, height = Image.open(example.target_image).size
@@ -513,14 +517,92 @@ def test_non_square_pairs_get_a_fixed_set_of_crops(examples, tmp_path):
         assert drawn <= set(range(len(plans))) and (len(drawn) > 1 or len(plans) == 1)
 
 
-def test_checkpoint_id_names_the_latents_mode_and_the_world_size(examples):
+def test_a_partial_cache_gets_its_missing_pairs_split_over_the_processes(examples, tmp_path):
+    """After a killed build holding pairs 0 and 2, two processes share the three missing pairs
+    (2 + 1, not by pair index: process 0 would have had 0, 2, 4 and process 1 had 1, 3), one
+    decoding in DataLoader workers; the cache then holds what a single process
+    builds (to float rounding), and its index gives every entry's crop plan count."""
+    import torch
+
+    from pbi_ml.train.latents import LatentCache, build_cache, missing_entries
+    from pbi_ml.train.model import load_model_parts
+
+    vae = load_model_parts("tiny", seed=0, tiny_sample_size=16).vae
+    dataset = PairDataset(examples, 32, 0.25, seed=0, crop="object", latent_crops=4)
+    cpu, fp32 = torch.device("cpu"), torch.float32
+
+    single = LatentCache(tmp_path / "single", "vae-test", 32)
+    keys, missing = missing_entries(dataset, single)
+    assert build_cache(dataset, single, keys, missing, vae, cpu, fp32, batch_size=1).pairs_encoded == len(examples)
+
+    shared = LatentCache(tmp_path / "shared", "vae-test", 32)
+    build_cache(dataset, shared, keys, [0, 2], vae, cpu, fp32, batch_size=1)  # the killed build's part
+    assert missing_entries(dataset, shared) == (keys, [1, 3, 4])
+    _, missing = missing_entries(dataset, shared)
+    lines: list[str] = []
+    shares = [missing[rank::2] for rank in range(2)]
+    assert shares == [[1, 4], [3]]
+    counts = [
+        build_cache(dataset, shared, keys, shares[0], vae, cpu, fp32, batch_size=1, workers=2, log=lines.append),
+        build_cache(dataset, shared, keys, shares[1], vae, cpu, fp32, batch_size=1),
+    ]
+    assert [c.pairs_encoded for c in counts] == [2, 1]
+    assert missing_entries(dataset, shared) == (keys, [])
+    # the same latents to float rounding (measured: <= 4e-6; a worker's arrays lie elsewhere in memory)
+    for key in keys:
+        (got, got_locations), (want, want_locations) = shared.read(key), single.read(key)
+        assert got_locations == want_locations
+        assert all(torch.allclose(got[name], want[name], rtol=0, atol=1e-5) for name in want)
+    shared.write_index(keys)
+    assert shared.read_index(keys) == [single.plan_count(k) for k in keys]
+    assert sorted(p.name for p in shared.dir.rglob("*.json")) == [shared.index_path(keys).name]
+
+
+def test_dataloader_workers_default_to_the_cores_per_process():
+    import os
+
+    from pbi_ml.train.config import MAX_DEFAULT_WORKERS, dataloader_workers
+
+    cores = len(os.sched_getaffinity(0))
+    assert SMOKE.dataloader_workers is None
+    assert dataloader_workers(SMOKE, 1) == min(MAX_DEFAULT_WORKERS, cores)
+    assert dataloader_workers(SMOKE, cores + 1) == 0
+    assert dataloader_workers(dataclasses.replace(SMOKE, dataloader_workers=3), 64) == 3
+    with pytest.raises(ConfigError, match="dataloader_workers"):
+        TrainConfig(dataloader_workers=-1)
+
+
+def test_gradient_checkpointing_trains_to_the_same_losses(examples, full_run, tmp_path, monkeypatch):
+    """The UNet recomputes its activations in backward (diffusers' enable_gradient_checkpointing):
+    the loss curve is the one without, to float rounding."""
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+
+    enabled = []
+    original = UNet2DConditionModel.enable_gradient_checkpointing
+
+    def spy(unet):
+        original(unet)
+        enabled.append(unet.is_gradient_checkpointing)
+
+    monkeypatch.setattr(UNet2DConditionModel, "enable_gradient_checkpointing", spy)
+    _, full, _ = full_run
+    config = dataclasses.replace(SMOKE, gradient_checkpointing=True)
+    result = train_instruct_pix2pix(examples, config, tmp_path / "checkpointed")
+    assert enabled == [True]
+    assert [s for s, _ in result.loss_curve] == [1, 2, 3, 4]
+    for (_, plain), (_, checkpointed) in zip(full.loss_curve, result.loss_curve, strict=True):
+        assert checkpointed == pytest.approx(plain, rel=1e-5)
+
+
+def test_checkpoint_id_names_the_latents_mode_not_the_world_size(examples):
+    """Step s is the same samples on any world size (`batch_plan`): a run resumes on another one."""
     from pbi_ml.stages.training import checkpoint_id
 
     base = checkpoint_id("smoke", SMOKE, examples)
     assert checkpoint_id("smoke", dataclasses.replace(SMOKE, max_steps=40, num_processes=2), examples) == base
     assert checkpoint_id("smoke", dataclasses.replace(SMOKE, latents="cache"), examples) != base
     assert checkpoint_id("smoke", dataclasses.replace(SMOKE, latent_crops=2), examples) != base
-    assert checkpoint_id("smoke", SMOKE, examples, world_size=2) != base
+    assert "world_size" not in run_identity(examples, SMOKE)
 
 
 WRITE_ENTRY = """
