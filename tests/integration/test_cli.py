@@ -146,7 +146,7 @@ def test_check_source_fatal_problems_sample_and_read_only_parse(tmp_path):
 
     # a current index is all the check reads: an annotation file garbled in place (same size and
     # mtime, what the index is keyed on) goes unseen; once its mtime changes, the full parse runs
-    annotations = Path(coco.annotations)
+    annotations = Path(coco.annotation_files[0])
     stat, original = annotations.stat(), annotations.read_bytes()
     annotations.write_bytes(b"x" * stat.st_size)
     os.utime(annotations, ns=(stat.st_atime_ns, stat.st_mtime_ns))
