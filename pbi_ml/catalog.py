@@ -4,10 +4,12 @@ The canonical data is the Parquet written per stage and partition (tables/<stage
 `view_sql` defines every catalog name once, as a SELECT over globs of those files. In the catalog
 file (catalog.duckdb):
 
-- the names in `MATERIALIZED` (the joined `pairs`) are TABLES, computed from the Parquet when the
-  catalog is built and stored in the file, so a query reads one compact columnar table instead of
-  joining five globs of Parquet files (milliseconds instead of hundreds at a million pairs). Each
-  keeps its live form as the view `<name>_live` (`pairs_live`);
+- the names in `MATERIALIZED` (the joined `pairs`) are computed from the Parquet when the catalog
+  is built and stored in the file (the table `<name>_stored`, file paths kept as a file name plus
+  the row's folder relative to the data root; `<name>` is the view over it that joins the paths
+  back), so a query reads one compact columnar table instead of joining five globs of Parquet
+  files (milliseconds instead of hundreds at a million pairs). Each keeps its live form as the
+  view `<name>_live` (`pairs_live`);
 - every other name (one per stage table: source_index, candidates, ...) is a VIEW, read at query
   time: a partition materialized after the build shows up in it at once.
 
@@ -123,7 +125,13 @@ def ensure_schema_files(storage: Storage) -> None:
 
 @dataclass(frozen=True)
 class StoredTable:
-    """A catalog name (of `view_sql`) stored as a TABLE at build time, beside its live view."""
+    """A catalog name (of `view_sql`) stored at build time, beside its live view.
+
+    Its rows are in the table `<name>_stored`, and `<name>` is a view over that table giving the
+    live view's columns and values. Each of `path_columns` (absolute file paths, the longest
+    strings of a row) is stored as the file's name when the file lies in the row's folder, which
+    is stored once per row (`FILES_DIR`, relative to the data root) and joined back in the view:
+    at a million pairs the four full paths per row were most of the file."""
 
     name: str
     inputs: tuple[TableSpec, ...]  # the stage tables it is computed from (what makes it stale)
@@ -131,6 +139,7 @@ class StoredTable:
     # projecting long strings (paths, instructions) for one class reads a few vectors, not all
     cluster_by: tuple[str, ...] = ()
     index_on: tuple[str, ...] = ()  # ART-indexed columns: a lookup by one value reads no scan
+    path_columns: tuple[str, ...] = ()
 
 
 # every other name of `view_sql` stays a view (and is live)
@@ -140,9 +149,12 @@ MATERIALIZED: dict[str, StoredTable] = {
         inputs=(PAIRS, DESCRIPTIONS, INSTRUCTIONS, PAIR_JUDGMENTS, SPLITS, ARTIFACT_AUDIT),
         cluster_by=("category", "split", "pair_id"),
         index_on=("pair_id",),
+        path_columns=("source_image", "target_image", "mask", "edit_mask"),
     )
 }
 LIVE_SUFFIX = "_live"
+STORED_SUFFIX = "_stored"
+FILES_DIR = "files_dir"  # the stored table's column: the row's folder, relative to the data root
 INFO_TABLE = "catalog_info"  # one row per catalog name: kind, rows, built_at
 
 
@@ -151,11 +163,40 @@ def live_name(name: str) -> str:
     return name + LIVE_SUFFIX
 
 
-def _store(con, stored: StoredTable, sql: str) -> None:
+def stored_name(name: str) -> str:
+    """The table holding a stored name's rows (`pairs` -> `pairs_stored`)."""
+    return name + STORED_SUFFIX
+
+
+def _store(con, stored: StoredTable, sql: str, root: Path) -> None:
+    prefix = (str(root).rstrip("/") + "/").replace("'", "''")
+    rows = f"SELECT * FROM ({sql})"
+    restore = ""
+    if stored.path_columns:
+        first = stored.path_columns[0]
+        folder = f"CASE WHEN starts_with({first}, '{prefix}') THEN parse_dirpath({first}[{len(prefix) + 1}:]) END"
+
+        def name_in_folder(column: str) -> str:  # the full path when the file is elsewhere
+            full = f"'{prefix}' || {FILES_DIR} || '/' || parse_filename({column})"
+            return f"CASE WHEN {column} = {full} THEN parse_filename({column}) ELSE {column} END AS {column}"
+
+        def joined(column: str) -> str:
+            return (
+                f"CASE WHEN {FILES_DIR} IS NULL OR contains({column}, '/') THEN {column} "
+                f"ELSE '{prefix}' || {FILES_DIR} || '/' || {column} END AS {column}"
+            )
+
+        rows = (
+            f"SELECT * REPLACE ({', '.join(map(name_in_folder, stored.path_columns))}) "
+            f"FROM (SELECT *, {folder} AS {FILES_DIR} FROM ({sql}))"
+        )
+        restore = f" EXCLUDE ({FILES_DIR}) REPLACE ({', '.join(map(joined, stored.path_columns))})"
     order = ", ".join(f'"{column}"' for column in stored.cluster_by)
-    con.execute(f'CREATE TABLE "{stored.name}" AS {sql}' + (f" ORDER BY {order}" if order else ""))
+    table = stored_name(stored.name)
+    con.execute(f'CREATE TABLE "{table}" AS {rows}' + (f" ORDER BY {order}" if order else ""))
     for column in stored.index_on:
-        con.execute(f'CREATE INDEX "{stored.name}_{column}" ON "{stored.name}" ("{column}")')
+        con.execute(f'CREATE INDEX "{table}_{column}" ON "{table}" ("{column}")')
+    con.execute(f'CREATE VIEW "{stored.name}" AS SELECT *{restore} FROM "{table}"')
     con.execute(f'CREATE VIEW "{live_name(stored.name)}" AS {sql}')
 
 
@@ -184,7 +225,7 @@ def build_catalog(
         try:
             for name, sql in views.items():
                 if name in stored:
-                    _store(con, MATERIALIZED.get(name) or StoredTable(name, inputs=()), sql)
+                    _store(con, MATERIALIZED.get(name) or StoredTable(name, inputs=()), sql, storage.root)
                     kinds[name], kinds[live_name(name)] = "table", "view"
                 else:
                     con.execute(f'CREATE VIEW "{name}" AS {sql}')

@@ -128,10 +128,12 @@ def check_stages(project: ProjectConfig) -> list[Problem]:
 
 
 def read_index_read_only(source: SourceConfig, num_shards: int, data_root: str | None) -> tuple[pa.Table, bool]:
-    """The source's index as the graph sees it, writing nothing: the graph's cached index when it
-    exists for the files as they are now, else a fresh streamed parse. Returns (table, from_cache)."""
+    """The source's index as the graph sees it, less its masks (`segmentation`, the bulk of it,
+    which the check never reads), writing nothing: the graph's cached index when it exists for the
+    files as they are now, else a fresh streamed parse. Returns (table, from_cache)."""
     from pbi_ml.sources import INDEX_SCHEMA, read_source_index
 
+    columns = [name for name in INDEX_SCHEMA.names if name != "segmentation"]
     if data_root:
         import pyarrow.parquet as pq
 
@@ -140,11 +142,12 @@ def read_index_read_only(source: SourceConfig, num_shards: int, data_root: str |
 
         cached = index_path(source, num_shards, Storage(data_root))  # stats the files: raises when one is missing
         if cached.is_file():
+            schema = pa.schema([INDEX_SCHEMA.field(name) for name in columns])
             try:
-                return pq.read_table(cached).cast(INDEX_SCHEMA), True
+                return pq.read_table(cached, columns=columns).cast(schema), True
             except (OSError, pa.ArrowException):
                 pass  # a damaged cache: the graph would trip on it too, but parse to check the files
-    return read_source_index(source, num_shards), False
+    return read_source_index(source, num_shards).select(columns), False
 
 
 def check_source(

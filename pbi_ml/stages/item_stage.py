@@ -153,6 +153,7 @@ class ItemRecords:
         self.ledger = storage.ledger(stage.table, source, shard)
         self.recorded, self.lines = self.ledger.read()
         self.pending: list[dict] = []
+        self.root_prefix = os.path.join(storage.root, "")  # joined as a string: no Path per file per re-run
 
     def read(self, item: StageItem) -> dict | None:
         record = self.recorded.get(item.key)
@@ -173,7 +174,7 @@ class ItemRecords:
         """Every output file has its recorded size and mtime, or (mtime changed) its digest."""
         moved = False
         for entry in record["files"].values():
-            path = os.path.join(self.storage.root, entry["path"])
+            path = self.root_prefix + entry["path"]
             try:
                 st = os.stat(path)
             except OSError:

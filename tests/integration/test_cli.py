@@ -125,7 +125,7 @@ def test_pbi_check_reports_broken_sources_with_reason_codes(tmp_path):
 
 
 def test_check_source_fatal_problems_sample_and_read_only_parse(tmp_path):
-    from pbi_ml.check import IMAGES_FOLDER_MISSING, check_source
+    from pbi_ml.check import ANNOTATION_FILE_ERROR, IMAGES_FOLDER_MISSING, check_source
     from pbi_ml.config import SourceConfig
     from pbi_ml.sources.index import ensure_source_index, index_path
     from pbi_ml.storage import Storage
@@ -143,6 +143,20 @@ def test_check_source_fatal_problems_sample_and_read_only_parse(tmp_path):
     cached = check_source(coco, 2, sample=3, data_root=str(data_root))
     assert cached.index_from_cache and cached.instances == report.instances
     assert index_path(coco, 2, Storage(data_root)).is_file()
+
+    # a current index is all the check reads: an annotation file garbled in place (same size and
+    # mtime, what the index is keyed on) goes unseen; once its mtime changes, the full parse runs
+    annotations = Path(coco.annotation_files[0])
+    stat, original = annotations.stat(), annotations.read_bytes()
+    annotations.write_bytes(b"x" * stat.st_size)
+    os.utime(annotations, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    unparsed = check_source(coco, 2, sample=3, data_root=str(data_root))
+    assert unparsed.index_from_cache and unparsed.status == "ok" and unparsed.instances == report.instances
+    os.utime(annotations, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    parsed = check_source(coco, 2, sample=3, data_root=str(data_root))
+    assert not parsed.index_from_cache and parsed.fatal
+    assert parsed.problems[0].code == ANNOTATION_FILE_ERROR
+    annotations.write_bytes(original)
 
     gone = SourceConfig(name="g", format="coco", images=str(tmp_path / "nowhere"), annotations=coco.annotations)
     missing = check_source(gone, 2)

@@ -11,7 +11,17 @@ import duckdb
 import pytest
 
 from pbi_ml import tables
-from pbi_ml.catalog import INFO_TABLE, MATERIALIZED, build_catalog, built_at, live_name, read_view, stale_files
+from pbi_ml.catalog import (
+    FILES_DIR,
+    INFO_TABLE,
+    MATERIALIZED,
+    build_catalog,
+    built_at,
+    live_name,
+    read_view,
+    stale_files,
+    stored_name,
+)
 from pbi_ml.storage import Storage, table_from_records
 from tests.support.pipeline_helpers import materialize_unpartitioned, metadata_of
 
@@ -96,8 +106,14 @@ def test_stored_pairs_equal_the_live_join(tmp_path):
     con = duckdb.connect(str(storage.catalog_path), read_only=True)
     try:
         kinds = dict(con.execute("SELECT table_name, table_type FROM information_schema.tables").fetchall())
-        assert kinds[tables.PAIRS.name] == "BASE TABLE"
-        assert kinds[LIVE_PAIRS] == "VIEW"
+        assert kinds[stored_name(tables.PAIRS.name)] == "BASE TABLE"
+        assert kinds[tables.PAIRS.name] == kinds[LIVE_PAIRS] == "VIEW"
+        # the stored table keeps each file's name and the pair's folder once, relative to the data root
+        stored_files = con.execute(
+            f'SELECT {FILES_DIR}, {", ".join(PAIR_FILE_COLUMNS)} FROM "{stored_name(tables.PAIRS.name)}" '
+            "WHERE status = 'ok' ORDER BY pair_id LIMIT 1"
+        ).fetchone()
+        assert stored_files == ("files/pairs/gen_img000001_1", *(f"{c}.png" for c in PAIR_FILE_COLUMNS))
         for table in tables.ALL_TABLES:  # every per-stage name other than the joined pairs stays a live view
             if table.name not in MATERIALIZED:
                 assert kinds[table.name] == "VIEW", table.name
