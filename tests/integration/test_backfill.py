@@ -170,7 +170,16 @@ def test_backfill_without_wait_stores_a_backfill_the_daemon_picks_up(tmp_path, c
     data = backfill.get_asset_backfill_data(defs.resolve_asset_graph())
     targeted = {k.to_user_string() for k in data.target_subset.asset_keys}
     if selection == "key:pairs+":
-        downstream = {"descriptions", "instructions", "splits", "catalog", "exports", "checkpoint", "evaluation"}
+        downstream = {
+            "artifact_audit",
+            "descriptions",
+            "instructions",
+            "pair_judgments",
+            "splits",
+            "catalog",
+            "exports",
+        }
+        downstream |= {"checkpoint", "evaluation"}
         assert targeted == {"pairs", *downstream}
         assert sorted(data.target_subset.get_partitions_subset(dg.AssetKey("pairs")).get_partition_keys()) == [
             f"{shard}|demo" for shard in PROJECT.shard_keys

@@ -28,7 +28,8 @@ from tests.support.postgres_server import PostgresServer, PostgresUnavailable, f
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 TEMPLATE = ROOT / "deploy" / "dagster-postgres.yaml"
-GPU_STEPS = ("class_scores", "removals", "removal_scores", "descriptions", "instructions", "checkpoint", "evaluation")
+GPU_STEPS = ("class_scores", "removals", "removal_scores", "artifact_audit", "descriptions", "instructions")
+GPU_STEPS += ("pair_judgments", "checkpoint", "evaluation")
 # a short training and evaluation: this is about the instance, not the model
 QUICK = {
     "ops": {
