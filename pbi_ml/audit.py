@@ -137,7 +137,9 @@ def partition_auc(storage: Storage, source: str, shard: str) -> tuple[float | No
     """(AUC, ok pairs audited, why the AUC is null) of one partition's artifact_audit table."""
     rows = storage.read_table(ARTIFACT_AUDIT, source, shard).to_pylist()
     auc = auc_of([r["detectability"] for r in rows], [r["target_probability"] for r in rows])
-    reasons = {r["detectability_null_reason"] for r in rows} - {None}
+    # the AUC's reason is on the audited rows; a pair whose images could not be read has its own
+    audited = [r for r in rows if r["source_hp_energy"] is not None] or rows
+    reasons = {r["detectability_null_reason"] for r in audited} - {None}
     reason = next(iter(sorted(reasons)), None) if rows else "no ok pairs in this partition"
     return auc, len(rows), reason if auc is None else None
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pbi_assets.definitions import PARTITIONED_ASSETS
-from pbi_ml.audit import check_artifact_auc
+from pbi_ml.audit import check_artifact_auc, partition_auc
 from pbi_ml.catalog import build_catalog, query
 from pbi_ml.config import ArtifactAuditConfig, demo_source
 from pbi_ml.imageio import save_png
@@ -111,6 +111,10 @@ def test_a_pair_whose_image_is_corrupt_fails_alone_with_its_reason(tmp_path):
     others = rows[:3] + rows[4:]
     assert all(r["detectability"] is not None and r["detectability_null_reason"] is None for r in others)
     assert result.counts["auc"] > 0.9  # the 23 readable pairs are audited as before
+    # too few pairs for an AUC: the check gives the AUC's reason, not the unreadable pair's
+    run_artifact_audit(storage, demo_source(), SHARD, ArtifactAuditConfig(min_pairs=30))
+    auc, n, reason = partition_auc(storage, "demo", SHARD)
+    assert auc is None and n == 24 and reason == "too_few_pairs: 23 ok pairs < min_pairs 30"
 
 
 def test_too_few_pairs_give_no_auc_and_say_why(tmp_path):
