@@ -128,18 +128,23 @@ class StoredTable:
     """A catalog name (of `view_sql`) stored at build time, beside its live view.
 
     Its rows are in the table `<name>_stored`, and `<name>` is a view over that table giving the
-    live view's columns and values. Each of `path_columns` (absolute file paths, the longest
-    strings of a row) is stored as the file's name when the file lies in the row's folder, which
-    is stored once per row (`FILES_DIR`, relative to the data root) and joined back in the view:
-    at a million pairs the four full paths per row were most of the file."""
+    live view's columns and values, less `live_only`. What makes a million rows small:
+    - each of `path_columns` (absolute file paths, the longest strings of a row) is stored as the
+      file's name when the file lies in the row's folder; the folder (`FILES_DIR`, relative to the
+      data root) is stored only when it is not `folder_sql`, the folder the stage writes the row's
+      files to (computed from the row's own columns); the view joins the paths back;
+    - `live_only` columns (incompressible digests) stay in the live view;
+    - no index: rows are ordered by `cluster_by`, and a lookup by one `pair_id` scans one
+      compressed column in milliseconds (an ART index on it was a quarter of the file)."""
 
     name: str
     inputs: tuple[TableSpec, ...]  # the stage tables it is computed from (what makes it stale)
     # row order: a filter on the leading columns touches only the vectors holding its rows, so
     # projecting long strings (paths, instructions) for one class reads a few vectors, not all
     cluster_by: tuple[str, ...] = ()
-    index_on: tuple[str, ...] = ()  # ART-indexed columns: a lookup by one value reads no scan
     path_columns: tuple[str, ...] = ()
+    folder_sql: str = "NULL"  # the row's expected folder relative to the data root (SQL over its columns)
+    live_only: tuple[str, ...] = ()
 
 
 # every other name of `view_sql` stays a view (and is live)
@@ -148,13 +153,14 @@ MATERIALIZED: dict[str, StoredTable] = {
         PAIRS.name,
         inputs=(PAIRS, DESCRIPTIONS, INSTRUCTIONS, PAIR_JUDGMENTS, SPLITS, ARTIFACT_AUDIT),
         cluster_by=("category", "split", "pair_id"),
-        index_on=("pair_id",),
         path_columns=("source_image", "target_image", "mask", "edit_mask"),
+        folder_sql=Storage.file_dir_sql(PAIRS, "source", "shard", "pair_id"),  # the pairs stage's item key
+        live_only=("output_digest",),
     )
 }
 LIVE_SUFFIX = "_live"
 STORED_SUFFIX = "_stored"
-FILES_DIR = "files_dir"  # the stored table's column: the row's folder, relative to the data root
+FILES_DIR = "files_dir"  # the stored table's column: the row's folder relative to the data root, if unexpected
 INFO_TABLE = "catalog_info"  # one row per catalog name: kind, rows, built_at
 
 
@@ -170,11 +176,13 @@ def stored_name(name: str) -> str:
 
 def _store(con, stored: StoredTable, sql: str, root: Path) -> None:
     prefix = (str(root).rstrip("/") + "/").replace("'", "''")
-    rows = f"SELECT * FROM ({sql})"
+    live_only = f" EXCLUDE ({', '.join(stored.live_only)})" if stored.live_only else ""
+    rows = f"SELECT *{live_only} FROM ({sql})"
     restore = ""
     if stored.path_columns:
         first = stored.path_columns[0]
         folder = f"CASE WHEN starts_with({first}, '{prefix}') THEN parse_dirpath({first}[{len(prefix) + 1}:]) END"
+        expected = f"({stored.folder_sql})"
 
         def name_in_folder(column: str) -> str:  # the full path when the file is elsewhere
             full = f"'{prefix}' || {FILES_DIR} || '/' || parse_filename({column})"
@@ -182,20 +190,19 @@ def _store(con, stored: StoredTable, sql: str, root: Path) -> None:
 
         def joined(column: str) -> str:
             return (
-                f"CASE WHEN {FILES_DIR} IS NULL OR contains({column}, '/') THEN {column} "
-                f"ELSE '{prefix}' || {FILES_DIR} || '/' || {column} END AS {column}"
+                f"CASE WHEN contains({column}, '/') THEN {column} "
+                f"ELSE '{prefix}' || coalesce({FILES_DIR}, {expected}) || '/' || {column} END AS {column}"
             )
 
+        unexpected = f"CASE WHEN {FILES_DIR} IS DISTINCT FROM {expected} THEN {FILES_DIR} END AS {FILES_DIR}"
         rows = (
-            f"SELECT * REPLACE ({', '.join(map(name_in_folder, stored.path_columns))}) "
+            f"SELECT *{live_only} REPLACE ({', '.join(map(name_in_folder, stored.path_columns))}, {unexpected}) "
             f"FROM (SELECT *, {folder} AS {FILES_DIR} FROM ({sql}))"
         )
         restore = f" EXCLUDE ({FILES_DIR}) REPLACE ({', '.join(map(joined, stored.path_columns))})"
     order = ", ".join(f'"{column}"' for column in stored.cluster_by)
     table = stored_name(stored.name)
     con.execute(f'CREATE TABLE "{table}" AS {rows}' + (f" ORDER BY {order}" if order else ""))
-    for column in stored.index_on:
-        con.execute(f'CREATE INDEX "{table}_{column}" ON "{table}" ("{column}")')
     con.execute(f'CREATE VIEW "{stored.name}" AS SELECT *{restore} FROM "{table}"')
     con.execute(f'CREATE VIEW "{live_name(stored.name)}" AS {sql}')
 

@@ -37,6 +37,13 @@ def safe_name(value: str) -> str:
     return name[:120]
 
 
+def safe_name_sql(expression: str) -> str:
+    """`safe_name` as a DuckDB expression over a VARCHAR `expression` (the catalog predicts a
+    pair's folder with it; tests/unit/test_storage.py holds the two to the same result)."""
+    replaced = f"regexp_replace({expression}, '{_SAFE.pattern}', '_', 'g')"
+    return f"left(coalesce(nullif(trim({replaced}, '._'), ''), '_'), 120)"
+
+
 class Storage:
     """Paths and atomic writes under one data root."""
 
@@ -59,6 +66,12 @@ class Storage:
 
     def file_dir(self, table: TableSpec, source: str, shard: str, item: str) -> Path:
         return self.root / "files" / table.name / safe_name(source) / shard / safe_name(item)
+
+    @staticmethod
+    def file_dir_sql(table: TableSpec, source: str, shard: str, item: str) -> str:
+        """`file_dir` relative to the data root, as a DuckDB expression over the columns named
+        `source`, `shard` and `item`."""
+        return f"'files/{table.name}/' || {safe_name_sql(source)} || '/' || {shard} || '/' || {safe_name_sql(item)}"
 
     def index_dir(self, source: str) -> Path:
         return self.root / "index" / safe_name(source)

@@ -22,25 +22,34 @@ from pbi_ml.catalog import (
     stale_files,
     stored_name,
 )
-from pbi_ml.storage import Storage, table_from_records
+from pbi_ml.storage import Storage, safe_name, safe_name_sql, table_from_records
 from tests.support.pipeline_helpers import materialize_unpartitioned, metadata_of
 
 LIVE_PAIRS = live_name(tables.PAIRS.name)
+LIVE_PAIRS_STORED_COLUMNS = f'(SELECT * EXCLUDE (output_digest) FROM "{LIVE_PAIRS}")'
 
 
 PAIR_FILE_COLUMNS = ("source_image", "target_image", "mask", "edit_mask")
 
 
-def _file(storage: Storage, pair_id: str, column: str) -> str:
-    """An (empty) file where the pairs stage would have written the pair's image: the catalog's
-    files-exist check finds it."""
-    path = storage.root / "files" / tables.PAIRS.name / pair_id.replace("/", "_") / f"{column}.png"
+def _file(storage: Storage, shard: str, pair_id: str, column: str, stage_layout: bool) -> str:
+    """An (empty) file where the pairs stage writes the pair's image (`stage_layout`), or in a
+    folder of another layout: the catalog stores that folder."""
+    source = pair_id.split("/")[0]
+    folder = (
+        storage.file_dir(tables.PAIRS, source, shard, pair_id)
+        if stage_layout
+        else storage.root / "files" / tables.PAIRS.name / pair_id.replace("/", "_")
+    )
+    path = folder / f"{column}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch()
     return str(path)
 
 
-def _write_partition(storage: Storage, source: str, shard: str, n: int, failed: int = 1) -> list[str]:
+def _write_partition(
+    storage: Storage, source: str, shard: str, n: int, failed: int = 1, stage_layout: bool = True
+) -> list[str]:
     """n pairs (the first `failed` of them failed: no description, instruction or split row
     content), with their descriptions, instructions, judgments, splits and audit rows; returns the pair ids."""
     pairs, described, instructed, judged, split, audited = [], [], [], [], [], []
@@ -57,7 +66,10 @@ def _write_partition(storage: Storage, source: str, shard: str, n: int, failed: 
                 "height": 48,
                 "area_fraction": 0.01 * (i + 1),
                 "object_location": "top left" if i % 2 else "center",
-                **{column: _file(storage, pair_id, column) if ok else None for column in PAIR_FILE_COLUMNS},
+                **{
+                    column: _file(storage, shard, pair_id, column, stage_layout) if ok else None
+                    for column in PAIR_FILE_COLUMNS
+                },
                 "stats_change": 0.5,
                 "status": "ok" if ok else "failed",
                 "error": None if ok else "removal_size_mismatch",
@@ -94,13 +106,40 @@ def _write_partition(storage: Storage, source: str, shard: str, n: int, failed: 
 
 
 def _rows(con, name: str) -> list[tuple]:
-    return con.execute(f'SELECT * FROM "{name}" ORDER BY pair_id').fetchall()
+    relation = name if name.startswith("(") else f'"{name}"'
+    return con.execute(f"SELECT * FROM {relation} ORDER BY pair_id").fetchall()
+
+
+def _is_file(value) -> bool:
+    return isinstance(value, str) and value.endswith(".png")
+
+
+def test_safe_name_in_sql_is_safe_name():
+    """The catalog predicts a pair's folder in SQL: `safe_name_sql` must give `safe_name`'s result."""
+    ids = [
+        "coco/000000123/456",
+        "../../etc/passwd",
+        "._hidden_.",
+        "..",
+        "",
+        "a b\tc",
+        "caf\u00e9/\u732b/\U0001f436",
+        "x" * 200,
+        "-._-",
+        "ok.name-1_2",
+    ]
+    con = duckdb.connect()
+    try:
+        got = [con.execute(f"SELECT {safe_name_sql('$v')}", {"v": value}).fetchone()[0] for value in ids]
+    finally:
+        con.close()
+    assert got == [safe_name(value) for value in ids]
 
 
 def test_stored_pairs_equal_the_live_join(tmp_path):
     storage = Storage(tmp_path)
     ids = _write_partition(storage, "gen", "000", 5) + _write_partition(storage, "gen", "001", 4)
-    _write_partition(storage, "other", "000", 3, failed=0)
+    _write_partition(storage, "other", "000", 3, failed=0, stage_layout=False)
     counts = build_catalog(storage)
     assert counts[tables.PAIRS.name] == 12
     con = duckdb.connect(str(storage.catalog_path), read_only=True)
@@ -108,20 +147,31 @@ def test_stored_pairs_equal_the_live_join(tmp_path):
         kinds = dict(con.execute("SELECT table_name, table_type FROM information_schema.tables").fetchall())
         assert kinds[stored_name(tables.PAIRS.name)] == "BASE TABLE"
         assert kinds[tables.PAIRS.name] == kinds[LIVE_PAIRS] == "VIEW"
-        # the stored table keeps each file's name and the pair's folder once, relative to the data root
+        # the stored table keeps each file's name, and the pair's folder (relative to the data root)
+        # only when it is not the folder the pairs stage writes to
         stored_files = con.execute(
-            f'SELECT {FILES_DIR}, {", ".join(PAIR_FILE_COLUMNS)} FROM "{stored_name(tables.PAIRS.name)}" '
-            "WHERE status = 'ok' ORDER BY pair_id LIMIT 1"
-        ).fetchone()
-        assert stored_files == ("files/pairs/gen_img000001_1", *(f"{c}.png" for c in PAIR_FILE_COLUMNS))
+            f'SELECT source, {FILES_DIR}, {", ".join(PAIR_FILE_COLUMNS)} FROM "{stored_name(tables.PAIRS.name)}" '
+            "WHERE status = 'ok' ORDER BY pair_id"
+        ).fetchall()
+        names = tuple(f"{c}.png" for c in PAIR_FILE_COLUMNS)
+        assert stored_files[0] == ("gen", None, *names)
+        assert stored_files[-1] == ("other", "files/pairs/other_img000002_2", *names)
+        assert {row[:2] for row in stored_files} == {("gen", None)} | {
+            ("other", f"files/pairs/other_img000{i:03d}_{i}") for i in range(3)
+        }
         for table in tables.ALL_TABLES:  # every per-stage name other than the joined pairs stays a live view
             if table.name not in MATERIALIZED:
                 assert kinds[table.name] == "VIEW", table.name
-        stored, live = _rows(con, tables.PAIRS.name), _rows(con, LIVE_PAIRS)
-        assert stored == live
+        # the same rows as the live join, less the digests it leaves to the live view
+        live_only = ", ".join(MATERIALIZED[tables.PAIRS.name].live_only)
+        assert live_only == "output_digest"
+        stored = _rows(con, tables.PAIRS.name)
+        assert stored == _rows(con, LIVE_PAIRS_STORED_COLUMNS)
         assert len(stored) == 12 and {r[0] for r in stored} >= set(ids)
+        assert all(os.path.isabs(path) and os.path.exists(path) for row in stored for path in row if _is_file(path))
         columns = [r[0] for r in con.execute(f'DESCRIBE "{tables.PAIRS.name}"').fetchall()]
-        assert columns == [r[0] for r in con.execute(f'DESCRIBE "{LIVE_PAIRS}"').fetchall()]
+        live_columns = [r[0] for r in con.execute(f'DESCRIBE "{LIVE_PAIRS}"').fetchall()]
+        assert columns == [c for c in live_columns if c != "output_digest"]
         assert {"description", "instruction_vlm_llm", "judge_score", "judge_reason", "split", "detectability"} <= set(
             columns
         )
@@ -138,7 +188,7 @@ def test_stored_pairs_equal_the_live_join(tmp_path):
     finally:
         con.close()
     # read_view (what the stages use) computes the same join from the Parquet
-    from_parquet = read_view(storage, tables.PAIRS.name).sort_by("pair_id")
+    from_parquet = read_view(storage, tables.PAIRS.name).sort_by("pair_id").drop_columns(["output_digest"])
     assert [tuple(r.values()) for r in from_parquet.to_pylist()] == stored
     # no temp file or WAL left beside the catalog
     assert sorted(p.name for p in tmp_path.iterdir()) == ["catalog.duckdb", "files", "tables"]
@@ -190,7 +240,7 @@ def test_new_partition_is_live_at_once_and_stored_after_the_next_build(tmp_path)
     build_catalog(storage)
     con = duckdb.connect(str(storage.catalog_path), read_only=True)
     try:
-        assert _rows(con, tables.PAIRS.name) == _rows(con, LIVE_PAIRS)
+        assert _rows(con, tables.PAIRS.name) == _rows(con, LIVE_PAIRS_STORED_COLUMNS)
         stored = {r[0] for r in con.execute(f"SELECT pair_id FROM {tables.PAIRS.name}").fetchall()}
     finally:
         con.close()
