@@ -49,6 +49,7 @@ class Storage:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).resolve()
+        self._reads: list[list] | None = None  # while `recording_reads`: [path, size, mtime_ns] per table read
 
     # ---- paths (stages are named by their TableSpec, never by a string literal)
     def table_path(self, table: TableSpec, source: str, shard: str) -> Path:
@@ -91,9 +92,25 @@ class Storage:
 
     def read_table(self, table: TableSpec, source: str, shard: str) -> pa.Table:
         path = self.table_path(table, source, shard)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: stage {table.name!r} has not been materialized for {source}/{shard} yet")
+        try:
+            st = path.stat()  # before reading: a file replaced meanwhile is seen as changed next time
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"{path}: stage {table.name!r} has not been materialized for {source}/{shard} yet"
+            ) from None
+        if self._reads is not None:
+            self._reads.append([str(path.relative_to(self.root)), st.st_size, st.st_mtime_ns])
         return pq.read_table(path)
+
+    @contextmanager
+    def recording_reads(self) -> Iterator[list[list]]:
+        """Within the block, every `read_table` adds [path relative to the root, size, mtime_ns]
+        (taken before the read) to the yielded list: what an item stage's items were made from."""
+        self._reads = reads = []
+        try:
+            yield reads
+        finally:
+            self._reads = None
 
     def has_table(self, table: TableSpec, source: str, shard: str) -> bool:
         return self.table_path(table, source, shard).exists()

@@ -24,7 +24,10 @@ and this module owns everything else, the same way for all of them:
              digest matches (the record takes the new mtime); a missing, truncated or changed
              file makes the item run again. Trust by stat: a re-run reads no output file.
              `verify_items` re-hashes everything and invalidates the items with corrupt files
-             (corruption that kept size and mtime is only visible to it);
+             (corruption that kept size and mtime is only visible to it). When nothing at all
+             changed since the last run (`FinishedStamp`: config, upstream tables, ledger,
+             table, every file's size and mtime), a re-run reads no record either: it stats
+             the files and returns the table as it is;
     failed:  the files it failed on are unchanged (size and mtime): fix or regenerate an input
              and the item is retried.
 - Nothing recorded or fingerprinted holds the data root's absolute path (`portable`): a data
@@ -46,6 +49,8 @@ and this module owns everything else, the same way for all of them:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -56,14 +61,24 @@ import numpy as np
 
 from pbi_ml.errors import ItemError
 from pbi_ml.stages.common import Progress, ProgressReporter, StageResult, chunks_to_run, fingerprint_of
-from pbi_ml.storage import Ledger, Storage, WrittenFile, file_digest, safe_name, table_from_records
+from pbi_ml.storage import (
+    Ledger,
+    Storage,
+    WrittenFile,
+    atomic_write_bytes,
+    file_digest,
+    safe_name,
+    table_from_records,
+)
 from pbi_ml.tables import ITEM_TABLES, TableSpec
 
 RECORD_VERSION = 3  # records of older code (per-item JSON files) are not read: their items are recomputed once
 MAX_SAMPLES = 4  # preview images per stage run (thumbnails in the metadata)
+MAX_SAMPLE_TRIES = 64  # ok items asked for a preview at most
+STAMP_VERSION = 1
 
 
-@dataclass
+@dataclass(slots=True)
 class StageItem:
     """One unit of work. `key` is unique within the partition; `row` carries what the stage
     needs; `upstream` fingerprints the upstream rows it depends on; `input_files` are the files
@@ -256,6 +271,119 @@ def absolute_files(storage: Storage, record: dict) -> dict[str, str]:
     return {name: str(storage.root / f["path"]) for name, f in record.get("files", {}).items()}
 
 
+class FinishedStamp:
+    """What the last run of a stage's partition finished with, so that a re-run in which nothing
+    changed stats each file and returns the table as it is, reading no record (items/<table>/
+    <source>/<shard>/finished.json, written atomically after the table).
+
+    It holds the stage's config id, the table schema, the data root (rows hold absolute paths), a
+    digest of the items (keys, upstream fingerprints, input files, in order), the size and
+    mtime_ns of every table the items were read from (`Storage.recording_reads`), of the ledger
+    and of the table written, every finished item's output files (ok) or input files (failed) with
+    the size and mtime_ns its record holds, the run's counts, and the records the samples came
+    from. A re-run is UNCHANGED when all of these are equal now: then every item is trusted
+    exactly as `ItemRecords.trusted` would trust it (same config id and upstream, files with the
+    recorded size and mtime), and the table is what the rows would be again, so it is returned as
+    it is. Anything else (a changed upstream table, a touched file, a rewritten ledger, a moved
+    root) takes the item-by-item path, which writes a new stamp."""
+
+    def __init__(
+        self, storage: Storage, stage: ItemStage, source: str, shard: str, items: list[StageItem], reads: list[list]
+    ):
+        self.storage, self.stage, self.source, self.shard = storage, stage, source, shard
+        self.items, self.reads = items, reads
+        self.ledger_path = storage.ledger(stage.table, source, shard).path
+        self.path = self.ledger_path.parent / "finished.json"
+
+    def _identity(self) -> dict:
+        blob = "\n".join(["\x00".join((item.key, item.upstream, *map(str, item.input_files))) for item in self.items])
+        return {
+            "version": STAMP_VERSION,
+            "config_id": self.stage.config_id,
+            "schema": fingerprint_of(str(self.stage.table.schema)),
+            "root": fingerprint_of(str(self.storage.root)),  # a digest: no absolute path is recorded
+            "items": hashlib.blake2b(blob.encode(), digest_size=16).hexdigest(),
+            "reads": self.reads,
+        }
+
+    def unchanged_result(self) -> StageResult | None:
+        """The partition's StageResult when nothing changed since the stamp (see the class), else None."""
+        try:
+            stamp = json.loads(self.path.read_bytes())
+        except (OSError, ValueError):
+            return None
+        table_path = self.storage.table_path(self.stage.table, self.source, self.shard)
+        if (
+            not isinstance(stamp, dict)
+            or stamp.get("identity") != self._identity()
+            or stamp.get("ledger") != _stat_of(str(self.ledger_path))
+            or stamp.get("table") != _stat_of(str(table_path))
+        ):
+            return None
+        try:
+            if not self._files_intact(stamp["paths"], stamp["sizes"], stamp["mtimes"]):
+                return None
+            counts = {**stamp["counts"], "items_computed_this_run": 0, "items_recomputed_to_keep_chunks_whole": 0}
+            sampled = dict(stamp["sampled"])
+        except (KeyError, TypeError, ValueError, AttributeError):  # a stamp edited by hand: go item by item
+            return None
+        samples, _ = _samples(self.stage, [item for item in self.items if item.key in sampled], sampled)
+        table = self.storage.read_table(self.stage.table, self.source, self.shard)
+        return StageResult(table=table, path=table_path, counts=counts, samples=samples)
+
+    def _files_intact(self, joined_paths: str, sizes: list, mtimes: list) -> bool:
+        prefix = os.path.join(self.storage.root, "")
+        paths = joined_paths.split("\n") if joined_paths else []
+        for path, size, mtime_ns in zip(paths, sizes, mtimes, strict=True):
+            try:
+                st = os.stat(path if path.startswith(os.sep) else prefix + path)
+            except OSError:
+                if size is None:  # a failed item's input that was missing then, and is now
+                    continue
+                return False
+            if st.st_size != size or st.st_mtime_ns != mtime_ns:
+                return False
+        return True
+
+    def write(self, done: dict[str, dict], table_path: Path, counts: dict, sampled: dict[str, dict]) -> None:
+        """Stamp what this run finished with (after the table is written)."""
+        paths, sizes, mtimes = [], [], []
+        for item in self.items:
+            record = done[item.key]
+            if record["status"] == "ok":
+                for entry in record["files"].values():
+                    paths.append(entry["path"])
+                    sizes.append(entry["size"])
+                    mtimes.append(entry["mtime_ns"])
+            else:
+                for path, size, mtime_ns in record.get("inputs", []):
+                    paths.append(path)
+                    sizes.append(size)
+                    mtimes.append(mtime_ns)
+        if any("\n" in path for path in paths):
+            return  # a file name with a newline: no stamp, every re-run goes item by item
+        stamp = {
+            "identity": self._identity(),
+            "ledger": _stat_of(str(self.ledger_path)),
+            "table": _stat_of(str(table_path)),
+            "paths": "\n".join(paths),
+            "sizes": sizes,
+            "mtimes": mtimes,
+            "counts": counts,
+            "sampled": sampled,
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.path, json.dumps(stamp, default=str).encode())
+
+
+def _stat_of(path: str) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
 def run_item_stage(
     storage: Storage,
     stage: ItemStage,
@@ -264,10 +392,16 @@ def run_item_stage(
     progress: Progress | None = None,
 ) -> StageResult:
     """Run one per-item stage over one partition (see the module docstring); writes its table."""
-    items = stage.items()
+    with storage.recording_reads() as reads:
+        items = stage.items()
     keys = [item.key for item in items]
     if len(set(keys)) != len(keys):
         raise ValueError(f"{stage.table.name}: item keys are not unique in {source}/{shard}")
+    stamp = FinishedStamp(storage, stage, source, shard, items, reads)
+    unchanged = stamp.unchanged_result()
+    if unchanged is not None:
+        ProgressReporter(len(items), progress).advance(len(items))
+        return unchanged
     records = ItemRecords(storage, stage, source, shard)
 
     done: dict[str, dict] = {}
@@ -351,7 +485,9 @@ def run_item_stage(
         **{f"failed_{reason}": n for reason, n in sorted(failures.items())},
         **stage.counts(rows),
     }
-    return StageResult(table=table, path=path, counts=counts, samples=_samples(stage, items, done))
+    samples, sampled = _samples(stage, items, done)
+    stamp.write(done, path, counts, sampled)
+    return StageResult(table=table, path=path, counts=counts, samples=samples)
 
 
 @dataclass
@@ -370,21 +506,26 @@ def _prepare_chunk(stage: ItemStage, chunk: list[StageItem]) -> list[Any]:
     return prepared
 
 
-def _samples(stage: ItemStage, items: list[StageItem], done: dict[str, dict]) -> list[tuple[str, np.ndarray]]:
-    """A few preview images for the metadata. Never fails the stage: an unreadable file (a disk
-    hiccup after the item was verified) just gives no sample."""
-    samples = []
+def _samples(
+    stage: ItemStage, items: list[StageItem], done: dict[str, dict]
+) -> tuple[list[tuple[str, np.ndarray]], dict[str, dict]]:
+    """A few preview images for the metadata, from the first ok items (at most MAX_SAMPLE_TRIES
+    of them), and the records of the items looked at. Never fails the stage: an unreadable file
+    (a disk hiccup after the item was verified) just gives no sample."""
+    samples: list[tuple[str, np.ndarray]] = []
+    sampled: dict[str, dict] = {}
     for item in items:
-        if len(samples) >= MAX_SAMPLES:
+        if len(samples) >= MAX_SAMPLES or len(sampled) >= MAX_SAMPLE_TRIES:
             break
-        record = done[item.key]
-        if record["status"] != "ok":
+        record = done.get(item.key)
+        if record is None or record["status"] != "ok":
             continue
+        sampled[item.key] = record
         try:
             samples.extend(stage.sample(item, record))
         except (ItemError, OSError, ValueError):
             continue
-    return samples[:MAX_SAMPLES]
+    return samples[:MAX_SAMPLES], sampled
 
 
 def verify_report(storage: Storage, source: str, stage: str | None = None) -> tuple[list[str], bool]:
