@@ -284,10 +284,10 @@ def main() -> None:
 
     baseline_path = root / "catalog_views.duckdb"
     start = time.perf_counter()
-    build_catalog(storage, path=baseline_path, materialize=())
+    build_catalog(storage, path=baseline_path, materialize=(), force=True)
     baseline_build = time.perf_counter() - start
     start = time.perf_counter()
-    build_catalog(storage)
+    build_catalog(storage, force=True)  # a reused workdir keeps its catalog otherwise
     tables_build = time.perf_counter() - start
     tables_path = storage.catalog_path
 

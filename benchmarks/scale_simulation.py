@@ -157,7 +157,7 @@ def main() -> None:
     pairs = Storage(work / "catalog")
     seconds, _ = timed(lambda: catalog_benchmark.generate(pairs, args.pairs, args.partitions, args.seed))
     print(f"  generated the pairs tables in {seconds:.0f} s")
-    build, _ = timed(lambda: build_catalog(pairs))
+    build, _ = timed(lambda: build_catalog(pairs, force=True))
     size = pairs.catalog_path.stat().st_size / 2**20
     import duckdb
 

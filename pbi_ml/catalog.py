@@ -15,7 +15,8 @@ file (catalog.duckdb):
 
 A stored table is as fresh as the last build: the `catalog` asset rebuilds the file whenever a
 partition of an input stage changes (an automation condition, pbi_assets/assets/catalog.py), and
-`pbi run` builds it after the partitions. `catalog_info` in the file records what each name is,
+`pbi run` builds it after the partitions; a build whose inputs are those of the file's last
+build (no Parquet file of the stored tables' stages written, added or removed) keeps the file. `catalog_info` in the file records what each name is,
 its row count and when it was built; `stale_files` lists the Parquet files written since.
 
 Only the catalog asset writes the file (pool `duckdb_catalog`, limit 1): it is built into a temp
@@ -30,6 +31,8 @@ Parquet, never from the catalog file. Query it with `pbi sql "SELECT ..."`, or
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -37,6 +40,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pbi_ml.reasons import LOW_CLASS_SIMILARITY
 from pbi_ml.storage import Storage, atomic_path, write_parquet
@@ -162,6 +166,7 @@ LIVE_SUFFIX = "_live"
 STORED_SUFFIX = "_stored"
 FILES_DIR = "files_dir"  # the stored table's column: the row's folder relative to the data root, if unexpected
 INFO_TABLE = "catalog_info"  # one row per catalog name: kind, rows, built_at
+INPUTS_TABLE = "catalog_inputs"  # one row: the digest of what the stored tables were built from
 
 
 def live_name(name: str) -> str:
@@ -207,26 +212,77 @@ def _store(con, stored: StoredTable, sql: str, root: Path) -> None:
     con.execute(f'CREATE VIEW "{live_name(stored.name)}" AS {sql}')
 
 
+def _inputs_digest(storage: Storage, views: dict[str, str], stored: set[str]) -> str:
+    """A digest of everything the stored tables are computed from: every view's SQL (the data
+    root's path is in it), the table schemas, and the path, size and mtime_ns of every Parquet
+    file of the stored names' input stages. Equal digests: a rebuild would store the same rows."""
+    inputs = {
+        table.name: table
+        for name in sorted(stored)
+        for table in (MATERIALIZED[name].inputs if name in MATERIALIZED else [t for t in ALL_TABLES if t.name == name])
+    }
+    listing = []
+    for table in inputs.values():
+        for path in sorted(glob.glob(storage.table_glob(table))):
+            if Path(path) != storage.schema_path(table):
+                st = os.stat(path)
+                listing.append([path, st.st_size, st.st_mtime_ns])
+    blob = json.dumps([sorted(views.items()), sorted(stored), [str(t.schema) for t in ALL_TABLES], listing])
+    return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
+
+
+def _unchanged_counts(path: Path, views: dict[str, str], digest: str) -> dict[str, int] | None:
+    """{name: rows} from the catalog at `path` when it was built from inputs of this `digest`."""
+    import duckdb
+
+    if not path.exists():
+        return None
+    try:
+        con = duckdb.connect(str(path), read_only=True)
+    except duckdb.Error:
+        return None
+    try:
+        if con.execute(f'SELECT digest FROM "{INPUTS_TABLE}"').fetchone() != (digest,):
+            return None
+        return {name: int((con.execute(f'SELECT count(*) FROM "{name}"').fetchone() or (0,))[0]) for name in views}
+    except duckdb.Error:  # a catalog of older code (no inputs table), or one missing a name
+        return None
+    finally:
+        con.close()
+
+
 def build_catalog(
-    storage: Storage, path: str | os.PathLike | None = None, materialize: Iterable[str] | None = None
+    storage: Storage,
+    path: str | os.PathLike | None = None,
+    materialize: Iterable[str] | None = None,
+    force: bool = False,
 ) -> dict[str, int]:
     """(Re)build the catalog atomically (at `path`, default the data root's catalog.duckdb) and
     return {name: row count}. The names in `materialize` (default `MATERIALIZED`) become tables
     holding their rows as of now, plus the live view `<name>_live`; every other name is a view.
-    `materialize=()` gives the all-views catalog of the previous design (the benchmark's baseline)."""
+    `materialize=()` gives the all-views catalog of the previous design (the benchmark's baseline).
+    When the catalog there was built from the same inputs (`_inputs_digest`: no Parquet file of
+    the stored tables' stages written, added or removed since, same views and schemas) it is kept
+    as it is, unless `force`: a no-op re-run costs a listing of the files, not a rebuild."""
     import duckdb
 
     stored = set(MATERIALIZED if materialize is None else materialize)
-    for table in ALL_TABLES:  # rewritten: a schema may have changed since the last build
-        write_parquet(table.schema.empty_table(), storage.schema_path(table))
+    target = Path(path) if path is not None else storage.catalog_path
+    for table in ALL_TABLES:  # rewritten when absent or changed: a schema may have changed since the last build
+        schema_path = storage.schema_path(table)
+        if not schema_path.exists() or pq.read_schema(schema_path) != table.schema:
+            write_parquet(table.schema.empty_table(), schema_path)
     views = view_sql(storage)
     unknown = stored - set(views)
     if unknown:
         raise ValueError(f"cannot materialize {sorted(unknown)}: not a catalog name ({sorted(views)})")
+    digest = _inputs_digest(storage, views, stored)
+    if not force and (counts := _unchanged_counts(target, views, digest)) is not None:
+        return counts
     build_time = datetime.now(timezone.utc)  # before reading any file: a later write makes it stale
-    counts: dict[str, int] = {}
+    counts = {}
     kinds: dict[str, str] = {}
-    with atomic_path(Path(path) if path is not None else storage.catalog_path) as tmp:
+    with atomic_path(target) as tmp:
         tmp.unlink()  # duckdb wants to create the file itself
         con = duckdb.connect(str(tmp))
         try:
@@ -245,6 +301,7 @@ def build_catalog(
                 f'INSERT INTO "{INFO_TABLE}" VALUES (?, ?, ?, ?)',
                 [(name, kinds[name], counts.get(name), build_time) for name in sorted(kinds)],
             )
+            con.execute(f'CREATE TABLE "{INPUTS_TABLE}" AS SELECT ? AS digest', [digest])
             con.execute("CHECKPOINT")  # everything in the main file: no WAL travels with the rename
         finally:
             con.close()

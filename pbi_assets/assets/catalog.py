@@ -10,7 +10,7 @@ from pbi_assets.assets.instructions import descriptions, instructions, pair_judg
 from pbi_assets.assets.removal import artifact_audit, pairs
 from pbi_assets.execution import stage_op_tags
 from pbi_assets.resources import PBIProject
-from pbi_ml.catalog import MATERIALIZED, build_catalog
+from pbi_ml.catalog import MATERIALIZED, build_catalog, built_at
 
 # Rebuild when an input partition was materialized since the last rebuild was requested (or the
 # catalog was never built), never while a rebuild is queued or running. Unlike eager() it waits
@@ -39,6 +39,7 @@ def catalog(context: dg.AssetExecutionContext, pbi: PBIProject) -> dg.Materializ
     counts = build_catalog(storage)
     meta: dict[str, Any] = {f"rows_{view}": int(n) for view, n in counts.items()}
     meta["stored_tables"] = ", ".join(MATERIALIZED)
+    meta["built_at"] = str(built_at(storage))  # an earlier run's time when no input changed since (kept as is)
     meta["path"] = dg.MetadataValue.path(str(storage.catalog_path))
     meta["example_query"] = dg.MetadataValue.md(
         f'```\npbi sql "SELECT category, count(*) FROM pairs GROUP BY 1 ORDER BY 2 DESC"\n```\n'

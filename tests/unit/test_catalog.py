@@ -248,6 +248,39 @@ def test_new_partition_is_live_at_once_and_stored_after_the_next_build(tmp_path)
     assert stale_files(storage) == []
 
 
+def test_an_unchanged_catalog_is_kept_and_any_input_change_rebuilds_it(tmp_path):
+    """A build from the same inputs keeps the catalog file as it is (a no-op re-run costs a
+    listing, not a rebuild); a new or removed partition of an input stage, `force`, or a moved
+    data root rebuild it."""
+    import shutil
+
+    storage = Storage(tmp_path / "a")
+    _write_partition(storage, "gen", "000", 4)
+    path = storage.catalog_path
+
+    def identity():
+        st = path.stat()
+        return st.st_ino, st.st_mtime_ns
+
+    counts = build_catalog(storage)
+    first = identity()
+    assert build_catalog(storage) == counts and identity() == first, "kept as it is"
+    build_catalog(storage, force=True)
+    assert identity() != first
+    _write_partition(storage, "gen", "001", 3)
+    forced = identity()
+    assert build_catalog(storage)[tables.PAIRS.name] == 7 and identity() != forced
+    for table in MATERIALIZED[tables.PAIRS.name].inputs:
+        storage.table_path(table, "gen", "001").unlink(missing_ok=True)
+    assert build_catalog(storage)[tables.PAIRS.name] == 4
+
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    moved = Storage(tmp_path / "b")
+    assert build_catalog(moved)[tables.PAIRS.name] == 4
+    before, after = built_at(storage), built_at(moved)
+    assert before is not None and after is not None and after > before, "rebuilt: its views name the new root"
+
+
 def test_readers_keep_their_catalog_while_it_is_rebuilt(tmp_path):
     """A reader holding the catalog open is not blocked by a rebuild and sees a whole catalog."""
     storage = Storage(tmp_path)
