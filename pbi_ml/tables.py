@@ -360,6 +360,23 @@ EVALUATION_SAMPLES = TableSpec(
     description="per-sample metrics of each evaluation",
 )
 
+EVALUATION_EDITS = TableSpec(
+    "evaluation_edits",
+    pa.schema(
+        [
+            ("checkpoint_id", pa.string()),
+            ("benchmark", pa.string()),
+            ("sample_id", pa.string()),
+            ("output_image", pa.string()),  # the edit the checkpoint made (null: failed, see error)
+            ("status", pa.string()),
+            ("error", pa.string()),
+        ]
+    ),
+    key=("checkpoint_id", "benchmark", "sample_id"),
+    partitioned=False,
+    description="each evaluation edit made (an item stage per benchmark and checkpoint: resumable, never made twice)",
+)
+
 PARTITIONED_TABLES = (
     SOURCE_INDEX,
     CANDIDATES,
@@ -375,4 +392,4 @@ PARTITIONED_TABLES = (
 )
 # the tables written through the item mechanism (pbi_ml/stages/item_stage.py), one ledger each
 ITEM_TABLES = (CLASS_SCORES, REMOVALS, REMOVAL_SCORES, PAIRS, DESCRIPTIONS, INSTRUCTIONS, PAIR_JUDGMENTS)
-ALL_TABLES = (*PARTITIONED_TABLES, CHECKPOINTS, EVALUATIONS, EVALUATION_SAMPLES)
+ALL_TABLES = (*PARTITIONED_TABLES, CHECKPOINTS, EVALUATIONS, EVALUATION_EDITS, EVALUATION_SAMPLES)

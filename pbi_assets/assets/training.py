@@ -131,6 +131,7 @@ def evaluation(context: dg.AssetExecutionContext, pbi: PBIProject, config: Evalu
     ckpt = result.extra["checkpoint"]
     meta: dict[str, Any] = {"checkpoint_id": ckpt["checkpoint_id"], "smoke_model": bool(ckpt["smoke_model"])}
     meta.update(step.metadata)
+    meta.update(result.counts)  # per benchmark: samples, edits made this run (0: all kept), edits failed
     for row in result.table.to_pylist():
         meta[f"{row['benchmark']}/n"] = row["n"]
         for m in METRICS:

@@ -21,6 +21,10 @@ against it here: the stage reports `magicbrush_turns`, `magicbrush_add_substring
 gives 144, and `magicbrush_add_rule: word` switches the reading.
 
 Inference: the paper's settings (EulerAncestral, 50 steps, text guidance 7, image guidance 1.5, seed 0).
+The edits are made by `EditStage`, an item stage per (benchmark, checkpoint) (table
+`evaluation_edits`): a killed evaluation resumes where it stopped, and evaluating the same
+checkpoint (same id and steps) with the same generation settings again makes no edit and writes no
+PNG; the metrics are computed again from the stored edits.
 Metrics: see `pbi_ml.evaluate.metrics` (each computed as its reference computes it). Metrics whose
 weights are absent are null with the reason. One summary row per (benchmark, checkpoint) and one
 row per sample.
@@ -42,11 +46,20 @@ from PIL import Image
 from pbi_ml.catalog import read_view
 from pbi_ml.config.fields import check_fields
 from pbi_ml.devices import DTYPES, device_of
-from pbi_ml.errors import ConfigError
+from pbi_ml.errors import ConfigError, ItemError
 from pbi_ml.imageio import load_rgb_path, save_png
-from pbi_ml.stages.common import Progress, StageResult
+from pbi_ml.reasons import IMAGE_UNREADABLE
+from pbi_ml.stages.common import Progress, StageResult, fingerprint, fingerprint_of
+from pbi_ml.stages.item_stage import ItemOutput, ItemStage, StageItem, absolute_files, portable, run_item_stage
 from pbi_ml.storage import Storage, table_from_records
-from pbi_ml.tables import EVALUATION_METRICS, EVALUATION_SAMPLES, EVALUATIONS, PAIRS, SAMPLE_METRICS
+from pbi_ml.tables import (
+    EVALUATION_EDITS,
+    EVALUATION_METRICS,
+    EVALUATION_SAMPLES,
+    EVALUATIONS,
+    PAIRS,
+    SAMPLE_METRICS,
+)
 
 METRICS = EVALUATION_METRICS  # float columns, each with a <metric>_null_reason column
 MAGICBRUSH_ADD_RULES = ("substring", "word")
@@ -125,6 +138,7 @@ def pipe_test_samples(storage: Storage, config: EvaluationConfig) -> list[dict]:
                 "caption": None,  # PIPE test pairs have no caption of the target
                 "input": row["source_image"],
                 "target": row["target_image"],
+                "digest": row.get("output_digest"),  # the pair's files: a re-made pair is edited again
             }
         )
     return samples[: config.max_samples] if config.max_samples else samples
@@ -186,8 +200,73 @@ def _decode(value) -> np.ndarray:
     if isinstance(value, str):
         return load_rgb_path(value)
     data = value["bytes"] if isinstance(value, dict) else value
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ItemError(IMAGE_UNREADABLE, f"embedded image: {exc}") from None
+
+
+class EditStage(ItemStage):
+    """The edits one checkpoint makes of one benchmark's inputs, through the item mechanism
+    (`run_item_stage`, partition = (benchmark, checkpoint id)): resumable, trusted by stat, never
+    made twice. The config id is the checkpoint's id and steps with the generation settings
+    (batch size and device aside; each image has its own seeded generator, so the batch never
+    changes an edit); an item's upstream is its instruction and input (the pair's digest for our
+    test split, the embedded bytes for MagicBrush)."""
+
+    table = EVALUATION_EDITS
+
+    def __init__(self, storage: Storage, benchmark: str, samples: list[dict], checkpoint: dict, config):
+        self.storage, self.benchmark, self.samples, self.checkpoint, self.config = (
+            storage,
+            benchmark,
+            samples,
+            checkpoint,
+            config,
+        )
+        self.batch_size = config.batch_size
+        identity = fingerprint_of(checkpoint["checkpoint_id"], checkpoint.get("steps"))
+        self.config_id = f"{identity}-{fingerprint(config, exclude=('batch_size', 'device'))}"
+
+    def items(self) -> list[StageItem]:
+        return [
+            StageItem(
+                key=s["sample_id"],
+                row=s,
+                upstream=fingerprint_of(portable(self.storage, [s["instruction"], s["input"], s.get("digest")])),
+                input_files=(s["input"],) if isinstance(s["input"], str) else (),
+            )
+            for s in self.samples
+        ]
+
+    def prepare(self, item: StageItem):
+        return _decode(item.row["input"]), item.row["instruction"]
+
+    def compute(self, prepared: list) -> list:
+        from pbi_ml.evaluate.generate import generate_edits
+
+        images, instructions = [p[0] for p in prepared], [p[1] for p in prepared]
+        return generate_edits(self.checkpoint["pipeline_dir"], images, instructions, self.config)
+
+    def write(self, item: StageItem, result, directory: Path) -> ItemOutput:
+        return ItemOutput(files={"output": save_png(result, directory / "output.png")})
+
+    def _row(self, item: StageItem, output: str | None, status: str, error: str | None) -> dict:
+        return {
+            "checkpoint_id": self.checkpoint["checkpoint_id"],
+            "benchmark": self.benchmark,
+            "sample_id": item.key,
+            "output_image": output,
+            "status": status,
+            "error": error,
+        }
+
+    def rows(self, item: StageItem, record: dict) -> list[dict]:
+        return [self._row(item, absolute_files(self.storage, record)["output"], "ok", None)]
+
+    def failed_rows(self, item: StageItem, record: dict) -> list[dict]:
+        return [self._row(item, None, "failed", record["error"])]
 
 
 def run_evaluation(
@@ -199,7 +278,7 @@ def run_evaluation(
 ) -> StageResult:
     """Evaluate `checkpoint` (default: the latest trained one) on every configured benchmark.
     Without any checkpoint, returns a result whose `skipped` says why (nothing failed)."""
-    from pbi_ml.evaluate.generate import GenerateConfig, generate_edits
+    from pbi_ml.evaluate.generate import GenerateConfig
     from pbi_ml.evaluate.metrics import MetricsConfig, compute_metrics
     from pbi_ml.stages.training import latest_checkpoint
 
@@ -225,22 +304,29 @@ def run_evaluation(
 
     summaries, grid = [], []
     all_sample_rows = []
-    for benchmark, samples in benchmarks.items():
-        inputs = [_decode(s["input"]) for s in samples]
+    for benchmark, all_samples in benchmarks.items():
+        edits = run_item_stage(
+            storage, EditStage(storage, benchmark, all_samples, checkpoint, generate_config), benchmark, ckpt_id
+        )
+        made = {r["sample_id"]: r for r in edits.table.to_pylist()}
+        failed = [r for r in made.values() if r["status"] != "ok"]
+        subset_counts[f"{benchmark}_edits_made_this_run"] = edits.counts["items_computed_this_run"]
+        subset_counts[f"{benchmark}_edits_failed"] = len(failed)
+        samples = [s for s in all_samples if made[s["sample_id"]]["status"] == "ok"]  # failed: no edit to score
+        inputs = [_decode(s["input"]) for s in samples[:3]]  # the metadata's grid
         targets = [_decode(s["target"]) for s in samples]
         instructions = [s["instruction"] for s in samples]
         captions = [s["caption"] for s in samples]
         file_names = [f"{_safe(s['sample_id'])}.png" for s in samples]  # CMMD orders the images by these
-        outputs = generate_edits(checkpoint["pipeline_dir"], inputs, instructions, generate_config) if samples else []
+        output_paths = [made[s["sample_id"]]["output_image"] for s in samples]
+        outputs = [load_rgb_path(path) for path in output_paths]
         per_sample, summary = (
             compute_metrics(outputs, targets, captions, metrics_config, instructions=instructions, sort_keys=file_names)
             if samples
             else ([], {})
         )
-        out_dir = storage.file_dir(EVALUATIONS, ckpt_id, benchmark, "outputs")
         sample_rows = []
-        for s, name, output, metrics in zip(samples, file_names, outputs, per_sample, strict=True):
-            path = save_png(output, out_dir / name).path
+        for s, path, metrics in zip(samples, output_paths, per_sample, strict=True):
             sample_rows.append(
                 {
                     "checkpoint_id": ckpt_id,
@@ -248,12 +334,12 @@ def run_evaluation(
                     "sample_id": s["sample_id"],
                     "instruction": s["instruction"],
                     "caption": s["caption"],
-                    "output_image": str(path),
+                    "output_image": path,
                     **{m: metrics.get(m) for m in SAMPLE_METRICS},
                     "null_reason": metrics.get("null_reason"),
                 }
             )
-        for inp, out, tgt, s in list(zip(inputs, outputs, targets, samples, strict=True))[:3]:
+        for inp, out, tgt, s in zip(inputs, outputs, targets, samples, strict=False):  # the first 3
             grid += [(f"input: {s['instruction']}", inp), ("output", out), ("ground truth", tgt)]
         summary_row = {
             "checkpoint_id": ckpt_id,

@@ -202,6 +202,7 @@ def test_magicbrush_add_subset_rule():
 
 def test_evaluation_on_a_magicbrush_parquet_uses_the_add_subset(demo, tmp_path):
     import io
+    import shutil
 
     import numpy as np
     import pyarrow as pa
@@ -231,7 +232,8 @@ def test_evaluation_on_a_magicbrush_parquet_uses_the_add_subset(demo, tmp_path):
     path = tmp_path / "magicbrush_test.parquet"
     pq.write_table(table, path)
     root, *_ = demo
-    storage = Storage(root)
+    shutil.copytree(root, tmp_path / "copy")  # other generation settings: not on the shared demo root
+    storage = Storage(tmp_path / "copy")
     result = run_evaluation(
         storage,
         EvaluationConfig(magicbrush_parquet=str(path), num_inference_steps=2, max_samples=1),
@@ -246,6 +248,24 @@ def test_evaluation_on_a_magicbrush_parquet_uses_the_add_subset(demo, tmp_path):
         instructions[0],
         instructions[2],
     }
+    # the edits are an item stage: the sample the first run edited is not edited again, nor any of a re-run
+    assert full.counts["magicbrush_add_edits_made_this_run"] == 1
+    again = run_evaluation(storage, EvaluationConfig(magicbrush_parquet=str(path), num_inference_steps=2))
+    assert again.counts["magicbrush_add_edits_made_this_run"] == again.counts["pipe_test_edits_made_this_run"] == 0
+    assert again.table.equals(full.table)
+    # an input that cannot be decoded fails its sample with the reason; the others are scored
+    garbled = [{"bytes": b"not a png", "path": None}, *[png(i) for i in range(1, 4)]]
+    broken = table.set_column(table.schema.get_field_index("source_img"), "source_img", pa.array(garbled, image))
+    pq.write_table(broken, path)
+    result = run_evaluation(storage, EvaluationConfig(magicbrush_parquet=str(path), num_inference_steps=2))
+    assert result.counts["magicbrush_add_edits_failed"] == 1
+    assert {r["benchmark"]: r["n"] for r in result.table.to_pylist()}["magicbrush_add"] == 1
+    ckpt_id = result.extra["checkpoint"]["checkpoint_id"]
+    edits = {
+        r["sample_id"]: r for r in storage.read_table(tables.EVALUATION_EDITS, "magicbrush_add", ckpt_id).to_pylist()
+    }
+    assert edits["0-1"]["status"] == "failed" and edits["0-1"]["error"] == "image_unreadable"
+    assert edits["2-1"]["status"] == "ok" and Path(edits["2-1"]["output_image"]).is_file()
 
 
 def test_a_pair_whose_images_are_gone_fails_alone_with_its_reason(demo, tmp_path):
@@ -360,12 +380,11 @@ def test_a_copied_data_root_recomputes_nothing_and_training_resumes(demo, tmp_pa
         if "items_computed_this_run" in event.materialization.metadata
     }
     assert computed and set(computed.values()) == {0}, computed
-    # the evaluation (not an item stage) evaluates the checkpoint again and rewrites its samples:
-    # their bytes are only equal within a tolerance (generation on another run), not compared here
-    rewritten = {p for p, (mtime, _) in pngs.items() if p.stat().st_mtime_ns != mtime}
-    assert {p.relative_to(copy).parts[1] for p in rewritten} <= {tables.EVALUATIONS.name}, "no item PNG rewritten"
-    items = [p for p in pngs if p.relative_to(copy).parts[1] != tables.EVALUATIONS.name]
-    assert items and all(p.read_bytes() == pngs[p][1] for p in items)
+    # the evaluation's edits too are an item stage: no edit made again
+    assert metadata_of(moved, "evaluation")["pipe_test_edits_made_this_run"] == 0
+    assert {p for p, (mtime, _) in pngs.items() if p.stat().st_mtime_ns != mtime} == set(), "no PNG rewritten"
+    assert {p.relative_to(copy).parts[1] for p in pngs} >= {tables.PAIRS.name, tables.EVALUATION_EDITS.name}
+    assert all(p.read_bytes() == pngs[p][1] for p in pngs)
     trained, resumed = metadata_of(unpartitioned, "checkpoint"), metadata_of(moved, "checkpoint")
     assert resumed["checkpoint_id"] == trained["checkpoint_id"]
     assert resumed["resumed_from_step"] == trained["steps"] > 0
