@@ -4,6 +4,8 @@ A stage (removals, removal_scores, pairs, descriptions, instructions) says only
 
     items()            the partition's items, in a fixed order: a key, the upstream rows the item
                        needs, a fingerprint of those rows, and the files preparing it reads
+                       (upstream tables read through `Storage.read_table`, which the stamp of an
+                       unchanged partition watches; anything else must be in the items themselves)
     prepare(item)      load and validate one item's inputs (raise ItemError: that item fails)
     compute(prepared)  one batch through the model; per item a result, or an ItemError
     write(item, result, directory)   the item's output files and data
