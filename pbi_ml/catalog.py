@@ -212,21 +212,28 @@ def _store(con, stored: StoredTable, sql: str, root: Path) -> None:
     con.execute(f'CREATE VIEW "{live_name(stored.name)}" AS {sql}')
 
 
+def _input_files(storage: Storage, tables: Iterable[TableSpec]) -> list[Path]:
+    """Every partition's Parquet file of `tables` (each table once, in its first place; the empty
+    schema files aside): what the stored tables are computed from."""
+    unique = {table.name: table for table in tables}
+    return [
+        path
+        for table in unique.values()
+        for path in sorted(map(Path, glob.glob(storage.table_glob(table))))
+        if path != storage.schema_path(table)
+    ]
+
+
 def _inputs_digest(storage: Storage, views: dict[str, str], stored: set[str]) -> str:
     """A digest of everything the stored tables are computed from: every view's SQL (the data
     root's path is in it), the table schemas, and the path, size and mtime_ns of every Parquet
     file of the stored names' input stages. Equal digests: a rebuild would store the same rows."""
-    inputs = {
-        table.name: table
+    inputs = [
+        table
         for name in sorted(stored)
         for table in (MATERIALIZED[name].inputs if name in MATERIALIZED else [t for t in ALL_TABLES if t.name == name])
-    }
-    listing = []
-    for table in inputs.values():
-        for path in sorted(glob.glob(storage.table_glob(table))):
-            if Path(path) != storage.schema_path(table):
-                st = os.stat(path)
-                listing.append([path, st.st_size, st.st_mtime_ns])
+    ]
+    listing = [[str(path), (st := path.stat()).st_size, st.st_mtime_ns] for path in _input_files(storage, inputs)]
     blob = json.dumps([sorted(views.items()), sorted(stored), [str(t.schema) for t in ALL_TABLES], listing])
     return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
 
@@ -333,13 +340,7 @@ def stale_files(storage: Storage) -> list[Path]:
     their rows are in the live views (`pairs_live`) but not yet in the stored tables. Every file
     when there is no catalog yet."""
     when = built_at(storage)
-    inputs = {table.name: table for stored in MATERIALIZED.values() for table in stored.inputs}
-    files = [
-        path
-        for table in inputs.values()
-        for path in sorted(map(Path, glob.glob(storage.table_glob(table))))
-        if path != storage.schema_path(table)
-    ]
+    files = _input_files(storage, [table for stored in MATERIALIZED.values() for table in stored.inputs])
     if when is None:
         return files
     cutoff = when.timestamp()

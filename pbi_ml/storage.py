@@ -39,7 +39,7 @@ def safe_name(value: str) -> str:
 
 def safe_name_sql(expression: str) -> str:
     """`safe_name` as a DuckDB expression over a VARCHAR `expression` (the catalog predicts a
-    pair's folder with it; tests/unit/test_storage.py holds the two to the same result)."""
+    pair's folder with it; tests/unit/test_catalog.py holds the two to the same result)."""
     replaced = f"regexp_replace({expression}, '{_SAFE.pattern}', '_', 'g')"
     return f"left(coalesce(nullif(trim({replaced}, '._'), ''), '_'), 120)"
 
