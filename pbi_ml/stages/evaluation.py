@@ -211,8 +211,9 @@ class EditStage(ItemStage):
     """The edits one checkpoint makes of one benchmark's inputs, through the item mechanism
     (`run_item_stage`, partition = (benchmark, checkpoint id)): resumable, trusted by stat, never
     made twice. The config id is the checkpoint's id and steps with the generation settings
-    (batch size and device aside; each image has its own seeded generator, so the batch never
-    changes an edit); an item's upstream is its instruction and input (the pair's digest for our
+    (batch size and device aside, as for every model stage: each image has its own seeded
+    generator, and other batch sizes or devices give equal edits only within a tolerance); an
+    item's upstream is its instruction and input (the pair's digest for our
     test split, the embedded bytes for MagicBrush)."""
 
     table = EVALUATION_EDITS

@@ -56,6 +56,7 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -297,7 +298,8 @@ class FinishedStamp:
         self.ledger_path = storage.ledger(stage.table, source, shard).path
         self.path = self.ledger_path.parent / "finished.json"
 
-    def _identity(self) -> dict:
+    @cached_property
+    def _identity(self) -> dict:  # once per run: the fast path compares it, the slow path writes it
         blob = "\n".join(["\x00".join((item.key, item.upstream, *map(str, item.input_files))) for item in self.items])
         return {
             "version": STAMP_VERSION,
@@ -317,7 +319,7 @@ class FinishedStamp:
         table_path = self.storage.table_path(self.stage.table, self.source, self.shard)
         if (
             not isinstance(stamp, dict)
-            or stamp.get("identity") != self._identity()
+            or stamp.get("identity") != self._identity
             or stamp.get("ledger") != _stat_of(str(self.ledger_path))
             or stamp.get("table") != _stat_of(str(table_path))
         ):
@@ -365,7 +367,7 @@ class FinishedStamp:
         if any("\n" in path for path in paths):
             return  # a file name with a newline: no stamp, every re-run goes item by item
         stamp = {
-            "identity": self._identity(),
+            "identity": self._identity,
             "ledger": _stat_of(str(self.ledger_path)),
             "table": _stat_of(str(table_path)),
             "paths": "\n".join(paths),
